@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m rlbuf.bench`` prints one table of ratios measured in one process."""

@@ -1,0 +1,68 @@
+"""Timing helpers shared by every benchmark module.
+
+Each benchmark module exposes ``run(quick: bool = False) -> list[Row]``; ``python -m rlbuf.bench``
+collects the rows into one table. Times are medians of several repeats of an already-compiled
+function whose outputs are blocked on, so compile time never counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import jax
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the benchmark table.
+
+    ``ours_us`` and ``ref_us`` are microseconds per unit of work (``unit``); ``ratio`` is
+    ``ours_us / ref_us`` (below 1 means rlbuf is faster than the reference).
+    """
+
+    group: str
+    case: str
+    ref_name: str
+    ours_us: float
+    ref_us: float | None
+    unit: str = "iter"
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return None if not self.ref_us else self.ours_us / self.ref_us
+
+
+def time_fn(fn: Callable, *args, repeats: int = 7, number: int = 1) -> float:
+    """Median wall time in seconds of ``fn(*args)`` (after one warm-up call).
+
+    ``fn`` should be jitted; its output is blocked on so asynchronous dispatch is included.
+    """
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / number)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def interleaved(fns: dict[str, Callable], *args, repeats: int = 7) -> dict[str, float]:
+    """Median seconds per call of each of ``fns`` with their repeats interleaved.
+
+    Interleaving makes ratios robust to the machine's load drifting during the run.
+    """
+    for f in fns.values():
+        jax.block_until_ready(f(*args))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            samples[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
