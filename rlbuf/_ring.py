@@ -1,0 +1,82 @@
+"""Index arithmetic of the ring, in one place: every writer and sampler goes through here.
+
+Storage leaves are laid out lane-major, ``[*lanes, capacity, ...]``: ``lanes`` are the
+``ndim - 1`` leading batch dims of the data (envs, workers) and the ring runs along time,
+the last batch dim. All lanes share one write ``cursor`` (next physical time slot to write)
+and one ``count`` (how many time slots hold data, ``<= capacity``). Round-robin writing keeps
+the invariant that the written slots are ``[0, count)``, so "physical slot ``t`` is written"
+is simply ``t < count``.
+
+Physical slot ``t`` has *age rank* ``logical(t)`` in ``[0, count)``: 0 is the oldest step of
+each lane, ``count - 1`` the newest. A window of ``n`` consecutive steps starting at physical
+``t`` crosses neither the write head nor an unwritten slot iff ``logical(t) + n <= count``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def write_positions(cursor, t: int, capacity: int):
+    """Physical time slots for a write of ``t`` steps at ``cursor``.
+
+    Returns ``(positions, skip, new_cursor)``: when ``t > capacity`` only the last
+    ``capacity`` steps can survive, so the first ``skip = t - capacity`` steps of the data are
+    dropped (statically) and ``positions`` has ``min(t, capacity)`` unique entries.
+    """
+    skip = max(t - capacity, 0)
+    n = t - skip
+    start = (cursor + skip) % capacity
+    positions = (start + jnp.arange(n, dtype=jnp.int32)) % capacity
+    return positions, skip, (start + n) % capacity
+
+
+def oldest(cursor, count, capacity: int):
+    """Physical slot of the oldest step (``cursor`` once full, ``0`` before)."""
+    return jnp.where(count >= capacity, cursor, 0)
+
+
+def logical(t, cursor, count, capacity: int):
+    """Age rank of physical slot ``t``: 0 for the oldest step, ``count - 1`` for the newest."""
+    return (t - oldest(cursor, count, capacity)) % capacity
+
+
+def physical(rank, cursor, count, capacity: int):
+    """Inverse of :func:`logical`: the physical slot of age rank ``rank``."""
+    return (oldest(cursor, count, capacity) + rank) % capacity
+
+
+def window_fits(t, n, cursor, count, capacity: int):
+    """True where the ``n`` steps starting at physical slot ``t`` are all written and
+    contiguous in time (they do not cross the write head)."""
+    return (t < count) & (logical(t, cursor, count, capacity) + n <= count)
+
+
+def flat_index(index: tuple, lanes: tuple, capacity: int):
+    """Row-major flat position of ``(*lane_idx, t)`` in a ``[*lanes, capacity]`` array."""
+    dims = (*lanes, capacity)
+    flat = index[-1]
+    stride = capacity
+    for i in range(len(lanes) - 1, -1, -1):
+        flat = flat + index[i] * stride
+        stride *= dims[i]
+    return flat
+
+
+def unflatten_index(flat, lanes: tuple, capacity: int) -> tuple:
+    """Inverse of :func:`flat_index`: a tuple ``(*lane_idx, t)`` of int32 arrays."""
+    if not lanes:
+        return (flat,)
+    return tuple(jnp.unravel_index(flat, (*lanes, capacity)))
+
+
+def lane_index(lane_flat, lanes: tuple) -> tuple:
+    """A flat lane number in ``[0, prod(lanes))`` as a tuple of per-dim lane indices."""
+    if len(lanes) == 1:
+        return (lane_flat,)
+    return tuple(jnp.unravel_index(lane_flat, lanes))
+
+
+def n_lanes(lanes: tuple) -> int:
+    return int(np.prod(lanes, dtype=np.int64)) if lanes else 1

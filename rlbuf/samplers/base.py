@@ -1,0 +1,68 @@
+"""The sampler interface every sampler implements (uniform, without replacement, slice,
+prioritized, ...). Samplers plug in without touching the buffer core.
+
+A sampler is a frozen, hashable object whose methods are pure functions of explicit state:
+
+- ``init(layout) -> sstate``: its own state pytree, kept in ``BufferState.sampler``;
+- ``on_write(layout, sstate, write, data) -> sstate``: told which slots each ``add`` filled
+  (``rlbuf.writers.WriteInfo``) with the written data, e.g. to track trajectory boundaries
+  or give new slots the maximum priority;
+- ``sample(layout, state, key, batch_size) -> (sstate, index, info)``: ``index`` is a tuple
+  ``(*lane_idx, t)`` of int32 arrays of the output batch shape (``[batch_size]``, or
+  ``[num_slices, slice_len]`` for slices) locating each item in storage; ``info`` a dict of
+  extra arrays (``"mask"``, ``"weight"``, ...);
+- ``postprocess(layout, batch, info) -> batch``: edits the gathered batch (default: zero
+  the items whose ``info["mask"]`` is False when ``pads`` is True);
+- ``can_sample(layout, state, batch_size) -> bool array``;
+- ``check(layout, batch_size)``: raise on impossible static settings (called by ``init``);
+- ``update_priority(layout, sstate, index, priority) -> sstate``: prioritized samplers only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+
+def _mask_leaf(x, mask):
+    m = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+    return jnp.where(m, x, jnp.zeros((), x.dtype))
+
+
+def zero_masked(batch: Any, mask) -> Any:
+    """Zero every leaf ``[*mask.shape, ...]`` where ``mask`` is False."""
+    return jax.tree_util.tree_map(lambda x: _mask_leaf(x, mask), batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Base class with the default behaviour of each hook."""
+
+    #: True if ``sample`` can return padding (``info["mask"]`` False) that must be zeroed.
+    pads: ClassVar[bool] = False
+
+    def check(self, layout, batch_size: int) -> None:
+        pass
+
+    def init(self, layout) -> Any:
+        return ()
+
+    def on_write(self, layout, sstate, write, data) -> Any:
+        return sstate
+
+    def sample(self, layout, state, key, batch_size: int):
+        raise NotImplementedError
+
+    def postprocess(self, layout, batch, info):
+        if self.pads and "mask" in info:
+            return zero_masked(batch, info["mask"])
+        return batch
+
+    def can_sample(self, layout, state, batch_size: int):
+        return state.count > 0
+
+    def update_priority(self, layout, sstate, index, priority):
+        raise TypeError(f"{type(self).__name__} has no priorities; use a prioritized sampler")

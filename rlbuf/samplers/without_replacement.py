@@ -1,0 +1,91 @@
+"""``SamplerWithoutReplacement``: epochs that visit every stored transition exactly once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from rlbuf import _ring
+from rlbuf.samplers.base import Sampler
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class WithoutReplacementState:
+    """``perm``: ``[n_lanes * capacity]`` int32, the epoch's order over item numbers
+    ``k in [0, epoch_items)`` (item ``k`` is lane ``k // epoch_count``, slot
+    ``k % epoch_count``); ``pos``: items of the epoch already returned; ``epoch_items`` /
+    ``epoch_count``: items / time slots stored when the epoch began; ``epoch``: epochs begun."""
+
+    perm: jax.Array
+    pos: jax.Array
+    epoch_items: jax.Array
+    epoch_count: jax.Array
+    epoch: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerWithoutReplacement(Sampler):
+    """Draws without replacement: each epoch returns every item stored at its start once.
+
+    An epoch is a permutation (random if ``shuffle``, storage order otherwise) of the items
+    stored when it began; it lives in the buffer state with its cursor, so the sampler stays
+    pure. When it runs out a new epoch starts (reshuffled with the ``sample`` key).
+
+    - ``drop_last=False``: the epoch's last batch may be partial; its missing items are
+      padding, zeroed, with ``info["mask"]`` False (shapes stay static, unlike TorchRL's
+      shorter last batch). ``drop_last=True``: an epoch whose remainder is shorter than
+      ``batch_size`` is abandoned and a new one begins.
+    - The buffer growing mid-epoch: items added after the epoch began wait for the next
+      epoch. A slot overwritten mid-epoch is returned with its new content when its turn
+      comes (slots, not values, are what an epoch visits).
+    - Empty buffer: ``can_sample`` False; ``sample`` returns all-padding (zeros, mask False).
+    """
+
+    drop_last: bool = False
+    shuffle: bool = True
+    pads = True
+
+    def init(self, layout):
+        z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers, for donation)
+        return WithoutReplacementState(
+            perm=jnp.arange(layout.size, dtype=jnp.int32), pos=z(), epoch_items=z(), epoch_count=z(), epoch=z()
+        )
+
+    def _new_epoch(self, layout, state, key):
+        s = state.sampler
+        n_items = state.count * layout.n_lanes
+        if self.shuffle:
+            # A random permutation of all slots, stably filtered to the k < n_items ones,
+            # is a uniform permutation of [0, n_items) with a static shape.
+            perm = jax.random.permutation(key, layout.size).astype(jnp.int32)
+            perm = perm[jnp.argsort(perm >= n_items, stable=True)]
+        else:
+            perm = jnp.arange(layout.size, dtype=jnp.int32)
+        return WithoutReplacementState(
+            perm=perm, pos=jnp.zeros((), jnp.int32), epoch_items=n_items,
+            epoch_count=state.count, epoch=s.epoch + 1,
+        )
+
+    def sample(self, layout, state, key, batch_size: int):
+        s = state.sampler
+        left = s.epoch_items - s.pos
+        need = (left <= 0) | (left < batch_size) & self.drop_last
+        s = jax.lax.cond(need, lambda: self._new_epoch(layout, state, key), lambda: s)
+        k = s.pos + jnp.arange(batch_size, dtype=jnp.int32)
+        mask = k < s.epoch_items
+        item = s.perm[jnp.minimum(k, layout.size - 1)]
+        item = jnp.where(mask, item, 0)
+        count = jnp.maximum(s.epoch_count, 1)
+        if layout.lanes:
+            index = (*_ring.lane_index(item // count, layout.lanes), item % count)
+        else:
+            index = (item,)
+        s = dataclasses.replace(s, pos=jnp.minimum(s.pos + batch_size, s.epoch_items))
+        return s, index, {"mask": mask}
+
+    def can_sample(self, layout, state, batch_size: int):
+        n_items = state.count * layout.n_lanes
+        return n_items >= batch_size if self.drop_last else n_items > 0

@@ -1,0 +1,203 @@
+"""``LazyTensorStorage``: preallocated arrays with an explicit number of batch dims.
+
+Memory layout: lane-major, ``[*lanes, capacity, ...]`` for data ``[*lanes, T, ...]``
+(``lanes = ()`` for ``ndim=1``, ``(B,)`` for ``ndim=2``, ``(W, B)`` for ``ndim=3``).
+
+Why lane-major (flashbax's layout) rather than TorchRL's time-major ``[capacity, *lanes]``:
+the hot read is a slice of ``slice_len`` consecutive steps of one lane, which is one
+contiguous run lane-major but ``slice_len`` strided rows time-major; a write of ``[B, t]``
+becomes ``B`` contiguous runs of ``t`` rows, which costs the same bytes. The lane axis
+leads, so sharding the buffer over envs/workers (a ``NamedSharding`` on axis 0) splits the
+storage into contiguous per-device blocks and every write and read stays device-local.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlbuf import _ring, _tree
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Static description of a buffer's storage (hashable; kept in the state's treedef).
+
+    ``lanes``: the leading batch dims of the data except time; ``capacity``: time slots per
+    lane; ``specs``: ``(key, trailing_shape, dtype_name)`` per leaf; ``treedef``: the data's
+    tree structure.
+    """
+
+    ndim: int
+    lanes: tuple
+    capacity: int
+    specs: tuple
+    treedef: Any
+
+    @property
+    def n_lanes(self) -> int:
+        return _ring.n_lanes(self.lanes)
+
+    @property
+    def size(self) -> int:
+        """Total transitions the storage holds when full (``n_lanes * capacity``)."""
+        return self.n_lanes * self.capacity
+
+    def spec(self, key) -> tuple:
+        key = _tree.as_tuple(key)
+        for k, shape, dtype in self.specs:
+            if k == key:
+                return shape, np.dtype(dtype)
+        raise KeyError(f"key {_tree.key_str(key)} is not stored (stored: {self.keys()})")
+
+    def keys(self) -> list:
+        return [k for k, _, _ in self.specs]
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyTensorStorage:
+    """Preallocated storage of ``max_size`` transitions, allocated on ``init``.
+
+    Args:
+      max_size: transitions over all ``ndim`` batch dims. With lanes ``[*lanes]`` the ring
+        holds ``capacity = max_size // prod(lanes)`` steps per lane; if that division is not
+        exact a warning says so and the real size is ``capacity * prod(lanes)``
+        (``state.layout.size``).
+      ndim: batch dims of the data given to ``add``: 1 for ``[N, ...]`` (transitions),
+        2 for ``[B, T, ...]``, 3 for ``[W, B, T, ...]`` (time last, as collectors emit).
+    """
+
+    max_size: int
+    ndim: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.max_size, (int, np.integer)) or self.max_size <= 0:
+            raise ValueError(f"LazyTensorStorage: max_size must be a positive int, got {self.max_size!r}")
+        if self.ndim not in (1, 2, 3):
+            raise ValueError(f"LazyTensorStorage: ndim must be 1, 2 or 3, got {self.ndim!r}")
+
+    def layout(self, example: Any) -> Layout:
+        """Static layout from one example ``add`` batch (arrays or ``ShapeDtypeStruct``s)."""
+        items = _tree.leaves_with_keys(example)
+        if not items:
+            raise ValueError("LazyTensorStorage: the example batch has no array leaves")
+        treedef = jax.tree_util.tree_structure(example)
+        lanes = None
+        specs = []
+        for key, x in items:
+            shape, dtype = _tree.leaf_spec(x)
+            if len(shape) < self.ndim:
+                raise ValueError(
+                    f"LazyTensorStorage(ndim={self.ndim}): leaf {_tree.key_str(key)} has shape "
+                    f"{shape}, fewer than ndim={self.ndim} batch dims "
+                    f"(expected [{', '.join(['B'] * (self.ndim - 1) + ['T'])}, ...])"
+                )
+            leaf_lanes = shape[: self.ndim - 1]
+            if lanes is None:
+                lanes, first = leaf_lanes, key
+            elif leaf_lanes != lanes:
+                raise ValueError(
+                    f"LazyTensorStorage(ndim={self.ndim}): leaf {_tree.key_str(key)} has lane dims "
+                    f"{leaf_lanes} but {_tree.key_str(first)} has {lanes}; all leaves must share "
+                    f"the leading {self.ndim - 1} dims"
+                )
+            specs.append((key, shape[self.ndim :], dtype.name))
+        n = _ring.n_lanes(lanes)
+        capacity = self.max_size // n
+        if capacity < 1:
+            raise ValueError(
+                f"LazyTensorStorage: max_size={self.max_size} is smaller than one time row of "
+                f"{n} lanes {lanes}; use max_size >= {n}"
+            )
+        if capacity * n != self.max_size:
+            warnings.warn(
+                f"LazyTensorStorage: max_size={self.max_size} is not a multiple of the {n} lanes "
+                f"{lanes}; the real capacity is {capacity * n} transitions ({capacity} steps per lane)",
+                stacklevel=3,
+            )
+        return Layout(self.ndim, tuple(lanes), capacity, tuple(specs), treedef)
+
+    def init(self, layout: Layout) -> Any:
+        """Zero-filled arrays ``[*lanes, capacity, ...]`` (unwritten slots read as zeros)."""
+        leaves = [
+            jnp.zeros((*layout.lanes, layout.capacity, *shape), dtype)
+            for _, shape, dtype in layout.specs
+        ]
+        return jax.tree_util.tree_unflatten(layout.treedef, leaves)
+
+    def check(self, layout: Layout, data: Any) -> int:
+        """Validate an ``add`` batch against the layout; return its time length ``T``.
+
+        Raises ``ValueError``/``TypeError`` naming the offending key at trace time.
+        """
+        items = _tree.leaves_with_keys(data)
+        got = {k for k, _ in items}
+        want = set(layout.keys())
+        if got != want:
+            missing = sorted(map(_tree.key_str, want - got))
+            extra = sorted(map(_tree.key_str, got - want))
+            raise ValueError(
+                "ReplayBuffer.add: the batch's keys differ from the buffer's"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unexpected {', '.join(extra)}" if extra else "")
+            )
+        t_len = None
+        nd = layout.ndim
+        for key, x in items:
+            shape, dtype = _tree.leaf_spec(x)
+            want_shape, want_dtype = layout.spec(key)
+            if dtype != want_dtype:
+                raise TypeError(
+                    f"ReplayBuffer.add: key {_tree.key_str(key)} has dtype {dtype.name}, "
+                    f"the buffer stores {want_dtype.name}"
+                )
+            expect = f"[{', '.join(map(str, layout.lanes))}{', ' if layout.lanes else ''}T, {', '.join(map(str, want_shape))}]"
+            if len(shape) != nd + len(want_shape) or shape[: nd - 1] != layout.lanes or shape[nd:] != want_shape:
+                raise ValueError(
+                    f"ReplayBuffer.add: key {_tree.key_str(key)} has shape {shape}, expected "
+                    f"{expect.replace(', ]', ']')} (ndim={nd}: lanes {layout.lanes}, time, then the "
+                    f"stored trailing shape {want_shape})"
+                )
+            if t_len is None:
+                t_len, first = shape[nd - 1], key
+            elif shape[nd - 1] != t_len:
+                raise ValueError(
+                    f"ReplayBuffer.add: key {_tree.key_str(key)} has time length {shape[nd - 1]} "
+                    f"but {_tree.key_str(first)} has {t_len}"
+                )
+        if t_len == 0:
+            raise ValueError("ReplayBuffer.add: the batch has time length 0")
+        return t_len
+
+    def write(self, layout: Layout, storage: Any, positions, data: Any, skip: int = 0) -> Any:
+        """Scatter ``data[..., skip:, ...]`` (time axis ``ndim - 1``) into time slots ``positions``.
+
+        Positions ``>= capacity`` are dropped (negative ones would wrap), which writers use to
+        discard items.
+        In place when the storage is donated.
+        """
+        ax = layout.ndim - 1
+        lead = (slice(None),) * ax
+
+        def put(buf, x):
+            if skip:
+                x = jax.lax.slice_in_dim(x, skip, x.shape[ax], axis=ax)
+            return buf.at[lead + (positions,)].set(x, mode="drop", unique_indices=True)
+
+        return jax.tree_util.tree_map(put, storage, data)
+
+    def gather(self, layout: Layout, storage: Any, index: tuple) -> Any:
+        """Items at ``index = (*lane_idx, t)`` (int arrays of one shape ``S``): leaves ``[*S, ...]``."""
+        if layout.lanes:
+            flat = _ring.flat_index(index, layout.lanes, layout.capacity)
+            return jax.tree_util.tree_map(
+                lambda x: jnp.take(x.reshape(layout.size, *x.shape[layout.ndim :]), flat, axis=0,
+                                   mode="clip"),
+                storage,
+            )
+        return jax.tree_util.tree_map(lambda x: jnp.take(x, index[0], axis=0, mode="clip"), storage)
