@@ -147,6 +147,3 @@ class ReplayBuffer:
         index = index if isinstance(index, tuple) else (index,)
         sstate = self.sampler.update_priority(state.layout, state.sampler, index, priority)
         return dataclasses.replace(state, sampler=sstate)
-
-    def __len__(self):  # pragma: no cover - guard against TorchRL habits
-        raise TypeError("a ReplayBuffer holds no data; use len(state) on its BufferState")
