@@ -1,0 +1,281 @@
+"""Trajectory-boundary bookkeeping kept up to date at ``add`` time (reusable by every slice sampler).
+
+Why: TorchRL re-derives trajectory boundaries from the whole storage on every ``sample``
+(O(capacity)). Here each ``add`` updates a small per-slot record, so that at sample time
+"which trajectory holds slot ``t``, how many of its steps are stored before and after ``t``"
+costs O(1) per query, independent of the capacity.
+
+Model (per lane; lanes are the ``ndim - 1`` leading batch dims, flattened row-major to
+``L = prod(lanes)`` internally, ``L = 1`` for ``ndim=1``):
+
+- Every step ever added to a lane gets a *stamp*: its step number in that lane counted over
+  all adds (``total`` is the stamp of the next step). The ring stores the steps with stamps
+  ``[total - count, total)``; the stamp of physical slot ``t`` is
+  ``total - count + _ring.logical(t, cursor, count, capacity)`` (:func:`slot_stamp`).
+- A *trajectory* is a maximal run of consecutive steps of one lane with the same
+  ``traj_key`` value (``traj_key`` mode), or the steps up to and including one whose
+  ``end_key`` is True (``end_key`` mode). A trajectory partly overwritten by the ring is
+  reduced to its stored part; the write head is always a boundary (the newest and oldest
+  stored steps are never in one stored run, because stamps are contiguous only within
+  ``[total - count, total)``).
+- Trajectories of a lane are numbered ``0, 1, 2, ...`` in time order (``seq``; int32,
+  monotone). ``TrajectoryState.seq[l, t]`` is the number of the trajectory holding slot
+  ``t`` of lane ``l``, and ``TrajectoryState.start[l, s % capacity]`` the stamp of the first
+  step of trajectory ``s`` (a ring of records: at most ``capacity`` trajectories of a lane
+  can be stored at once, so the record of every stored trajectory is intact).
+- The stored trajectories of lane ``l`` are exactly ``first[l] .. last[l]`` (consecutive
+  numbers; :func:`lane_ranges`), the stored part of trajectory ``s`` spans the stamps
+  ``[begin, end)`` given by :func:`bounds`.
+
+Public helpers (all pure, jittable, O(1) per queried item unless stated):
+
+- :func:`key_spec` — validate ``traj_key``/``end_key`` against a ``Layout`` (clear errors).
+- :func:`init` / :func:`update` — create the state / fold one ``add`` into it (call from
+  ``Sampler.init`` / ``Sampler.on_write``; ``update`` is O(L × T) for a ``T``-step add).
+- :func:`lane_ranges` — ``first``, ``last``, ``n_stored`` per lane and the oldest stamp.
+- :func:`bounds` — stored ``[begin, end)`` stamps of trajectories ``(lane, seq)``.
+- :func:`slot_position` — for slots ``(*lane_idx, t)``: trajectory number, steps of its
+  stored trajectory before the slot, steps from the slot to its end (slot included).
+  "``t`` starts a valid slice of ``n`` steps" is ``written & (after >= n)``.
+- :func:`valid_start_mask` — that predicate for every slot, ``[*lanes, capacity]`` bool
+  (O(L × capacity); for samplers that keep a per-slot weight tree).
+- :func:`stamp_to_slot`, :func:`slot_stamp` — convert between stamps and physical slots.
+
+Stamps and trajectory numbers are int32: they wrap after 2**31 steps (or trajectories) per
+lane, like ``BufferState.added``.
+
+The ring must be written round-robin (``RoundRobinWriter``): the bookkeeping relies on the
+written slots of an ``add`` being the next ones in time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlbuf import _ring, _tree
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrajectoryState:
+    """Boundary bookkeeping of a buffer (lives inside a sampler's state).
+
+    - ``seq``: ``[L, capacity]`` int32, trajectory number of each physical slot (lane-major,
+      lanes flattened row-major; meaningless for unwritten slots).
+    - ``start``: ``[L, capacity]`` int32, ring of trajectory records:
+      ``start[l, s % capacity]`` is the stamp of the first step of trajectory ``s`` of lane
+      ``l`` (possibly older than the oldest stored step: use :func:`bounds`).
+    - ``n_traj``: ``[L]`` int32, trajectories ever begun per lane (the newest is
+      ``n_traj - 1``).
+    - ``last``: ``[L, F]`` boundary-key values of each lane's newest step (``F`` = the key's
+      trailing elements, at least 1), to tell whether the next ``add`` continues it.
+    - ``total``: ``[]`` int32, steps ever added per lane (the stamp of the next step).
+    """
+
+    seq: jax.Array
+    start: jax.Array
+    n_traj: jax.Array
+    last: jax.Array
+    total: jax.Array
+
+
+class KeySpec(NamedTuple):
+    """The validated boundary key: ``key`` (tuple), ``is_end`` (end-flag mode), its trailing
+    shape and dtype in storage."""
+
+    key: tuple
+    is_end: bool
+    shape: tuple
+    dtype: np.dtype
+
+
+class Written(NamedTuple):
+    """Per written (kept) step of one ``add``, all ``[L, n]`` int32 (``n = len(write.positions)``):
+    ``seq`` trajectory number, ``start`` stamp of the trajectory's true first step,
+    ``stamp`` the step's stamp (``offset = stamp - start`` is its step number within the
+    trajectory, counting steps that are no longer stored or were skipped)."""
+
+    seq: jax.Array
+    start: jax.Array
+    stamp: jax.Array
+
+
+def key_spec(layout, traj_key=None, end_key=None, owner: str = "SliceSampler") -> KeySpec:
+    """Check that exactly one boundary key is given and stored; return its :class:`KeySpec`.
+
+    Raises ``ValueError`` naming the key (and listing the stored keys) if it is not stored.
+    """
+    if (traj_key is None) == (end_key is None):
+        raise ValueError(f"{owner}: give exactly one of traj_key (alias trajectory_key) or end_key")
+    is_end = end_key is not None
+    key = _tree.as_tuple(end_key if is_end else traj_key)
+    name = "end_key" if is_end else "traj_key"
+    try:
+        shape, dtype = layout.spec(key)
+    except KeyError:
+        stored = ", ".join(_tree.key_str(k) for k in layout.keys())
+        raise ValueError(
+            f"{owner}: {name} {_tree.key_str(key)} is not stored in the buffer (stored keys: {stored})"
+        ) from None
+    return KeySpec(key, is_end, tuple(shape), np.dtype(dtype))
+
+
+def init(layout, spec: KeySpec) -> TrajectoryState:
+    """Empty bookkeeping for ``layout`` (distinct arrays, so the state can be donated)."""
+    n, cap = layout.n_lanes, layout.capacity
+    feat = max(int(np.prod(spec.shape, dtype=np.int64)), 1)
+    return TrajectoryState(
+        seq=jnp.zeros((n, cap), jnp.int32),
+        start=jnp.zeros((n, cap), jnp.int32),
+        n_traj=jnp.zeros((n,), jnp.int32),
+        last=jnp.zeros((n, feat), spec.dtype),
+        total=jnp.zeros((), jnp.int32),
+    )
+
+
+def update(layout, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[TrajectoryState, Written]:
+    """Fold one ``add`` into the bookkeeping (call from ``Sampler.on_write``).
+
+    ``write``: the ``rlbuf.writers.WriteInfo`` of the add; ``data``: the whole batch
+    ``[*lanes, T, ...]`` (including the ``write.skip`` leading steps the ring dropped, which
+    still matter for where the kept steps' trajectories began). Returns the new state and
+    :class:`Written` for the kept steps. O(L × T).
+    """
+    n_l, cap = layout.n_lanes, layout.capacity
+    x = _tree.get(data, spec.key)
+    t_len = x.shape[layout.ndim - 1]
+    x = x.reshape(n_l, t_len, -1)
+    if x.shape[-1] == 0:  # a key with a zero-size trailing shape carries no boundary information
+        x = jnp.zeros((n_l, t_len, 1), x.dtype)
+    prev = jnp.concatenate([ts.last[:, None, :].astype(x.dtype), x[:, :-1]], axis=1)
+    if spec.is_end:
+        new = jnp.any(prev != 0, axis=-1)
+    else:
+        new = jnp.any(x != prev, axis=-1)
+    # The first step ever stored in an empty ring always begins a trajectory.
+    new = new.at[:, 0].set(new[:, 0] | (write.count == 0) | (ts.n_traj == 0))
+    steps = jnp.arange(t_len, dtype=jnp.int32)
+    stamp = ts.total + steps
+    cum = jnp.cumsum(new, axis=1, dtype=jnp.int32)
+    seq = ts.n_traj[:, None] - 1 + cum
+    # Start of each step's trajectory: the last step flagged new at or before it, else the
+    # record of the lane's ongoing trajectory (index arithmetic rather than a cummax over
+    # stamps, so it stays right if stamps wrap).
+    last_new = jax.lax.cummax(jnp.where(new, steps, -1), axis=1)
+    lanes = jnp.arange(n_l, dtype=jnp.int32)
+    ongoing = ts.start[lanes, jnp.maximum(ts.n_traj - 1, 0) % cap]
+    start = jnp.where(last_new >= 0, ts.total + last_new, ongoing[:, None])
+
+    skip = write.skip
+    kept = slice(skip, t_len)
+    seq_k, start_k, stamp_k, new_k = seq[:, kept], start[:, kept], stamp[kept], new[:, kept]
+    pos = write.positions
+    seq_slots = ts.seq.at[:, pos].set(seq_k, mode="drop", unique_indices=True)
+    # One record per trajectory that has a kept step: written at its first kept step (at most
+    # `capacity` consecutive numbers, hence distinct modulo capacity).
+    first_kept = jnp.arange(seq_k.shape[1]) == 0
+    rec = jnp.where(new_k | first_kept[None, :], seq_k % cap, cap)
+    start_rec = ts.start.at[lanes[:, None], rec].set(start_k, mode="drop", unique_indices=True)
+    new_ts = TrajectoryState(
+        seq=seq_slots,
+        start=start_rec,
+        n_traj=ts.n_traj + cum[:, -1],
+        last=x[:, -1, :].astype(ts.last.dtype),
+        total=ts.total + t_len,
+    )
+    written = Written(seq_k, start_k, jnp.broadcast_to(stamp_k, seq_k.shape))
+    return new_ts, written
+
+
+class LaneRanges(NamedTuple):
+    """Stored trajectories per lane: numbers ``first[l] .. last[l]`` (``n_stored[l]`` of them;
+    0 when the buffer is empty), all ``[L]`` int32; ``oldest``: ``[]`` stamp of the oldest stored
+    step (the same in every lane)."""
+
+    first: jax.Array
+    last: jax.Array
+    n_stored: jax.Array
+    oldest: jax.Array
+
+
+def lane_ranges(layout, ts: TrajectoryState, cursor, count) -> LaneRanges:
+    """O(L): the range of stored trajectory numbers of every lane."""
+    old_slot = _ring.oldest(cursor, count, layout.capacity)
+    first = ts.seq[:, old_slot]
+    last = ts.n_traj - 1
+    n_stored = jnp.where(count > 0, last - first + 1, 0)
+    return LaneRanges(first, last, n_stored, ts.total - count)
+
+
+def bounds(layout, ts: TrajectoryState, ranges: LaneRanges, lane, seq):
+    """Stored part ``[begin, end)`` (stamps) of trajectories ``seq`` of lanes ``lane`` (flat lane
+    numbers; any matching shapes). Only meaningful for stored trajectories
+    (``ranges.first[lane] <= seq <= ranges.last[lane]``); length is ``end - begin``."""
+    cap = layout.capacity
+    true_start = ts.start[lane, seq % cap]
+    begin = ranges.oldest + jnp.maximum(true_start - ranges.oldest, 0)
+    nxt = ts.start[lane, (seq + 1) % cap]
+    end = jnp.where(seq - ranges.last[lane] < 0, nxt, ts.total)
+    return begin, end
+
+
+def slot_stamp(layout, ts: TrajectoryState, cursor, count, t):
+    """Stamp of physical slot(s) ``t`` (meaningful for written slots ``t < count``)."""
+    return ts.total - count + _ring.logical(t, cursor, count, layout.capacity)
+
+
+def stamp_to_slot(layout, ts: TrajectoryState, cursor, count, stamp):
+    """Physical slot holding the stored step of stamp ``stamp``."""
+    rank = stamp - (ts.total - count)
+    return _ring.physical(rank, cursor, count, layout.capacity)
+
+
+def lane_flat(layout, lane_idx: tuple):
+    """Flat lane number of a lane index tuple (``()`` for ``ndim=1`` gives 0)."""
+    if not layout.lanes:
+        return jnp.zeros((), jnp.int32)
+    return _ring.flat_index((*lane_idx, 0), layout.lanes, 1)
+
+
+class SlotPosition(NamedTuple):
+    """Where slots sit in their stored trajectories (all int32, the index's shape):
+    ``seq`` trajectory number; ``before`` stored steps of the trajectory before the slot;
+    ``after`` stored steps from the slot to the trajectory's end, the slot included;
+    ``written`` (bool) whether the slot holds data."""
+
+    seq: jax.Array
+    before: jax.Array
+    after: jax.Array
+    written: jax.Array
+
+
+def slot_position(layout, ts: TrajectoryState, cursor, count, index: tuple) -> SlotPosition:
+    """O(1) per slot: position of ``index = (*lane_idx, t)`` within its stored trajectory.
+
+    A slice of ``n`` steps starting at the slot stays in one trajectory and never crosses the
+    write head or an unwritten slot iff ``written & (after >= n)``.
+    """
+    t = index[-1]
+    lane = jnp.broadcast_to(lane_flat(layout, index[:-1]), jnp.shape(t))
+    ranges = lane_ranges(layout, ts, cursor, count)
+    seq = ts.seq[lane, t]
+    begin, end = bounds(layout, ts, ranges, lane, seq)
+    stamp = slot_stamp(layout, ts, cursor, count, t)
+    written = t < count
+    return SlotPosition(seq, jnp.where(written, stamp - begin, 0), jnp.where(written, end - stamp, 0), written)
+
+
+def valid_start_mask(layout, ts: TrajectoryState, cursor, count, n):
+    """``[*lanes, capacity]`` bool: slot ``t`` of a lane starts a valid ``n``-step slice (its
+    trajectory has at least ``n`` stored steps from ``t`` on). O(L × capacity)."""
+    cap = layout.capacity
+    t = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (layout.n_lanes, cap))
+    lane = jnp.broadcast_to(jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None], (layout.n_lanes, cap))
+    lane_idx = _ring.lane_index(lane, layout.lanes) if layout.lanes else ()
+    pos = slot_position(layout, ts, cursor, count, (*lane_idx, t))
+    return (pos.written & (pos.after >= n)).reshape(*layout.lanes, cap)

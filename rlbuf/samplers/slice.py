@@ -1,0 +1,410 @@
+"""Trajectory-aware slice samplers: ``SliceSampler`` and ``SliceSamplerWithoutReplacement``.
+
+A batch is ``[num_slices, slice_len, ...]``: ``num_slices`` runs of ``slice_len``
+consecutive steps, each inside one stored trajectory (see ``rlbuf.samplers._trajectories``
+for how trajectories are defined from ``traj_key`` / ``end_key`` and tracked at ``add``
+time). A slice never crosses a trajectory boundary, the write head or an unwritten slot.
+
+Cost: boundaries are maintained in ``on_write`` (O(lanes × steps added)); ``sample`` is
+O(num_slices × slice_len + lanes × log(capacity)), independent of the capacity otherwise
+(TorchRL rescans the whole storage on every call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rlbuf import _ring, _tree
+from rlbuf.samplers import _trajectories as trj
+from rlbuf.samplers.base import Sampler, zero_masked
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SliceState:
+    """State of :class:`SliceSampler` (inside ``BufferState.sampler``).
+
+    - ``traj``: the boundary bookkeeping (``_trajectories.TrajectoryState``).
+    - ``queue``: ``[L, capacity]`` int32, per lane a ring of the numbers of the trajectories
+      that reached ``thr`` steps, in time order (entry ``k`` at ``k % capacity``).
+    - ``queued``: ``[L]`` int32, entries ever appended per lane.
+    - ``thr``: ``[]`` int32, the length the queue is kept for (the ``slice_len`` of the last
+      ``sample``; 0 before any: the queue is then rebuilt once, in O(L × capacity)).
+    """
+
+    traj: trj.TrajectoryState
+    queue: jax.Array
+    queued: jax.Array
+    thr: jax.Array
+
+
+def _norm_key(key):
+    return None if key is None else _tree.as_tuple(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SliceBase(Sampler):
+    num_slices: Optional[int] = None
+    slice_len: Optional[int] = None
+    traj_key: Any = None
+    end_key: Any = None
+    truncated_key: Any = ("next", "truncated")
+    strict_length: bool = True
+    trajectory_key: Any = None
+
+    # Padding (strict_length=False, empty buffer) is zeroed by ``postprocess``.
+    pads = True
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if self.trajectory_key is not None:
+            if self.traj_key is not None and _norm_key(self.traj_key) != _norm_key(self.trajectory_key):
+                raise ValueError(f"{name}: traj_key and its alias trajectory_key disagree")
+            object.__setattr__(self, "traj_key", self.trajectory_key)
+            object.__setattr__(self, "trajectory_key", None)
+        for field in ("traj_key", "end_key", "truncated_key"):
+            object.__setattr__(self, field, _norm_key(getattr(self, field)))
+        if (self.num_slices is None) == (self.slice_len is None):
+            raise ValueError(
+                f"{name}: give exactly one of num_slices or slice_len "
+                f"(got num_slices={self.num_slices!r}, slice_len={self.slice_len!r})"
+            )
+        for field in ("num_slices", "slice_len"):
+            v = getattr(self, field)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise ValueError(f"{name}: {field} must be a positive int, got {v!r}")
+        if (self.traj_key is None) == (self.end_key is None):
+            raise ValueError(
+                f"{name}: give exactly one of traj_key (alias trajectory_key) or end_key "
+                f"(got traj_key={self.traj_key!r}, end_key={self.end_key!r})"
+            )
+
+    # --- static configuration -------------------------------------------------------------
+
+    def shape(self, batch_size: int) -> tuple[int, int]:
+        """``(num_slices, slice_len)`` for a buffer ``batch_size`` (raises if not divisible)."""
+        name = type(self).__name__
+        given, what = (self.num_slices, "num_slices") if self.num_slices is not None else (self.slice_len, "slice_len")
+        if batch_size % given:
+            raise ValueError(f"{name}: batch_size={batch_size} is not divisible by {what}={given}")
+        other = batch_size // given
+        return (given, other) if self.num_slices is not None else (other, given)
+
+    def _spec(self, layout) -> trj.KeySpec:
+        return trj.key_spec(layout, self.traj_key, self.end_key, owner=type(self).__name__)
+
+    def check(self, layout, batch_size: int) -> None:
+        n_slices, n = self.shape(batch_size)
+        if n > layout.capacity:
+            raise ValueError(
+                f"{type(self).__name__}: slice_len={n} is larger than the {layout.capacity} time steps "
+                f"each lane of the storage holds"
+            )
+        self._spec(layout)
+
+    # --- shared pieces ----------------------------------------------------------------------
+
+    def _slices(self, layout, ts, state, ranges, key, lane, seq, ok, n: int):
+        """Index/mask of one slice per ``(lane, seq)`` (``[S]`` each; ``ok`` False gives an
+        all-padding slice): a start uniform over the trajectory's stored part, whole
+        (padded) trajectory if it is shorter than ``n``."""
+        begin, end = trj.bounds(layout, ts, ranges, lane, seq)
+        length = jnp.where(ok, end - begin, 0)
+        n_starts = jnp.maximum(length - n + 1, 1)
+        off = jax.random.randint(key, lane.shape, 0, n_starts, dtype=jnp.int32)
+        steps = jnp.arange(n, dtype=jnp.int32)
+        mask = steps[None, :] < length[:, None]
+        # Padding points at the slice's first step (a written slot when ok, slot 0 otherwise):
+        # always a real storage location, zeroed by postprocess.
+        rank = jnp.where(ok, begin + off - ranges.oldest, 0)[:, None] + jnp.where(mask, steps[None, :], 0)
+        t = _ring.physical(rank, state.cursor, state.count, layout.capacity).astype(jnp.int32)
+        t = jnp.where(ok[:, None], t, 0)
+        if layout.lanes:
+            lane_idx = tuple(
+                jnp.broadcast_to(li[:, None], t.shape).astype(jnp.int32) for li in _ring.lane_index(lane, layout.lanes)
+            )
+        else:
+            lane_idx = ()
+        return (*lane_idx, t), mask
+
+    def postprocess(self, layout, batch, info):
+        """Zero padding; set ``truncated_key`` (and its sibling ``"done"``, if stored) True at each
+        slice's last real step, like TorchRL (only keys the buffer stores)."""
+        mask = info["mask"]
+        batch = zero_masked(batch, mask)
+        if self.truncated_key is None:
+            return batch
+        nxt = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
+        last = mask & ~nxt
+        stored = set(layout.keys())
+        done_key = self.truncated_key[:-1] + ("done",)
+        for k, op in ((self.truncated_key, "set"), (done_key, "or")):
+            if k not in stored:
+                continue
+            x = _tree.get(batch, k)
+            flag = last.reshape(last.shape + (1,) * (x.ndim - 2))
+            flag = jnp.broadcast_to(flag, x.shape)
+            if op == "or":
+                flag = flag | (x != 0)
+            batch = _tree.set_in(batch, k, flag.astype(x.dtype))
+        return batch
+
+    def _lengths_all(self, layout, ts, ranges):
+        """``[L, capacity]`` stored length of the lane's ``j``-th stored trajectory (0 past the
+        last) and the trajectory numbers; O(L × capacity)."""
+        cap = layout.capacity
+        j = jnp.arange(cap, dtype=jnp.int32)[None, :]
+        seq = ranges.first[:, None] + j
+        lane = jnp.broadcast_to(jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None], seq.shape)
+        begin, end = trj.bounds(layout, ts, ranges, lane, seq)
+        return jnp.where(j < ranges.n_stored[:, None], end - begin, 0), seq
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceSampler(_SliceBase):
+    """Samples ``num_slices`` slices of ``slice_len`` consecutive steps of one trajectory.
+
+    Args:
+      num_slices / slice_len: exactly one; the other is ``batch_size // given`` (the buffer's
+        ``batch_size`` must be divisible).
+      traj_key (alias ``trajectory_key``) / end_key: exactly one. ``traj_key``: a trajectory is
+        a run of consecutive steps of a lane with one id. ``end_key``: a trajectory ends at a
+        step whose flag is True. With ``ndim >= 2`` each lane (env) holds its own
+        trajectories along time, and a trajectory may wrap around the ring's physical end.
+      truncated_key: set True at each slice's last step in the returned batch (and
+        ``truncated_key[:-1] + ("done",)`` or-ed with it), if the buffer stores them.
+      strict_length: True: trajectories with fewer than ``slice_len`` stored steps are never
+        chosen. False: they give whole-trajectory slices padded at the end (zeros,
+        ``info["mask"]`` False on the padding; shapes stay static unlike TorchRL).
+
+    Distribution (TorchRL's): each slice independently picks a trajectory uniformly among the
+    eligible stored ones (all lanes together), then a start uniformly among its
+    ``length - slice_len + 1`` positions. A trajectory partly overwritten by the ring counts
+    with its stored part only.
+
+    Output: leaves ``[num_slices, slice_len, ...]``; ``info["index"]`` is ``(*lane_idx, t)``
+    of ``[num_slices, slice_len]`` int32 arrays (an array for ``ndim=1``); ``info["mask"]``
+    ``[num_slices, slice_len]`` bool. No eligible trajectory (empty or too-short buffer):
+    ``can_sample`` False, ``sample`` returns zeros with ``info["mask"]`` all False.
+
+    Cost: ``on_write`` O(lanes × steps added); ``sample`` O(num_slices × slice_len +
+    lanes × log capacity), except the first ``sample`` (or one with a new ``slice_len``),
+    which rebuilds the per-length queue of long trajectories in O(lanes × capacity) — keep
+    the state returned by ``sample``.
+    """
+
+    def init(self, layout):
+        spec = self._spec(layout)
+        n_l, cap = layout.n_lanes, layout.capacity
+        thr = self.slice_len if self.slice_len is not None else 0
+        return SliceState(
+            traj=trj.init(layout, spec),
+            queue=jnp.zeros((n_l, cap), jnp.int32),
+            queued=jnp.zeros((n_l,), jnp.int32),
+            thr=jnp.full((), thr, jnp.int32),
+        )
+
+    def on_write(self, layout, sstate, write, data):
+        spec = self._spec(layout)
+        old_total = sstate.traj.total
+        ts, w = trj.update(layout, sstate.traj, spec, write, data)
+        thr = sstate.thr
+        off = w.stamp - w.start
+        # A trajectory joins the queue when its thr-th step is written; if that step was in
+        # the part of an over-long add the ring skipped, at its first kept step.
+        first_kept = (jnp.arange(off.shape[1]) == 0)[None, :]
+        reached_in_skip = first_kept & (off > thr - 1) & (w.start + thr - 1 - old_total >= 0)
+        mark = (thr > 0) & ((off == thr - 1) | (reached_in_skip if write.skip else False))
+        cap = layout.capacity
+        pos = sstate.queued[:, None] + jnp.cumsum(mark, axis=1, dtype=jnp.int32) - 1
+        idx = jnp.where(mark, pos % cap, cap)
+        lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
+        queue = sstate.queue.at[lanes, idx].set(w.seq, mode="drop", unique_indices=True)
+        queued = sstate.queued + jnp.sum(mark, axis=1, dtype=jnp.int32)
+        return SliceState(ts, queue, queued, thr)
+
+    def _rebuild(self, layout, s: SliceState, ranges, n: int) -> SliceState:
+        lengths, seq = self._lengths_all(layout, s.traj, ranges)
+        long = lengths >= n
+        pos = jnp.cumsum(long, axis=1, dtype=jnp.int32) - 1
+        idx = jnp.where(long, pos, layout.capacity)
+        lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
+        queue = jnp.zeros_like(s.queue).at[lanes, idx].set(seq, mode="drop", unique_indices=True)
+        return SliceState(s.traj, queue, jnp.sum(long, axis=1, dtype=jnp.int32), jnp.full((), n, jnp.int32))
+
+    def _eligible(self, layout, s: SliceState, ranges, n: int):
+        """Per lane ``(head, count)``: the queue entries ``head .. head + count - 1`` are exactly
+        the stored trajectories with at least ``n`` stored steps (needs ``s.thr == n``)."""
+        cap = layout.capacity
+        lo = jnp.maximum(s.queued - cap, 0)
+        hi = s.queued
+        lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)
+
+        # Entries are in trajectory order; overwritten ones sit at the front: binary search for
+        # the first entry still stored.
+        def body(_, lh):
+            lo_, hi_ = lh
+            mid = (lo_ + hi_) // 2
+            below = s.queue[lanes, mid % cap] - ranges.first < 0
+            go = lo_ < hi_
+            return jnp.where(go & below, mid + 1, lo_), jnp.where(go & ~below, mid, hi_)
+
+        head, _ = jax.lax.fori_loop(0, max(int(cap).bit_length(), 1) + 1, body, (lo, hi))
+        # Only the oldest stored trajectory can have shrunk below n (overwritten from its start).
+        h_seq = s.queue[lanes, head % cap]
+        begin, end = trj.bounds(layout, s.traj, ranges, lanes, h_seq)
+        shrunk = (head < hi) & (h_seq == ranges.first) & (end - begin < n)
+        head = head + shrunk
+        return head, jnp.where(ranges.n_stored > 0, hi - head, 0)
+
+    def _counts(self, layout, s: SliceState, ranges, n: int):
+        if self.strict_length:
+            return self._eligible(layout, s, ranges, n)
+        return ranges.first, ranges.n_stored
+
+    def sample(self, layout, state, key, batch_size: int):
+        n_slices, n = self.shape(batch_size)
+        s = state.sampler
+        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+        if self.strict_length:
+            s = jax.lax.cond(s.thr != n, lambda: self._rebuild(layout, s, ranges, n), lambda: s)
+        head, counts = self._counts(layout, s, ranges, n)
+        k_traj, k_start = jax.random.split(key)
+        cum = jnp.cumsum(counts)
+        total = cum[-1]
+        u = jax.random.randint(k_traj, (n_slices,), 0, jnp.maximum(total, 1), dtype=jnp.int32)
+        lane = jnp.minimum(jnp.searchsorted(cum, u, side="right"), layout.n_lanes - 1).astype(jnp.int32)
+        within = u - (cum[lane] - counts[lane])
+        if self.strict_length:
+            seq = s.queue[lane, (head[lane] + within) % layout.capacity]
+        else:
+            seq = head[lane] + within
+        ok = jnp.broadcast_to(total > 0, (n_slices,))
+        index, mask = self._slices(layout, s.traj, state, ranges, k_start, lane, seq, ok, n)
+        return s, index, {"mask": mask}
+
+    def can_sample(self, layout, state, batch_size: int):
+        _, n = self.shape(batch_size)
+        s = state.sampler
+        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+        if not self.strict_length:
+            return state.count > 0
+        s = jax.lax.cond(s.thr != n, lambda: self._rebuild(layout, s, ranges, n), lambda: s)
+        _, counts = self._eligible(layout, s, ranges, n)
+        return jnp.sum(counts) > 0
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SliceWithoutReplacementState:
+    """State of :class:`SliceSamplerWithoutReplacement`.
+
+    - ``traj``: the boundary bookkeeping.
+    - ``perm``: ``[L * capacity]`` int32, the epoch's order over trajectory items
+      ``k = lane * capacity + j`` (the ``j``-th trajectory of the lane stored at the epoch's
+      start, number ``epoch_first[lane] + j``); eligible items first.
+    - ``pos``: items of the epoch already used; ``epoch_items``: eligible items of the epoch;
+      ``epoch_first``: ``[L]`` first stored trajectory number per lane at the epoch's start;
+      ``epoch``: epochs begun.
+    """
+
+    traj: trj.TrajectoryState
+    perm: jax.Array
+    pos: jax.Array
+    epoch_items: jax.Array
+    epoch_first: jax.Array
+    epoch: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceSamplerWithoutReplacement(_SliceBase):
+    """Slices without replacement: each epoch yields one slice from every trajectory stored
+    (and eligible: at least ``slice_len`` stored steps if ``strict_length``) when it began.
+
+    Every batch holds ``num_slices`` distinct trajectories (a random permutation of the
+    epoch's trajectories if ``shuffle``, storage order otherwise), each slice starting
+    uniformly within its trajectory. Same arguments as :class:`SliceSampler`, plus:
+
+    - ``drop_last=False``: the epoch's last batch may have fewer than ``num_slices`` slices;
+      the missing ones are padding (zeros, ``info["mask"]`` False). ``drop_last=True``: such a
+      remainder is skipped and a new epoch begins.
+    - Adds mid-epoch: new trajectories wait for the next epoch; a trajectory overwritten (or
+      shrunk below ``slice_len`` with ``strict_length``) before its turn gives an all-padding
+      slice (``info["mask"]`` False). A new epoch starts once the previous is used up.
+    - Beginning an epoch is O(lanes × capacity) (a permutation); other samples are
+      O(num_slices × slice_len).
+    """
+
+    drop_last: bool = False
+    shuffle: bool = True
+
+    def init(self, layout):
+        spec = self._spec(layout)
+        z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers, for donation)
+        return SliceWithoutReplacementState(
+            traj=trj.init(layout, spec),
+            perm=jnp.arange(layout.size, dtype=jnp.int32),
+            pos=z(),
+            epoch_items=z(),
+            epoch_first=jnp.zeros((layout.n_lanes,), jnp.int32),
+            epoch=z(),
+        )
+
+    def on_write(self, layout, sstate, write, data):
+        ts, _ = trj.update(layout, sstate.traj, self._spec(layout), write, data)
+        return dataclasses.replace(sstate, traj=ts)
+
+    def _eligible_items(self, layout, s, ranges, n: int):
+        lengths, _ = self._lengths_all(layout, s.traj, ranges)
+        return (lengths >= (n if self.strict_length else 1)).reshape(-1)
+
+    def _new_epoch(self, layout, s, ranges, key, n: int):
+        ok = self._eligible_items(layout, s, ranges, n)
+        if self.shuffle:
+            order = jax.random.permutation(key, layout.size).astype(jnp.int32)
+        else:
+            order = jnp.arange(layout.size, dtype=jnp.int32)
+        # Stable partition: eligible items first, in (random) order.
+        perm = order[jnp.argsort(~ok[order], stable=True)]
+        return SliceWithoutReplacementState(
+            traj=s.traj,
+            perm=perm,
+            pos=jnp.zeros((), jnp.int32),
+            epoch_items=jnp.sum(ok, dtype=jnp.int32),
+            epoch_first=ranges.first,
+            epoch=s.epoch + 1,
+        )
+
+    def sample(self, layout, state, key, batch_size: int):
+        n_slices, n = self.shape(batch_size)
+        s = state.sampler
+        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+        k_perm, k_start = jax.random.split(key)
+        left = s.epoch_items - s.pos
+        need = (left <= 0) | ((left < n_slices) & self.drop_last)
+        s = jax.lax.cond(need, lambda: self._new_epoch(layout, s, ranges, k_perm, n), lambda: s)
+        k = s.pos + jnp.arange(n_slices, dtype=jnp.int32)
+        in_epoch = k < s.epoch_items
+        item = jnp.where(in_epoch, s.perm[jnp.minimum(k, layout.size - 1)], 0)
+        cap = layout.capacity
+        lane = item // cap
+        seq = s.epoch_first[lane] + item % cap
+        # Still stored (not overwritten since the epoch began) and still long enough.
+        stored = (seq - ranges.first[lane] >= 0) & (ranges.n_stored[lane] > 0)
+        begin, end = trj.bounds(layout, s.traj, ranges, lane, seq)
+        ok = in_epoch & stored & (end - begin >= (n if self.strict_length else 1))
+        index, mask = self._slices(layout, s.traj, state, ranges, k_start, lane, seq, ok, n)
+        s = dataclasses.replace(s, pos=jnp.minimum(s.pos + n_slices, s.epoch_items))
+        return s, index, {"mask": mask}
+
+    def can_sample(self, layout, state, batch_size: int):
+        n = self.shape(batch_size)[1]
+        s = state.sampler
+        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+        n_ok = jnp.sum(self._eligible_items(layout, s, ranges, n))
+        n_slices = self.shape(batch_size)[0]
+        return n_ok >= n_slices if self.drop_last else n_ok > 0
