@@ -1,0 +1,87 @@
+"""``rlbuf._ring`` against brute force: a ring that has received ``A`` steps per lane holds
+step ``i`` (for ``A - min(A, C) <= i < A``) in physical slot ``i % C``."""
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlbuf import _ring
+
+CAPS = (1, 2, 5, 7)
+
+
+def ring_after(added, cap):
+    """(cursor, count, step held by each slot or -1) after ``added`` steps."""
+    held = np.full(cap, -1)
+    for i in range(max(added - cap, 0), added):
+        held[i % cap] = i
+    return added % cap, min(added, cap), held
+
+
+@pytest.mark.parametrize("cap", CAPS)
+def test_write_positions_matches_per_step_writes(cap):
+    for added, t in itertools.product(range(3 * cap + 1), range(1, 3 * cap + 2)):
+        cursor, _, _ = ring_after(added, cap)
+        pos, skip, new_cursor = _ring.write_positions(jnp.int32(cursor), t, cap)
+        pos = np.asarray(pos)
+        assert skip == max(t - cap, 0)
+        assert pos.shape == (min(t, cap),) and len(set(pos.tolist())) == pos.size
+        # Step j of the data (j >= skip) lands where a per-step writer would put it.
+        np.testing.assert_array_equal(pos, [(added + j) % cap for j in range(skip, t)])
+        assert int(new_cursor) == (added + t) % cap
+
+
+@pytest.mark.parametrize("cap", CAPS)
+def test_logical_physical_age_order(cap):
+    for added in range(3 * cap + 1):
+        cursor, count, held = ring_after(added, cap)
+        slots = np.arange(cap)
+        rank = np.asarray(_ring.logical(jnp.asarray(slots), cursor, count, cap))
+        written = held >= 0
+        # Age rank of a written slot = its step's position among the stored steps.
+        np.testing.assert_array_equal(rank[written], held[written] - (added - count))
+        ranks = np.arange(count)
+        phys = np.asarray(_ring.physical(jnp.asarray(ranks), cursor, count, cap))
+        np.testing.assert_array_equal(held[phys], np.arange(added - count, added))
+        np.testing.assert_array_equal(np.asarray(_ring.logical(jnp.asarray(phys), cursor, count, cap)), ranks)
+        assert int(_ring.oldest(cursor, count, cap)) == (phys[0] if count else 0)
+
+
+@pytest.mark.parametrize("cap", CAPS)
+def test_window_fits_brute_force(cap):
+    for added in range(3 * cap + 1):
+        cursor, count, held = ring_after(added, cap)
+        t = np.arange(cap)[:, None]
+        n = np.arange(1, cap + 2)[None, :]
+        got = np.asarray(_ring.window_fits(jnp.asarray(t), jnp.asarray(n), cursor, count, cap))
+        for ti in range(cap):
+            for ni in range(1, cap + 2):
+                s = held[ti]
+                want = (
+                    s >= 0
+                    and ni <= cap
+                    and all(held[(ti + j) % cap] == s + j for j in range(ni))
+                )
+                assert got[ti, ni - 1] == want, (added, ti, ni)
+
+
+@pytest.mark.parametrize("lanes", [(), (3,), (2, 4)])
+def test_flat_unflatten_lane_index(lanes):
+    cap = 5
+    dims = (*lanes, cap)
+    grid = np.indices(dims).reshape(len(dims), -1)
+    flat = np.asarray(_ring.flat_index(tuple(jnp.asarray(g) for g in grid), lanes, cap))
+    np.testing.assert_array_equal(flat, np.ravel_multi_index(tuple(grid), dims))
+    back = _ring.unflatten_index(jnp.asarray(flat), lanes, cap)
+    assert len(back) == len(dims)
+    for b, g in zip(back, grid):
+        np.testing.assert_array_equal(np.asarray(b), g)
+    n = _ring.n_lanes(lanes)
+    assert n == int(np.prod(lanes, dtype=np.int64))
+    if lanes:
+        idx = _ring.lane_index(jnp.arange(n), lanes)
+        want = np.unravel_index(np.arange(n), lanes)
+        for a, w in zip(idx, want):
+            np.testing.assert_array_equal(np.asarray(a), w)
