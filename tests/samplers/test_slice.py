@@ -1,0 +1,451 @@
+"""``SliceSampler`` against a plain-numpy ground truth.
+
+The data come from :class:`GroundTruth`: per lane, episodes of chosen lengths whose
+observation encodes ``(episode id, step)``; ids are unique, ``("next","done")`` is True at
+each episode's end, ``("next","truncated")`` is present. The reference for what the ring
+holds is ``reference.NumpyRingBuffer``; the reference trajectories are the runs of one
+episode id among each lane's stored steps (an episode partly overwritten counts with its
+stored part).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import NumpyRingBuffer
+from scipy import stats
+
+from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.samplers import _trajectories as trj
+from rlbuf.samplers.slice import SliceSampler
+from rlbuf.storage import LazyTensorStorage
+
+LANES = {1: (), 2: (3,), 3: (2, 2)}
+CAPS = {1: 12, 2: 10, 3: 9}  # time slots per lane, one per ndim (few compiled shapes)
+ADD_T = (3, 7, 13)  # 13 > every capacity: the writer drops the first steps of the add
+N = 3  # slice_len
+NUM_SLICES = 8
+KEYS = {"traj": dict(traj_key="ep"), "end": dict(end_key=("next", "done"))}
+
+
+def n_lanes(lanes):
+    return int(np.prod(lanes, dtype=np.int64)) if lanes else 1
+
+
+class GroundTruth:
+    """Per lane, a stream of episodes: episode ``i`` of lane ``l`` has length
+    ``lengths[(i + l) % len(lengths)]``; ids are unique over lanes (starting at 1, so real
+    observations never equal the zero padding)."""
+
+    def __init__(self, lanes, lengths):
+        self.lanes = tuple(lanes)
+        self.lengths = list(lengths)
+        self.n = n_lanes(lanes)
+        self.next_id = 1
+        self.k = list(range(self.n))  # index into lengths of each lane's current episode
+        self.cur = [self._new(lane) for lane in range(self.n)]  # [id, step, length]
+
+    def _new(self, lane):
+        ep = [self.next_id, 0, self.lengths[self.k[lane] % len(self.lengths)]]
+        self.next_id += 1
+        self.k[lane] += 1
+        return ep
+
+    def batch(self, t_len):
+        ep = np.zeros((self.n, t_len), np.int32)
+        step = np.zeros((self.n, t_len), np.int32)
+        done = np.zeros((self.n, t_len), bool)
+        trunc = np.zeros((self.n, t_len), bool)
+        for lane in range(self.n):
+            for t in range(t_len):
+                e = self.cur[lane]
+                ep[lane, t], step[lane, t] = e[0], e[1]
+                e[1] += 1
+                if e[1] == e[2]:
+                    done[lane, t] = True
+                    trunc[lane, t] = e[2] % 2 == 0  # some episodes end truncated
+                    self.cur[lane] = self._new(lane)
+        shp = (*self.lanes, t_len)
+        return {
+            "obs": np.stack([ep, step], -1).reshape(*shp, 2),
+            "ep": ep.reshape(shp),
+            "next": {"done": done.reshape(shp), "truncated": trunc.reshape(shp)},
+        }
+
+
+def ref_runs(ref: NumpyRingBuffer):
+    """``{(lane, ep): (first stored step, stored length)}`` for every stored trajectory."""
+    if ref.count == 0:
+        return {}
+    st_ = ref.stored()
+    n = n_lanes(ref.lanes)
+    ep = st_["ep"].reshape(n, ref.count)
+    step = st_["obs"][..., 1].reshape(n, ref.count)
+    runs = {}
+    for lane in range(n):
+        for p in range(ref.count):
+            if p == 0 or ep[lane, p] != ep[lane, p - 1]:
+                runs[(lane, int(ep[lane, p]))] = [int(step[lane, p]), 0]
+            runs[(lane, int(ep[lane, p]))][1] += 1
+    return {k: tuple(v) for k, v in runs.items()}
+
+
+def lane_of(index, lanes):
+    if not lanes:
+        return np.zeros(np.shape(index[-1]), np.int64)
+    return np.ravel_multi_index(tuple(np.asarray(i) for i in index[:-1]), lanes)
+
+
+def check_batch(ref, batch, info, n, strict, *, require_full=True):
+    """Every property a slice batch must have, against the numpy reference. Returns the list of
+    ``(lane, ep, first_step, n_real)`` of the slices."""
+    lanes = ref.lanes
+    runs = ref_runs(ref)
+    eligible = [k for k, (_, ln) in runs.items() if ln >= (n if strict else 1)]
+    mask = np.asarray(info["mask"])
+    index = info["index"] if lanes else (info["index"],)
+    t = np.asarray(index[-1])
+    lane = lane_of(index, lanes)
+    obs = np.asarray(batch["obs"])
+    trunc = np.asarray(batch["next"]["truncated"])
+    done = np.asarray(batch["next"]["done"])
+    n_l = n_lanes(lanes)
+    ring_obs = ref.storage()["obs"].reshape(n_l, ref.capacity, 2) if ref.count else None
+    ring_done = ref.storage()["next"]["done"].reshape(n_l, ref.capacity) if ref.count else None
+    out = []
+    for i in range(mask.shape[0]):
+        real = mask[i]
+        k = int(real.sum())
+        assert np.all(real[:k]) and not np.any(real[k:]), f"mask is not a prefix: {real}"
+        # Padding is zeros, and never flagged.
+        assert np.all(obs[i, k:] == 0) and not np.any(trunc[i, k:]) and not np.any(done[i, k:])
+        if k == 0:
+            assert not eligible or not require_full, "an all-padding slice although a trajectory is eligible"
+            continue
+        # info["index"] locates every real step.
+        np.testing.assert_array_equal(obs[i, :k], ring_obs[lane[i, :k], t[i, :k]])
+        ep, steps = obs[i, :k, 0], obs[i, :k, 1]
+        assert np.all(ep == ep[0]), f"slice crosses episodes: {ep}"
+        # flashbax's check: strictly increasing, here by exactly one (consecutive steps).
+        assert np.all(np.diff(steps) == 1), f"steps not consecutive: {steps}"
+        assert np.all(lane[i] == lane[i, 0])
+        key = (int(lane[i, 0]), int(ep[0]))
+        assert key in runs, f"slice {key} is not stored (overwritten data returned)"
+        first, length = runs[key]
+        assert first <= steps[0] and steps[-1] < first + length, "slice leaves the stored trajectory"
+        if strict:
+            assert k == n and length >= n
+        else:
+            assert k == min(n, length)
+            if length < n:
+                assert steps[0] == first
+        last = np.zeros(n, bool)
+        last[k - 1] = True
+        np.testing.assert_array_equal(trunc[i], last)
+        np.testing.assert_array_equal(done[i], last | (ring_done[lane[i], t[i]] & real))
+        out.append((key[0], key[1], int(steps[0]), k))
+    return out, eligible
+
+
+# --- cached jitted functions (compile once per configuration) ---------------------------------
+
+_FNS: dict = {}
+
+
+def fns(ndim, mode):
+    """``(rb_strict, rb_loose, add, sample_strict, sample_loose)``; both buffers share one state
+    layout (``strict_length`` only changes ``sample``), so one jitted ``add`` serves both."""
+    key = (ndim, mode)
+    if key not in _FNS:
+        storage = LazyTensorStorage(CAPS[ndim] * n_lanes(LANES[ndim]), ndim=ndim)
+        strict = ReplayBuffer(
+            storage=storage, sampler=SliceSampler(slice_len=N, **KEYS[mode]), batch_size=N * NUM_SLICES
+        )
+        loose = ReplayBuffer(
+            storage=storage,
+            sampler=SliceSampler(num_slices=NUM_SLICES, strict_length=False, **KEYS[mode]),
+            batch_size=N * NUM_SLICES,
+        )
+
+        def sampler(rb):
+            return jax.jit(lambda s, k: (rb.sample(s, k), rb.can_sample(s)))
+
+        _FNS[key] = (strict, loose, jax.jit(strict.add), sampler(strict), sampler(loose))
+    return _FNS[key]
+
+
+def example(ndim):
+    return jax.tree_util.tree_map(jnp.asarray, GroundTruth(LANES[ndim], [2]).batch(2))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    ndim=st.sampled_from([1, 2, 3]),
+    mode=st.sampled_from(sorted(KEYS)),
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    adds=st.lists(st.sampled_from(ADD_T), min_size=1, max_size=7),
+    seed=st.integers(0, 2**16),
+)
+def test_slices_stay_in_one_stored_trajectory(ndim, mode, lengths, adds, seed):
+    strict_rb, _, add, sample_strict, sample_loose = fns(ndim, mode)
+    gt = GroundTruth(LANES[ndim], lengths)
+    ref = NumpyRingBuffer(CAPS[ndim], LANES[ndim])
+    state = strict_rb.init(example(ndim))
+    key = jax.random.key(seed)
+    for t_len in adds:
+        data = gt.batch(t_len)
+        ref.add(data)
+        state = add(state, jax.tree_util.tree_map(jnp.asarray, data))
+        key, k1, k2 = jax.random.split(key, 3)
+        (state, batch, info), can = sample_strict(state, k1)
+        _, eligible = check_batch(ref, batch, info, N, True)
+        assert bool(can) == bool(eligible)
+        (_, batch, info), can = sample_loose(state, k2)
+        _, eligible = check_batch(ref, batch, info, N, False)
+        assert bool(can) == bool(eligible)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    adds=st.lists(st.sampled_from(ADD_T), min_size=2, max_size=6),
+)
+def test_queue_rebuilt_for_a_new_slice_len_then_kept_incrementally(lengths, adds):
+    """A sampler whose slice_len differs from the queue's (here 2 vs 3) rebuilds it on its first
+    ``sample``; later adds keep it for the new length."""
+    strict_rb, _, add, _, _ = fns(2, "traj")
+    rb2 = _rb2()
+    gt = GroundTruth(LANES[2], lengths)
+    ref = NumpyRingBuffer(CAPS[2], LANES[2])
+    state = strict_rb.init(example(2))
+    for i, t_len in enumerate(adds):
+        data = gt.batch(t_len)
+        ref.add(data)
+        state = add(state, jax.tree_util.tree_map(jnp.asarray, data))
+        (state, batch, info), can = _SAMPLE2(rb2)(state, jax.random.key(i))
+        assert int(state.sampler.thr) == 2
+        _, eligible = check_batch(ref, batch, info, 2, True)
+        assert bool(can) == bool(eligible)
+
+
+_CACHE2: dict = {}
+
+
+def _rb2():
+    if "rb" not in _CACHE2:
+        _CACHE2["rb"] = ReplayBuffer(
+            storage=LazyTensorStorage(CAPS[2] * 3, ndim=2),
+            sampler=SliceSampler(num_slices=4, traj_key="ep"),
+            batch_size=8,
+        )
+    return _CACHE2["rb"]
+
+
+def _SAMPLE2(rb):
+    if "fn" not in _CACHE2:
+        _CACHE2["fn"] = jax.jit(lambda s, k: (rb.sample(s, k), rb.can_sample(s)))
+    return _CACHE2["fn"]
+
+
+# --- distribution -------------------------------------------------------------------------------
+
+
+def _fixed_buffer(sampler, num_slices):
+    """Lanes (2,), 12 slots per lane, 20 steps per lane added (the first 8 overwritten)."""
+    lane_lengths = {0: [6, 5, 2, 4, 3], 1: [1, 7, 4, 8]}
+    ep, step = np.zeros((2, 20), np.int32), np.zeros((2, 20), np.int32)
+    nid = 1
+    for lane, lens in lane_lengths.items():
+        t = 0
+        for ln in lens:
+            ep[lane, t : t + ln], step[lane, t : t + ln] = nid, np.arange(ln)
+            nid += 1
+            t += ln
+    data = {"obs": np.stack([ep, step], -1), "ep": ep}
+    rb = ReplayBuffer(storage=LazyTensorStorage(24, ndim=2), sampler=sampler, batch_size=num_slices * 3)
+    state = rb.init(jax.tree_util.tree_map(jnp.asarray, data))
+    for a in range(0, 20, 5):
+        state = rb.add(state, jax.tree_util.tree_map(lambda x: jnp.asarray(x[:, a : a + 5]), data))
+    ref = NumpyRingBuffer(12, (2,))
+    ref.add(data)
+    return rb, state, ref
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_default_distribution_is_torchrl(strict):
+    """Trajectory uniform among the eligible stored ones, then start uniform within it."""
+    num_slices = 6000
+    rb, state, ref = _fixed_buffer(SliceSampler(num_slices=num_slices, traj_key="ep", strict_length=strict), num_slices)
+    _, batch, info = jax.jit(rb.sample)(state, jax.random.key(3))
+    obs = np.asarray(batch["obs"])
+    lane = np.asarray(info["index"][0][:, 0])
+    runs = ref_runs(ref)
+    eligible = {k: v for k, v in runs.items() if v[1] >= (3 if strict else 1)}
+    cells, probs = [], []
+    for (ln, ep), (first, length) in sorted(eligible.items()):
+        starts = range(first, first + max(length - 2, 1))
+        for s in starts:
+            cells.append((ln, ep, s))
+            probs.append(1 / len(eligible) / len(starts))
+    got = {c: 0 for c in cells}
+    for i in range(num_slices):
+        c = (int(lane[i]), int(obs[i, 0, 0]), int(obs[i, 0, 1]))
+        assert c in got, f"slice start {c} outside the distribution's support"
+        got[c] += 1
+    f_obs = np.array([got[c] for c in cells])
+    assert len(cells) == (12 if strict else 13)
+    res = stats.chisquare(f_obs, np.array(probs) * num_slices)
+    assert res.pvalue > 1e-3, (res, dict(zip(cells, f_obs)))
+
+
+# --- empty / too small, compile once, errors ---------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_empty_and_too_small_buffers(ndim):
+    strict_rb, _, add, sample_strict, sample_loose = fns(ndim, "traj")
+    state = strict_rb.init(example(ndim))
+    for sample in (sample_strict, sample_loose):
+        (_, batch, info), can = sample(state, jax.random.key(0))
+        assert not bool(can) and not np.any(np.asarray(info["mask"]))
+        assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(batch))
+    # Only trajectories shorter than slice_len: strict cannot sample, non-strict can.
+    gt = GroundTruth(LANES[ndim], [1, 2])
+    ref = NumpyRingBuffer(CAPS[ndim], LANES[ndim])
+    for _ in range(3):
+        data = gt.batch(7)
+        ref.add(data)
+        state = add(state, jax.tree_util.tree_map(jnp.asarray, data))
+    (_, batch, info), can = sample_strict(state, jax.random.key(1))
+    assert not bool(can) and not np.any(np.asarray(info["mask"]))
+    assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(batch))
+    (_, batch, info), can = sample_loose(state, jax.random.key(2))
+    assert bool(can)
+    out, _ = check_batch(ref, batch, info, N, False)
+    assert len(out) == NUM_SLICES and all(k <= 2 for *_, k in out)
+
+
+def test_hundred_add_sample_iterations_compile_once():
+    strict_rb, _, _, _, _ = fns(2, "end")
+    gt = GroundTruth(LANES[2], [3, 5, 2, 8])
+
+    @jax.jit
+    def step(state, data, key):
+        state = strict_rb.add(state, data)
+        return strict_rb.sample(state, key)
+
+    state = strict_rb.init(example(2))
+    ref = NumpyRingBuffer(CAPS[2], LANES[2])
+    for i in range(100):
+        data = gt.batch(3)
+        ref.add(data)
+        state, batch, info = step(state, jax.tree_util.tree_map(jnp.asarray, data), jax.random.key(i))
+    assert step._cache_size() == 1
+    check_batch(ref, batch, info, N, True)
+
+
+def test_scan_loop_matches_step_by_step():
+    """Add+sample inside ``lax.scan`` gives the same batches as the same steps one by one."""
+    strict_rb, _, add, sample_strict, _ = fns(1, "traj")
+    gt = GroundTruth((), [4, 1, 6])
+    data = [gt.batch(7) for _ in range(6)]
+    stacked = jax.tree_util.tree_map(lambda *x: jnp.asarray(np.stack(x)), *data)
+    keys = jax.random.split(jax.random.key(5), 6)
+
+    def body(state, xs):
+        d, k = xs
+        state, batch, _ = strict_rb.sample(strict_rb.add(state, d), k)
+        return state, batch["obs"]
+
+    state0 = strict_rb.init(example(1))
+    _, scanned = jax.jit(lambda s: jax.lax.scan(body, s, (stacked, keys)))(state0)
+    state = state0
+    for i, d in enumerate(data):
+        state = add(state, jax.tree_util.tree_map(jnp.asarray, d))
+        (state, batch, _), _ = sample_strict(state, keys[i])
+        np.testing.assert_array_equal(np.asarray(scanned[i]), np.asarray(batch["obs"]))
+
+
+def _small_example():
+    return {"ep": jnp.zeros((4, 5), jnp.int32), "next": {"done": jnp.zeros((4, 5), bool)}}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_slices=2, slice_len=3, traj_key="ep"), "exactly one of num_slices or slice_len"),
+        (dict(traj_key="ep"), "exactly one of num_slices or slice_len"),
+        (dict(num_slices=0, traj_key="ep"), "num_slices must be a positive int"),
+        (dict(num_slices=2), "exactly one of traj_key"),
+        (dict(num_slices=2, traj_key="ep", end_key=("next", "done")), "exactly one of traj_key"),
+        (dict(num_slices=2, traj_key="ep", trajectory_key="other"), "disagree"),
+    ],
+)
+def test_bad_settings_raise_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SliceSampler(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "sampler, batch_size, match",
+    [
+        (SliceSampler(num_slices=3, traj_key="ep"), 8, "batch_size=8 is not divisible by num_slices=3"),
+        (SliceSampler(slice_len=3, traj_key="ep"), 8, "batch_size=8 is not divisible by slice_len=3"),
+        (SliceSampler(slice_len=6, traj_key="ep"), 12, "slice_len=6 is larger than the 5 time steps"),
+        (SliceSampler(num_slices=1, traj_key="ep"), 6, "slice_len=6 is larger"),
+        (SliceSampler(num_slices=2, traj_key=("collector", "traj_ids")), 8, r"traj_key \('collector', 'traj_ids'\)"),
+        (SliceSampler(num_slices=2, end_key=("next", "terminated")), 8, r"end_key \('next', 'terminated'\) is not"),
+    ],
+)
+def test_impossible_settings_raise_at_init(sampler, batch_size, match):
+    rb = ReplayBuffer(storage=LazyTensorStorage(20, ndim=2), sampler=sampler, batch_size=batch_size)
+    with pytest.raises(ValueError, match=match):
+        rb.init(_small_example())
+
+
+def test_trajectory_key_alias_and_key_normalisation():
+    a = SliceSampler(num_slices=2, trajectory_key=["collector", "traj_ids"])
+    b = SliceSampler(num_slices=2, traj_key=("collector", "traj_ids"))
+    assert a == b and hash(a) == hash(b) and a.traj_key == ("collector", "traj_ids")
+
+
+# --- the reusable bookkeeping helpers -----------------------------------------------------------
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5), adds=st.lists(st.sampled_from(ADD_T), max_size=5))
+def test_valid_start_mask_matches_reference(lengths, adds):
+    strict_rb, _, add, _, _ = fns(3, "end")
+    gt = GroundTruth(LANES[3], lengths)
+    ref = NumpyRingBuffer(CAPS[3], LANES[3])
+    state = strict_rb.init(example(3))
+    for t_len in adds:
+        data = gt.batch(t_len)
+        ref.add(data)
+        state = add(state, jax.tree_util.tree_map(jnp.asarray, data))
+    got = np.asarray(_mask_fn(state.layout)(state, N))
+    want = np.zeros((4, CAPS[3]), bool)
+    if ref.count:
+        ring = ref.storage()["obs"].reshape(4, CAPS[3], 2)
+        runs = ref_runs(ref)
+        for lane in range(4):
+            for t in range(ref.count):
+                ep, s = ring[lane, t]
+                first, length = runs[(lane, int(ep))]
+                want[lane, t] = first + length - s >= N
+    np.testing.assert_array_equal(got.reshape(4, CAPS[3]), want)
+
+
+_MASK: dict = {}
+
+
+def _mask_fn(layout):
+    if layout not in _MASK:
+        _MASK[layout] = jax.jit(
+            lambda s, n: trj.valid_start_mask(s.layout, s.sampler.traj, s.cursor, s.count, n), static_argnums=1
+        )
+    return _MASK[layout]
