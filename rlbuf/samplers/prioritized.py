@@ -1,0 +1,223 @@
+"""``PrioritizedSampler``: prioritized experience replay (Schaul et al., 2015) on a pure-JAX
+sum/min tree held in the buffer state.
+
+Semantics (TorchRL's ``PrioritizedSampler``):
+
+- ``update_priority(state, info["index"], priority)`` stores ``(priority + eps) ** alpha``
+  for each item; item ``i`` is then drawn with probability ``P(i) = p_i / sum_j p_j``.
+- New items (every slot an ``add`` writes, in every lane) get ``(max_priority + eps) **
+  alpha`` where ``max_priority`` is the largest raw priority ever passed to
+  ``update_priority`` (1.0 before the first update).
+- ``info["weight"] = (N * P(i)) ** -beta / max_j (N * P(j)) ** -beta = (p_i / p_min) ** -beta``
+  with ``p_min`` the smallest positive stored priority: importance weights normalised by the
+  largest weight in the buffer, so they lie in ``(0, 1]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlbuf import _ring
+from rlbuf.samplers.base import Sampler
+from rlbuf.samplers.sumtree import SumTree, TreeState
+
+#: Default tree branching factor: a good trade-off on CPU between the number of sequential
+#: levels and the work per level (measured in ``rlbuf.bench.prioritized``).
+BRANCHING = 8
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PrioritizedState:
+    """``tree``: sum/min tree over the ``n_lanes * capacity`` flat slots (leaf ``lane *
+    capacity + t``, see ``rlbuf._ring.flat_index``) holding ``(p + eps) ** alpha``;
+    ``max_priority``: largest raw priority passed to ``update_priority`` (``-inf`` before
+    any); ``count``: written time slots per lane (mirrors the buffer's, to ignore updates of
+    slots that hold no data)."""
+
+    tree: TreeState
+    max_priority: jax.Array
+    count: jax.Array
+
+
+def _check_params(name, alpha, beta, eps):
+    for k, v in (("alpha", alpha), ("beta", beta), ("eps", eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+            raise ValueError(f"{name}: {k} must be a finite number, got {v!r}")
+    if alpha < 0:
+        raise ValueError(f"{name}: alpha must be >= 0 (0 = uniform, 1 = fully prioritized), got {alpha}")
+    if not 0 <= beta <= 1:
+        raise ValueError(f"{name}: beta must be in [0, 1] (0 = no correction, 1 = full), got {beta}")
+    if eps < 0:
+        raise ValueError(f"{name}: eps must be >= 0, got {eps}")
+
+
+def sanitize(priority, dtype):
+    """Raw priorities as ``dtype``, with NaN, negative and infinite values replaced by 0.
+
+    A 0 priority (with ``eps = 0``) is never sampled; jit cannot raise on values, so invalid
+    priorities are neutralised this way rather than poisoning the tree's sums."""
+    p = jnp.asarray(priority).astype(dtype)
+    return jnp.where(jnp.isfinite(p) & (p >= 0), p, jnp.zeros((), dtype))
+
+
+def check_priority(name, index: tuple, priority, shape_msg: str = "") -> tuple:
+    """Trace-time checks of an ``update_priority`` call; returns the index shape."""
+    shapes = {tuple(np.shape(i)) for i in index}
+    if len(shapes) != 1:
+        raise ValueError(f"{name}.update_priority: the index arrays have different shapes {sorted(shapes)}")
+    for i in index:
+        if not np.issubdtype(np.asarray(i).dtype if not hasattr(i, "dtype") else i.dtype, np.integer):
+            raise TypeError(f"{name}.update_priority: index must be integer, got dtype {i.dtype}")
+    (shape,) = shapes
+    pdt = jnp.asarray(priority).dtype if not hasattr(priority, "dtype") else priority.dtype
+    if not (np.issubdtype(pdt, np.floating) or np.issubdtype(pdt, np.integer)):
+        raise TypeError(f"{name}.update_priority: priority must be a real number array, got dtype {pdt}")
+    pshape = tuple(np.shape(priority))
+    if pshape not in ((), shape):
+        raise ValueError(
+            f"{name}.update_priority: priority has shape {pshape}, expected {shape} (the index's shape"
+            f"{shape_msg}) or a scalar"
+        )
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class PrioritizedSampler(Sampler):
+    """Samples items with probability proportional to ``(priority + eps) ** alpha``.
+
+    Args:
+      max_capacity: upper bound on the storage size (``n_lanes * capacity`` transitions);
+        ``ReplayBuffer.init`` raises if the storage is larger. The tree is sized to the
+        actual storage.
+      alpha: priority exponent, ``>= 0`` (0: uniform).
+      beta: importance-weight exponent in ``[0, 1]``.
+      eps: added to priorities before the exponent (``>= 0``).
+      dtype: float dtype of the tree (``jnp.float32`` default).
+      branching: children per tree node (speed knob only).
+      stratified: draw one item in each of ``batch_size`` equal slices of the total priority
+        mass (lower variance than i.i.d. draws; each item's expected count is the same). The
+        batch then comes out ordered by storage slot.
+
+    ``sample`` returns ``index`` ``(*lane_idx, t)`` of shape ``[batch_size]``,
+    ``info["weight"]`` (``[batch_size]``, tree dtype) and ``info["mask"]`` (False only when
+    nothing can be sampled: empty buffer or all priorities 0; the batch is then zeros).
+    It never returns an unwritten slot or a zero-priority item while any item has a positive
+    priority.
+
+    ``update_priority(layout, sstate, index, priority)``: ``index`` as in ``info["index"]``
+    (a tuple ``(*lane_idx, t)`` of int arrays of one shape ``S``), ``priority`` ``S`` or a
+    scalar. Duplicate indices in one call: **the last occurrence wins**. Indices of slots that
+    hold no data (or out of range) are ignored. NaN, negative or infinite priorities are stored
+    as 0 (with ``eps = 0`` such an item is never sampled; otherwise it gets ``eps ** alpha``)
+    and do not count towards ``max_priority``.
+    """
+
+    max_capacity: int
+    alpha: float
+    beta: float
+    eps: float = 1e-8
+    dtype: object = jnp.float32
+    branching: int = BRANCHING
+    stratified: bool = True
+    pads = True
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if isinstance(self.max_capacity, bool) or not isinstance(self.max_capacity, (int, np.integer)) \
+                or self.max_capacity < 1:
+            raise ValueError(f"{name}: max_capacity must be a positive int, got {self.max_capacity!r}")
+        _check_params(name, self.alpha, self.beta, self.eps)
+        dt = np.dtype(self.dtype)
+        if not np.issubdtype(dt, np.floating):
+            raise TypeError(f"{name}: dtype must be a float dtype, got {self.dtype!r}")
+        object.__setattr__(self, "dtype", dt.name)  # hashable and comparable
+
+    # ---------------------------------------------------------------- helpers
+    def _tree(self, layout) -> SumTree:
+        return SumTree(layout.size, self.branching, self.dtype)
+
+    def _leaf(self, raw):
+        """Tree value ``(raw + eps) ** alpha`` of sanitised raw priorities (0 stays 0 when
+        ``eps = 0``, even for ``alpha = 0``: a zero priority means never sampled)."""
+        x = raw + jnp.asarray(self.eps, self.dtype)
+        return jnp.where(x > 0, jnp.power(jnp.where(x > 0, x, 1), jnp.asarray(self.alpha, self.dtype)), 0)
+
+    def _default(self, sstate):
+        mp = jnp.where(jnp.isneginf(sstate.max_priority), jnp.ones((), self.dtype), sstate.max_priority)
+        return self._leaf(mp)
+
+    def _weights(self, tree: SumTree, t: TreeState, flat):
+        p = tree.get(t, flat)
+        p_min = tree.min(t)
+        w = jnp.power(jnp.where(p > 0, p / p_min, 1), -jnp.asarray(self.beta, self.dtype))
+        return jnp.where(p > 0, w, 0).astype(self.dtype)
+
+    # ---------------------------------------------------------------- sampler interface
+    def check(self, layout, batch_size: int) -> None:
+        if layout.size > self.max_capacity:
+            raise ValueError(
+                f"{type(self).__name__}: max_capacity={self.max_capacity} is smaller than the storage "
+                f"({layout.size} transitions = {layout.n_lanes} lanes x {layout.capacity} steps); use "
+                f"max_capacity >= {layout.size}"
+            )
+
+    def init(self, layout):
+        return PrioritizedState(
+            tree=self._tree(layout).init(),
+            max_priority=jnp.full((), -jnp.inf, self.dtype),
+            count=jnp.zeros((), jnp.int32),
+        )
+
+    def on_write(self, layout, sstate, write, data):
+        cap = layout.capacity
+        pos = write.positions
+        n = layout.n_lanes
+        flat = (jnp.arange(n, dtype=jnp.int32)[:, None] * cap + pos[None, :]).reshape(-1)
+        valid = jnp.broadcast_to(pos < cap, (n, pos.shape[0])).reshape(-1)
+        value = jnp.broadcast_to(self._default(sstate), flat.shape)
+        tree = self._tree(layout).update(sstate.tree, flat, value, valid=valid, unique=True)
+        return dataclasses.replace(sstate, tree=tree, count=write.new_count)
+
+    def sample(self, layout, state, key, batch_size: int):
+        s = state.sampler
+        tree = self._tree(layout)
+        flat = tree.sample(s.tree, key, batch_size, self.stratified)
+        ok = tree.total(s.tree) > 0
+        flat = jnp.where(ok, jnp.minimum(flat, layout.size - 1), 0)
+        index = _ring.unflatten_index(flat, layout.lanes, layout.capacity)
+        weight = jnp.where(ok, self._weights(tree, s.tree, flat), 0)
+        info = {"weight": weight, "mask": jnp.broadcast_to(ok, (batch_size,))}
+        return s, tuple(i.astype(jnp.int32) for i in index), info
+
+    def can_sample(self, layout, state, batch_size: int):
+        return (state.count > 0) & (self._tree(layout).total(state.sampler.tree) > 0)
+
+    def _flat_valid(self, layout, sstate, index: tuple):
+        name = type(self).__name__
+        if len(index) != layout.ndim:
+            raise ValueError(
+                f"{name}.update_priority: index has {len(index)} arrays, expected {layout.ndim} "
+                f"((*lane_idx, t) for ndim={layout.ndim} storage)"
+            )
+        index = tuple(jnp.asarray(i).astype(jnp.int32) for i in index)
+        valid = (index[-1] >= 0) & (index[-1] < sstate.count)
+        for i, d in zip(index[:-1], layout.lanes):
+            valid = valid & (i >= 0) & (i < d)
+        flat = _ring.flat_index(index, layout.lanes, layout.capacity)
+        return flat, valid
+
+    def update_priority(self, layout, sstate, index, priority):
+        shape = check_priority(type(self).__name__, index, priority)
+        flat, valid = self._flat_valid(layout, sstate, index)
+        raw = jnp.broadcast_to(sanitize(priority, self.dtype), shape)
+        good = valid & jnp.isfinite(jnp.asarray(priority, self.dtype)) & (jnp.asarray(priority, self.dtype) >= 0)
+        mp = jnp.maximum(sstate.max_priority, jnp.max(jnp.where(good, raw, -jnp.inf), initial=-jnp.inf))
+        tree = self._tree(layout).update(sstate.tree, flat.reshape(-1), self._leaf(raw).reshape(-1),
+                                         valid=valid.reshape(-1))
+        return dataclasses.replace(sstate, tree=tree, max_priority=mp)
