@@ -1,0 +1,425 @@
+"""Checkpoints of any rlbuf state (replay buffers, collectors), built on orbax-checkpoint.
+
+.. code-block:: python
+
+    rlbuf.checkpoint.save("/ckpt/buffer", state)                # blocks until written
+    state = rlbuf.checkpoint.restore("/ckpt/buffer", target)    # target: state or abstract state
+
+    with rlbuf.checkpoint.Manager("/ckpt/run", max_to_keep=3) as mgr:   # keep the last 3
+        mgr.save(step, (buffer_state, collector_state))         # async: returns after the copy
+        state = mgr.restore(target)                             # latest step (or step=...)
+
+What is saved: every array leaf of the state pytree (storage, cursors, sampler state such as
+the without-replacement permutation or priority trees, collector env states, keys and
+counters), sharded arrays per shard (orbax writes each host's shards; multi-host works when
+every process calls ``save``/``restore`` on a shared directory). Typed PRNG keys
+(``jax.random.key``) are saved as their ``key_data`` with the impl name, and rewrapped on
+restore. Alongside the arrays a JSON description of the tree (key path, shape, dtype, key impl
+of every leaf, and the treedef, which carries static metadata such as ``BufferState.layout``)
+is saved in the same atomic step.
+
+Restore never trusts the checkpoint for structure: it uses the *target*'s treedef, dtypes and
+shardings, and first compares the saved description with the target's, refusing with a
+:class:`CheckpointMismatchError` naming the first differing key path (missing/extra leaf, shape,
+dtype, key impl) or the first difference in the static metadata. Nothing is unpickled (orbax
+stores arrays with tensorstore and metadata as JSON/msgpack).
+
+Atomicity: each save is one orbax step directory, written under a temporary name and renamed
+when complete (``<dir>/<step>.orbax-checkpoint-tmp-*`` -> ``<dir>/<step>``); older steps are
+deleted only after the new one is finalized, so a save killed midway leaves the previous
+checkpoint loadable (the leftover temporary directory is removed by the next save).
+``save(directory, state)`` is a :class:`Manager` with ``max_to_keep=1``: the directory holds one
+checkpoint, replaced atomically on every save.
+
+orbax-checkpoint is an optional dependency (``pip install 'rlbuf[checkpoint]'``), imported only
+when a function here is called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["CheckpointMismatchError", "Manager", "metadata", "restore", "save"]
+
+FORMAT = "rlbuf.checkpoint/1"
+_STATE = "state"  # orbax item holding the arrays
+_META = "rlbuf"  # orbax item holding the JSON description
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tree (key paths, shapes, dtypes, key impls or static metadata) differs
+    from the restore target's."""
+
+
+def _ocp():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "rlbuf.checkpoint needs orbax-checkpoint, an optional dependency: "
+            "pip install 'rlbuf[checkpoint]'"
+        ) from e
+    return ocp
+
+
+# --------------------------------------------------------------------------- tree description
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """How one leaf is stored: ``shape``/``dtype`` of the stored array (``key_data`` for typed
+    keys, whose impl name is ``key_impl``); ``kind`` is ``"jax"``, ``"numpy"`` or ``"scalar"``."""
+
+    path: str
+    shape: tuple
+    dtype: str
+    key_impl: Optional[str]
+    kind: str
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "shape": list(self.shape), "dtype": self.dtype, "key_impl": self.key_impl}
+
+    def text(self) -> str:
+        key = f", typed PRNG key impl {self.key_impl!r} (stored as key_data)" if self.key_impl else ""
+        return f"shape {self.shape} dtype {self.dtype}{key}"
+
+
+def _is_key_dtype(dtype) -> bool:
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _key_spec(x) -> tuple:
+    """``(impl name, key_data ShapeDtypeStruct)`` of a typed key array or abstract key array,
+    using only tracing (works for ``ShapeDtypeStruct`` and for deleted/donated arrays)."""
+    impl = []
+
+    def data(k):
+        impl.append(str(jax.random.key_impl(k)))
+        return jax.random.key_data(k)
+
+    out = jax.eval_shape(data, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    return impl[0], out
+
+
+def _key_data_sharding(sharding):
+    """The sharding of ``key_data`` (one extra trailing, unsharded dim) for a key array sharded
+    as ``sharding``."""
+    if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        # A spec shorter than the rank leaves the trailing key_data dim replicated.
+        return jax.sharding.NamedSharding(sharding.mesh, sharding.spec, memory_kind=sharding.memory_kind)
+    raise TypeError(
+        f"rlbuf.checkpoint: typed PRNG key leaves with sharding {type(sharding).__name__} are not supported; "
+        "use a NamedSharding or a single device"
+    )
+
+
+def _describe_leaf(path: str, x) -> _Leaf:
+    if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
+        dtype = np.asarray(x).dtype
+        return _Leaf(path, (), dtype.name, None, "scalar")
+    if isinstance(x, (np.ndarray, np.generic)):
+        return _Leaf(path, tuple(x.shape), np.dtype(x.dtype).name, None, "numpy")
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+        if _is_key_dtype(x.dtype):
+            impl, data = _key_spec(x)
+            return _Leaf(path, tuple(data.shape), np.dtype(data.dtype).name, impl, "jax")
+        return _Leaf(path, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name, None, "jax")
+    raise TypeError(
+        f"rlbuf.checkpoint: leaf {path} is a {type(x).__name__}; states may only hold jax/numpy arrays "
+        "(or jax.ShapeDtypeStruct in a restore target) and Python scalars"
+    )
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _treedef_text(treedef) -> str:
+    # Static fields whose repr holds a memory address (functions, objects) must not make two
+    # identical structures differ between processes.
+    return _ADDRESS.sub("", str(treedef))
+
+
+def _describe(tree) -> tuple:
+    """``(treedef, leaves, [_Leaf])`` of a state or abstract state."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    descs = [_describe_leaf(jax.tree_util.keystr(p), x) for p, x in flat]
+    return treedef, [x for _, x in flat], descs
+
+
+def _name(i: int) -> str:
+    # Flat, fixed-width names: orbax treats dots/slashes in names as nesting, and key paths
+    # (".storage['next']...") are kept in the JSON description instead.
+    return f"leaf_{i:06d}"
+
+
+def _to_saveable(x, desc: _Leaf):
+    if desc.key_impl is not None:
+        return jax.random.key_data(x)
+    if desc.kind == "scalar":
+        return np.asarray(x)
+    return x
+
+
+# --------------------------------------------------------------------------- target checks
+
+
+def _mismatch(directory, step, what: str) -> CheckpointMismatchError:
+    return CheckpointMismatchError(
+        f"rlbuf.checkpoint.restore: the checkpoint {os.fspath(directory)} (step {step}) does not match "
+        f"the target: {what}"
+    )
+
+
+def _first_difference(a: str, b: str, width: int = 60) -> str:
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    lo = max(0, i - width)
+    return f"saved ...{a[lo:i + width]}... vs target ...{b[lo:i + width]}..."
+
+
+def _check(meta: dict, treedef, descs: list, directory, step, check_treedef: bool) -> None:
+    if meta.get("format") != FORMAT:
+        raise _mismatch(directory, step, f"unknown format {meta.get('format')!r} (expected {FORMAT!r})")
+    saved = meta["leaves"]
+    saved_paths = [s["path"] for s in saved]
+    want_paths = [d.path for d in descs]
+    if saved_paths != want_paths:
+        saved_set, want_set = set(saved_paths), set(want_paths)
+        missing = [p for p in want_paths if p not in saved_set]
+        extra = [p for p in saved_paths if p not in want_set]
+        parts = []
+        if missing:
+            parts.append(f"key path {missing[0]} is in the target but not in the checkpoint")
+        if extra:
+            parts.append(f"key path {extra[0]} is in the checkpoint but not in the target")
+        if not parts:  # same paths, other order: a different container type somewhere
+            i = next(i for i, (a, b) in enumerate(zip(saved_paths, want_paths)) if a != b)
+            parts.append(f"leaf {i} is {saved_paths[i]} in the checkpoint but {want_paths[i]} in the target")
+        more = len(missing) + len(extra) - len(parts)
+        raise _mismatch(directory, step, "; ".join(parts) + (f" ({more} more differences)" if more > 0 else ""))
+    for s, d in zip(saved, descs):
+        got = _Leaf(s["path"], tuple(s["shape"]), s["dtype"], s.get("key_impl"), d.kind)
+        if (got.shape, got.dtype, got.key_impl) != (d.shape, d.dtype, d.key_impl):
+            raise _mismatch(directory, step, f"key path {d.path}: saved {got.text()}, target expects {d.text()}")
+    if check_treedef:
+        want = _treedef_text(treedef)
+        if meta["treedef"] != want:
+            raise _mismatch(
+                directory, step,
+                "same leaves but different static metadata in the tree structure (e.g. BufferState.layout or "
+                f"a state class): {_first_difference(meta['treedef'], want)}",
+            )
+
+
+def _committed(x) -> bool:
+    """Whether the restored leaf must be placed with the target's sharding. Targets without a
+    placement (uncommitted arrays, as ``rb.init``/``collector.init`` make, and
+    ``ShapeDtypeStruct`` without sharding, as ``jax.eval_shape`` makes) restore uncommitted on
+    the default device, like the never-stopped state: a committed leaf would change the jit
+    cache key and recompile the training step."""
+    if isinstance(x, jax.Array):
+        return bool(x.committed)
+    return getattr(x, "sharding", None) is not None
+
+
+def _restore_spec(x, desc: _Leaf):
+    """What orbax should restore a target leaf as: a ``ShapeDtypeStruct`` with the target's
+    sharding for committed jax leaves, a host numpy array otherwise."""
+    shape, dtype = desc.shape, np.dtype(desc.dtype)
+    if desc.kind != "jax" or not _committed(x):
+        # A numpy target (np.empty: pages untouched, no real allocation) makes orbax read into
+        # host memory; a ShapeDtypeStruct without sharding would make it reuse the *saved*
+        # sharding, which may name devices this process does not have.
+        return np.empty(shape, dtype)
+    sharding = x.sharding
+    if desc.key_impl is not None:
+        sharding = _key_data_sharding(sharding)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
+def _from_restored(r, x, desc: _Leaf):
+    if desc.kind == "jax" and not _committed(x):
+        r = jnp.asarray(r)  # uncommitted, default device
+    if desc.key_impl is not None:
+        return jax.random.wrap_key_data(r, impl=desc.key_impl)
+    if desc.kind == "scalar":
+        return type(x)(np.asarray(r).item())
+    if desc.kind == "numpy":
+        return np.asarray(r)
+    return r
+
+
+# --------------------------------------------------------------------------- public API
+
+
+class Manager:
+    """A directory of numbered checkpoints of one state structure (an ``orbax``
+    ``CheckpointManager`` with rlbuf's tree description and checks).
+
+    Args:
+      directory: where the step directories ``<directory>/<step>`` live (created on save).
+      max_to_keep: keep only the newest ``max_to_keep`` steps (``None``: keep all). Older steps
+        are deleted after a newer one is complete.
+      async_save: ``save`` returns once the arrays are copied off the device buffers, and
+        writes in a background thread (the state may then be donated/updated); call
+        :meth:`wait_until_finished` (or ``close``) before relying on the files. ``False``:
+        ``save`` blocks until the checkpoint is complete.
+
+    Every process of a multi-host run must call ``save``/``restore`` with the same arguments.
+    """
+
+    def __init__(self, directory, max_to_keep: Optional[int] = None, *, async_save: bool = True,
+                 _reader: bool = False):
+        ocp = _ocp()
+        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
+            raise ValueError(f"Manager: max_to_keep must be None or a positive int, got {max_to_keep!r}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+            # Leftovers of a save killed midway (<step>.orbax-checkpoint-tmp-*) are removed.
+            cleanup_tmp_directories=not _reader,
+            enable_async_checkpointing=async_save,
+            create=not _reader,
+        )
+        self._mgr = ocp.CheckpointManager(self.directory, options=options)
+
+    # context manager ---------------------------------------------------------------------
+    def __enter__(self) -> "Manager":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for pending saves and release orbax's threads."""
+        self._mgr.close()
+
+    def wait_until_finished(self) -> None:
+        """Block until every pending (async) save is complete on disk."""
+        self._mgr.wait_until_finished()
+
+    # steps -------------------------------------------------------------------------------
+    def latest_step(self) -> Optional[int]:
+        """The newest complete step, or ``None`` if there is none."""
+        return self._mgr.latest_step()
+
+    def all_steps(self) -> list:
+        """The complete steps, ascending."""
+        return sorted(self._mgr.all_steps())
+
+    # save / restore ----------------------------------------------------------------------
+    def save(self, step: int, state: Any) -> None:
+        """Save ``state`` (any pytree of arrays: buffer/collector states, tuples of them) as
+        ``step``, which must be newer than every existing step."""
+        ocp = _ocp()
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"Manager.save: step must be a non-negative int, got {step!r}")
+        step = int(step)
+        latest = self.latest_step()
+        if latest is not None and step <= latest:
+            raise ValueError(
+                f"Manager.save: step {step} is not newer than the latest checkpoint step {latest} in "
+                f"{self.directory}"
+            )
+        treedef, leaves, descs = _describe(state)
+        if not leaves:
+            raise ValueError("rlbuf.checkpoint.save: the state has no array leaves")
+        arrays = {_name(i): _to_saveable(x, d) for i, (x, d) in enumerate(zip(leaves, descs))}
+        meta = {
+            "format": FORMAT,
+            "treedef": _treedef_text(treedef),
+            "leaves": [d.to_json() for d in descs],
+        }
+        saved = self._mgr.save(
+            step,
+            args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(arrays), _META: ocp.args.JsonSave(meta)}),
+        )
+        if not saved:  # pragma: no cover - orbax declined (e.g. a concurrent save of this step)
+            raise RuntimeError(f"Manager.save: orbax did not save step {step} in {self.directory}")
+
+    def metadata(self, step: Optional[int] = None) -> dict:
+        """The saved JSON description of ``step`` (default: latest): ``format``, ``treedef`` and
+        ``leaves`` (``path``, ``shape``, ``dtype``, ``key_impl`` per leaf, in flatten order)."""
+        ocp = _ocp()
+        step = self._resolve(step)
+        return dict(self._mgr.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META])
+
+    def restore(self, target: Any, step: Optional[int] = None, *, check_treedef: bool = True) -> Any:
+        """Restore ``step`` (default: the latest) into the structure of ``target``.
+
+        ``target``: a state or an abstract state (``jax.ShapeDtypeStruct`` leaves, e.g. from
+        ``jax.eval_shape(rb.init, example)``) of the saved structure. The result has the
+        target's treedef (so its static metadata), dtypes and shardings (a target leaf without
+        a placement -- an uncommitted array or a ``ShapeDtypeStruct`` without sharding -- gives
+        an uncommitted array on the default device, as ``init`` functions do). The checkpoint's
+        description is compared with the target's first: any difference raises
+        :class:`CheckpointMismatchError` naming the first differing key path
+        (``check_treedef=False`` skips only the comparison of static metadata, e.g. to load a
+        checkpoint written by an older class definition).
+        """
+        ocp = _ocp()
+        step = self._resolve(step)
+        treedef, leaves, descs = _describe(target)
+        meta = self.metadata(step)
+        _check(meta, treedef, descs, self.directory, step, check_treedef)
+        abstract = {_name(i): _restore_spec(x, d) for i, (x, d) in enumerate(zip(leaves, descs))}
+        out = self._mgr.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)}))
+        restored = out[_STATE]
+        new = [_from_restored(restored[_name(i)], x, d) for i, (x, d) in enumerate(zip(leaves, descs))]
+        return jax.tree_util.tree_unflatten(treedef, new)
+
+    def _resolve(self, step: Optional[int]) -> int:
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise FileNotFoundError(f"rlbuf.checkpoint: no complete checkpoint in {self.directory}")
+            return steps[-1]
+        if step not in steps:
+            raise FileNotFoundError(
+                f"rlbuf.checkpoint: no complete checkpoint of step {step} in {self.directory} (steps: {steps})"
+            )
+        return step
+
+
+def save(directory, state: Any) -> None:
+    """Save ``state`` (any rlbuf state pytree: buffer, collector, or a tuple/dict of them) to
+    ``directory``, replacing the checkpoint there atomically; blocks until it is complete.
+
+    Keeps one checkpoint per directory (a :class:`Manager` with ``max_to_keep=1``; the step
+    number counts saves). A save killed midway leaves the previous checkpoint loadable.
+    """
+    with Manager(directory, max_to_keep=1, async_save=False) as mgr:
+        latest = mgr.latest_step()
+        mgr.save(0 if latest is None else latest + 1, state)
+        mgr.wait_until_finished()
+
+
+def restore(directory, target: Any, *, check_treedef: bool = True) -> Any:
+    """The state saved in ``directory`` (its newest checkpoint), shaped like ``target``.
+
+    ``target``: a state or abstract state (``ShapeDtypeStruct`` leaves) of the saved structure;
+    the result has its treedef, dtypes and shardings. A checkpoint of another structure, shape
+    or dtype raises :class:`CheckpointMismatchError` naming the first mismatch. See
+    :meth:`Manager.restore`.
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"rlbuf.checkpoint.restore: no checkpoint directory {os.fspath(directory)}")
+    with Manager(directory, _reader=True) as mgr:
+        return mgr.restore(target, check_treedef=check_treedef)
+
+
+def metadata(directory, step: Optional[int] = None) -> dict:
+    """The JSON description saved with the newest (or ``step``) checkpoint in ``directory``."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"rlbuf.checkpoint.metadata: no checkpoint directory {os.fspath(directory)}")
+    with Manager(directory, _reader=True) as mgr:
+        return mgr.metadata(step)
+
