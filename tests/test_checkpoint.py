@@ -9,6 +9,7 @@ array they produce is compared byte for byte.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import pickle
 import re
@@ -31,6 +32,7 @@ from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
 from rlbuf.storage import LazyTensorStorage
+from rlbuf.writers import RoundRobinWriter
 
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_helpers")
 LANES, CAP, BATCH = 2, 12, 8
@@ -111,9 +113,32 @@ def _slice():
     return mod.SliceSampler(slice_len=2, traj_key=TRAJ, strict_length=False)
 
 
+def _slice_without_replacement():
+    cls = _guarded("rlbuf.samplers.slice", "SliceSamplerWithoutReplacement")
+    return cls(slice_len=2, traj_key=TRAJ, strict_length=False)
+
+
 def _prioritized():
     mod = pytest.importorskip("rlbuf.samplers.prioritized")
     return mod.PrioritizedSampler(max_capacity=LANES * CAP, alpha=0.7, beta=0.5)
+
+
+def _prioritized_slice():
+    cls = _guarded(("rlbuf.samplers.prioritized", "rlbuf.samplers.slice", "rlbuf.samplers.prioritized_slice"),
+                   "PrioritizedSliceSampler")
+    return cls(LANES * CAP, 0.7, 0.5, slice_len=2, traj_key=TRAJ, strict_length=False)
+
+
+def _guarded(modules, name):
+    """``name`` from the first of ``modules`` that has it; skip the test if none does (yet)."""
+    for m in (modules,) if isinstance(modules, str) else modules:
+        try:
+            obj = getattr(importlib.import_module(m), name, None)
+        except ImportError:
+            continue
+        if obj is not None:
+            return obj
+    pytest.skip(f"{name} is not on this branch yet")
 
 
 SAMPLERS = {
@@ -121,7 +146,12 @@ SAMPLERS = {
     "without_replacement": lambda: SamplerWithoutReplacement(),
     "without_replacement_drop_last": lambda: SamplerWithoutReplacement(drop_last=True),
     "slice": _slice,
+    "slice_without_replacement": _slice_without_replacement,
     "prioritized": _prioritized,
+    "prioritized_slice": _prioritized_slice,
+    # writers keep state too
+    "max_value_writer": lambda: (RandomSampler(),
+                                 _guarded("rlbuf.writers", "MaxValueWriter")(rank_key=("next", "reward"))),
 }
 _FNS: dict = {}
 
@@ -129,8 +159,10 @@ _FNS: dict = {}
 def fns(name):
     """Module-level cache: ``(rb, add, sample, update_priority or None)`` jitted once per sampler."""
     if name not in _FNS:
-        sampler = SAMPLERS[name]()
-        rb = ReplayBuffer(storage=LazyTensorStorage(LANES * CAP, ndim=2), sampler=sampler, batch_size=BATCH)
+        made = SAMPLERS[name]()
+        sampler, writer = made if isinstance(made, tuple) else (made, RoundRobinWriter())
+        rb = ReplayBuffer(storage=LazyTensorStorage(LANES * CAP, ndim=2), sampler=sampler, writer=writer,
+                          batch_size=BATCH)
         prioritized = type(sampler).update_priority is not Sampler.update_priority
         _FNS[name] = (
             rb,
@@ -189,7 +221,7 @@ def test_roundtrip_continues_bit_exactly(name, tmp_path):
     b_state, b = run(name, restored, stream.fork(), key, 4)
     assert_bit_equal((a_state, a), (b_state, b))
     # restored leaves have the original avals: the jitted loop did not recompile
-    assert add._cache_size() == 3  # one per add length (5, 3, 4)
+    assert add._cache_size() == 3  # one per add length (5, 3, 4): restored avals are the original ones
     assert sample._cache_size() == 1
 
 
@@ -486,3 +518,17 @@ def test_sharded_state_roundtrip(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(HELPERS, "sharded_roundtrip.py"), str(tmp_path / "sh")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stdout[-3000:] + out.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- optional dependency
+
+
+def test_orbax_is_imported_lazily(monkeypatch):
+    out = subprocess.run([sys.executable, "-c", "import sys, rlbuf, rlbuf.checkpoint; print('orbax' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+    for mod in [m for m in sys.modules if m == "orbax" or m.startswith("orbax.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "orbax", None)  # makes `import orbax...` raise ImportError
+    with pytest.raises(ImportError, match=re.escape("pip install 'rlbuf[checkpoint]'")):
+        checkpoint.save("/nonexistent/never-written", {"a": jnp.zeros(1)})

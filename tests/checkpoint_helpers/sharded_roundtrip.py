@@ -1,7 +1,8 @@
 """Subprocess of the multidevice test (run with ``--xla_force_host_platform_device_count=4``):
 ``python sharded_roundtrip.py DIRECTORY``. A buffer whose storage is sharded on the lane axis
 (``NamedSharding`` over a 1-D mesh of 4 devices), plus per-lane typed PRNG keys sharded the same
-way, is saved, restored into (a) its own sharding and (b) another one, and continued bit-exactly.
+way, is saved, restored into (a) its own sharding and (b) another one, and continued bit-exactly;
+(c) the same for a ``rlbuf.sharding.shard`` buffer (per-device shards under ``shard_map``).
 Prints ``OK`` on success (assertion errors otherwise)."""
 
 import dataclasses
@@ -95,6 +96,32 @@ def main(directory):
     assert_bit_equal(saved, restored2)
     for y in jax.tree.leaves(restored2):
         assert y.sharding.is_equivalent_to(other, y.ndim), y.sharding
+
+    # (c) rlbuf.sharding.shard (per-device buffers under shard_map), if present on this branch
+    try:
+        from rlbuf.sharding import shard
+    except ImportError:
+        print("rlbuf.sharding not available: skipped", flush=True)
+    else:
+        srb = shard(rb, Mesh(np.array(jax.devices()), ("data",)), "data")
+        sput = lambda d: jax.device_put(d, srb.sharding)  # noqa: E731
+        s_add, s_sample = jax.jit(srb.add), jax.jit(srb.sample)
+        state = srb.init(jax.tree.map(jnp.asarray, data(0)))
+        for i in range(2):
+            state = s_add(state, sput(data(i)))
+            state, _, _ = s_sample(state, jax.random.key(i))
+        checkpoint.save(directory, state)
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        restored = checkpoint.restore(directory, target)
+        assert_bit_equal(state, restored)
+        for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+            assert y.sharding.is_equivalent_to(srb.sharding, y.ndim), y.sharding
+        outs = []
+        for s in (state, restored):
+            s = s_add(s, sput(data(7)))
+            outs.append(s_sample(s, jax.random.key(9)))
+        assert_bit_equal(outs[0], outs[1])
+        assert s_add._cache_size() == 1 and s_sample._cache_size() == 1
     print("OK", flush=True)
 
 
