@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
 import pickle
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -518,6 +520,31 @@ def test_sharded_state_roundtrip(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(HELPERS, "sharded_roundtrip.py"), str(tmp_path / "sh")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.mark.multihost
+def test_multihost_roundtrip(tmp_path):
+    """Two jax.distributed processes (2 CPU devices each) save one sharded buffer together, each
+    writing its own shards, and restore and continue it bit-exactly."""
+    pytest.importorskip("rlbuf.distributed")
+    pytest.importorskip("rlbuf.sharding")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    directory = tmp_path / "mh"
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    procs = [subprocess.Popen([sys.executable, os.path.join(HELPERS, "multihost_roundtrip.py"), str(i), str(port),
+                               str(directory), str(tmp_path / f"out{i}.json")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, logs[i][-3000:]
+        res = json.loads((tmp_path / f"out{i}.json").read_text())
+        assert res == {"restored_equal": True, "shardings_equal": True, "continue_equal": True,
+                       "compiles": [1, 1]}, (i, res)
+    # one checkpoint, each process's shards written by that process
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(directory / "0" / "state"))
 
 
 # --------------------------------------------------------------------------- optional dependency
