@@ -1,0 +1,120 @@
+"""``MaxValueWriter`` (alias ``TensorDictMaxValueWriter``): keep the ``capacity`` items of
+highest rank, under jit.
+
+Each ``add`` selects, once, the top-``capacity`` items of (stored items ∪ new items) by rank
+(``lax.top_k``) and writes the selected new items into the slots of the evicted ones. Stored
+items never move, so the storage write is a plain scatter; the free slots are filled in
+ascending order, which keeps the buffer's invariant that the written slots are
+``[0, count)`` (empty slots are ranked below every item, so they are filled first).
+
+Tie rule (deterministic): on equal ranks a stored item beats a new one (as in TorchRL, where
+an item replaces the minimum only if its rank is strictly larger), among stored items the
+lower slot wins, and among new items the earlier one (in data order) wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from rlbuf import _tree
+from rlbuf.writers import WriteInfo
+
+_REDUCTIONS = ("sum", "mean", "max", "min")
+_EMPTY = jnp.iinfo(jnp.int32).min  # rank key of an empty slot: below every item
+
+
+def _order_key(rank):
+    """float32 ranks as int32 keys with the same order (NaN treated as ``-inf``); every key
+    is above ``_EMPTY``, so even an item ranked ``-inf`` fills an empty slot."""
+    r = jnp.where(jnp.isnan(rank), -jnp.inf, rank).astype(jnp.float32)
+    r = jnp.where(r == 0, 0.0, r)  # -0.0 == 0.0
+    i = jax.lax.bitcast_convert_type(r, jnp.int32)
+    return jnp.where(i >= 0, i, i ^ jnp.int32(0x7FFFFFFF))
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxValueWriter:
+    """Keeps the ``capacity`` items with the largest ``rank_key`` value.
+
+    Args:
+      rank_key: key of the rank in each item (``("next", "reward")`` by default). A leaf
+        with trailing dims (e.g. ``[T, 1]`` or a per-item vector) is reduced to a scalar per
+        item with ``reduction``.
+      reduction: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` over the trailing dims.
+
+    Only ``ndim=1`` storage (``LazyTensorStorage(max_size)``, items ``[N, ...]``): ranking
+    whole time rows of several lanes has no single meaning, so other layouts raise at
+    ``ReplayBuffer.init``. Ranks are compared as float32; NaN ranks count as ``-inf``.
+
+    State (``BufferState.writer``): ``rank`` ``[capacity]`` int32 order keys of the stored
+    items (an empty slot holds the minimum int32).
+
+    ``WriteInfo.positions`` has one entry per data item: its slot, or ``capacity + j`` (``j`` its
+    position in the batch) for an item that is not kept. ``cursor`` is ``count % capacity``
+    (meaningless for ranking, kept so that ring helpers stay well defined). Samplers that rely
+    on round-robin order (slice samplers) cannot be combined with this writer; uniform and
+    prioritized samplers can (a prioritized sampler gives each written slot the max priority).
+    """
+
+    rank_key: object = ("next", "reward")
+    reduction: str = "sum"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rank_key", _tree.as_tuple(self.rank_key))
+        if self.reduction not in _REDUCTIONS:
+            raise ValueError(f"MaxValueWriter: reduction must be one of {_REDUCTIONS}, got {self.reduction!r}")
+
+    def init(self, layout):
+        if layout.ndim != 1:
+            raise ValueError(
+                f"MaxValueWriter: only ndim=1 storage is supported (items [N, ...]), got ndim={layout.ndim} "
+                f"with lanes {layout.lanes}; flatten the batch to [N, ...] before adding"
+            )
+        try:
+            layout.spec(self.rank_key)
+        except KeyError:
+            stored = ", ".join(_tree.key_str(k) for k in layout.keys())
+            raise ValueError(
+                f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} is not stored in the buffer "
+                f"(stored keys: {stored})"
+            ) from None
+        _, dt = layout.spec(self.rank_key)
+        if dt.kind not in "fiub":
+            raise TypeError(f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} has non-numeric dtype {dt}")
+        return {"rank": jnp.full((layout.capacity,), _EMPTY, jnp.int32)}
+
+    def item_rank(self, data):
+        """float32 ``[T]`` rank of each item of ``data`` (leaves ``[T, ...]``)."""
+        x = _tree.get(data, self.rank_key).astype(jnp.float32)
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] == 0:
+            raise ValueError(f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} has no elements per item")
+        return getattr(jnp, self.reduction)(x, axis=1)
+
+    def write(self, layout, state, data):
+        cap = layout.capacity
+        new = _order_key(self.item_rank(data))
+        t_len = new.shape[0]
+        stored = state.writer["rank"]
+        # One top-k over (stored ∪ new): stored first, so ties keep the stored items
+        # (top_k prefers the lower index on ties).
+        _, sel = jax.lax.top_k(jnp.concatenate([stored, new]), cap)
+        chosen = jnp.zeros((cap + t_len,), bool).at[sel].set(True, unique_indices=True)
+        take = chosen[cap:]
+        # Free slots ascending: evicted slots (< count) first, then the empty ones from count
+        # on (all empty slots count as free, whichever of the tied empties top_k picked).
+        free = ~chosen[:cap] | (stored == _EMPTY)
+        free_slots = jnp.nonzero(free, size=cap, fill_value=cap)[0].astype(jnp.int32)
+        r = jnp.cumsum(take.astype(jnp.int32)) - 1
+        j = jnp.arange(t_len, dtype=jnp.int32)
+        positions = jnp.where(take, free_slots[jnp.clip(r, 0, cap - 1)], cap + j)
+        rank = stored.at[positions].set(new, mode="drop", unique_indices=True)
+        new_count = jnp.minimum(state.count + t_len, cap).astype(jnp.int32)
+        info = WriteInfo(positions, 0, state.cursor, state.count, new_count % cap, new_count)
+        return info, {"rank": rank}, data
+
+
+TensorDictMaxValueWriter = MaxValueWriter

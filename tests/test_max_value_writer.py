@@ -1,0 +1,123 @@
+"""MaxValueWriter against a plain-python top-k model: kept items, tie rule, the [0, count)
+invariant, batches longer than the buffer, reductions, errors, compile once, and use with
+PrioritizedSampler."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.samplers.prioritized import PrioritizedSampler
+from rlbuf.storage import LazyTensorStorage
+from rlbuf.writers_max import MaxValueWriter, TensorDictMaxValueWriter
+
+CAP = 6
+
+
+class TopK:
+    """Reference: slots hold (rank, item_id); each add keeps the top-CAP of stored ∪ new by
+    (rank desc, stored before new, slot / data order asc); NaN ranks count as -inf."""
+
+    def __init__(self, cap):
+        self.cap = cap
+        self.slots = []  # (rank, id), slot = list position
+
+    def add(self, ranks, ids):
+        ranks = [(-np.inf if np.isnan(r) else r) for r in ranks]
+        cands = [(-r, 0, s, ("old", s)) for s, (r, _) in enumerate(self.slots)]
+        cands += [(-r, 1, j, ("new", j)) for j, r in enumerate(ranks)]
+        keep = sorted(cands)[: self.cap]
+        kept_old = {k[3][1] for k in keep if k[3][0] == "old"}
+        new_items = sorted(k[3][1] for k in keep if k[3][0] == "new")
+        free = [s for s in range(len(self.slots)) if s not in kept_old] + list(range(len(self.slots), self.cap))
+        slots = list(self.slots) + [None] * (self.cap - len(self.slots))
+        for slot, j in zip(free, new_items):
+            slots[slot] = (ranks[j], ids[j])
+        self.slots = [x for x in slots if x is not None]
+        assert len(self.slots) == min(self.cap, len(self.slots))
+
+
+@functools.lru_cache(maxsize=None)
+def setup(reduction="sum"):
+    rb = ReplayBuffer(storage=LazyTensorStorage(CAP), writer=MaxValueWriter(("next", "reward"), reduction),
+                      batch_size=4)
+    example = {"id": jnp.zeros((1,), jnp.int32), "next": {"reward": jnp.zeros((1, 2), jnp.float32)}}
+    return rb, example, jax.jit(rb.add)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    adds=st.lists(
+        st.tuples(st.sampled_from([1, 3, 8]), st.data()),
+        min_size=1,
+        max_size=5,
+    ),
+    reduction=st.sampled_from(["sum", "max"]),
+)
+def test_against_reference(adds, reduction):
+    rb, example, add = setup(reduction)
+    s = rb.init(example)
+    ref = TopK(CAP)
+    next_id = 0
+    for t, draw in adds:
+        r = np.array(draw.draw(st.lists(st.lists(st.sampled_from([-1.0, 0.0, 1.0, 2.5, np.nan, -np.inf]),
+                                                 min_size=2, max_size=2), min_size=t, max_size=t)), np.float32)
+        ids = np.arange(next_id, next_id + t, dtype=np.int32)
+        next_id += t
+        s = add(s, {"id": jnp.asarray(ids), "next": {"reward": jnp.asarray(r)}})
+        red = np.sum(r, 1) if reduction == "sum" else np.max(r, 1)
+        ref.add(list(red), list(ids))
+        count = int(s.count)
+        assert count == len(ref.slots)
+        got_ids = np.asarray(s.storage["id"])[:count]
+        np.testing.assert_array_equal(got_ids, [i for _, i in ref.slots])
+        # Unwritten slots stay zero: the written slots are exactly [0, count).
+        assert not np.asarray(s.storage["next"]["reward"])[count:].any()
+    assert add._cache_size() <= 3  # one compile per add length (1, 3, 8)
+
+
+def test_keeps_top_k_of_a_long_batch_and_ties():
+    rb, example, add = setup()
+    s = rb.init(example)
+    rew = np.array([[1, 0], [5, 0], [3, 0], [5, 0], [2, 0], [9, 0], [3, 0], [3, 0], [0, 0], [4, 0]], np.float32)
+    s = add(s, {"id": jnp.arange(10, dtype=jnp.int32), "next": {"reward": jnp.asarray(rew)}})
+    ids = sorted(np.asarray(s.storage["id"]).tolist())
+    # ranks 9,5,5,4,3,3 -> ids 5,1,3,9 and the first two 3s (ids 2, 6)
+    assert ids == [1, 2, 3, 5, 6, 9] and int(s.count) == CAP
+    # A tie with stored items does not evict them; a larger rank evicts the lowest.
+    s2 = add(s, {"id": jnp.array([100], jnp.int32), "next": {"reward": jnp.array([[3.0, 0.0]])}})
+    assert sorted(np.asarray(s2.storage["id"]).tolist()) == ids
+    s3 = add(s, {"id": jnp.array([100], jnp.int32), "next": {"reward": jnp.array([[3.5, 0.0]])}})
+    assert sorted(np.asarray(s3.storage["id"]).tolist()) == [1, 2, 3, 5, 9, 100]
+
+
+def test_with_prioritized_sampler_new_slots_get_max_priority():
+    rb = ReplayBuffer(storage=LazyTensorStorage(4), writer=TensorDictMaxValueWriter(),
+                      sampler=PrioritizedSampler(4, 1.0, 1.0, eps=0.0), batch_size=4)
+    s = rb.init({"next": {"reward": jnp.zeros((1,))}})
+    add = jax.jit(rb.add)
+    s = add(s, {"next": {"reward": jnp.array([1.0, 2.0, 3.0, 4.0])}})
+    s = jax.jit(rb.update_priority)(s, jnp.arange(4), jnp.array([0.0, 0.0, 7.0, 0.0]))
+    s = add(s, {"next": {"reward": jnp.array([10.0, 0.5])}})  # evicts slot 0 (rank 1)
+    leaves = np.asarray(s.sampler.tree.sums[-1][:4])
+    np.testing.assert_allclose(leaves, [7.0, 0.0, 7.0, 0.0])
+    _, batch, _ = jax.jit(rb.sample)(s, jax.random.key(0))
+    assert set(np.asarray(batch["next"]["reward"]).tolist()) <= {10.0, 3.0}
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        MaxValueWriter(reduction="median")
+    rb = ReplayBuffer(storage=LazyTensorStorage(8, ndim=2), writer=MaxValueWriter(), batch_size=2)
+    with pytest.raises(ValueError, match="only ndim=1 storage"):
+        rb.init({"next": {"reward": jnp.zeros((2, 1))}})
+    rb = ReplayBuffer(storage=LazyTensorStorage(8), writer=MaxValueWriter(), batch_size=2)
+    with pytest.raises(ValueError, match=r"rank_key \('next', 'reward'\) is not stored"):
+        rb.init({"reward": jnp.zeros((1,))})
