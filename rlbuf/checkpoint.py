@@ -253,7 +253,7 @@ def _from_restored(r, x, desc: _Leaf):
     if desc.kind == "scalar":
         return type(x)(np.asarray(r).item())
     if desc.kind == "numpy":
-        return np.asarray(r)
+        return np.asarray(r)[()] if isinstance(x, np.generic) else np.asarray(r)
     return r
 
 
@@ -363,7 +363,8 @@ class Manager:
         description is compared with the target's first: any difference raises
         :class:`CheckpointMismatchError` naming the first differing key path
         (``check_treedef=False`` skips only the comparison of static metadata, e.g. to load a
-        checkpoint written by an older class definition).
+        checkpoint written by an older class definition). Weak types are not restored (rlbuf's
+        states hold none: their ``init`` functions make strongly typed arrays).
         """
         ocp = _ocp()
         step = self._resolve(step)
