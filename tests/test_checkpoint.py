@@ -151,27 +151,44 @@ SAMPLERS = {
     "slice_without_replacement": _slice_without_replacement,
     "prioritized": _prioritized,
     "prioritized_slice": _prioritized_slice,
-    # writers keep state too
-    "max_value_writer": lambda: (RandomSampler(),
-                                 _guarded("rlbuf.writers", "MaxValueWriter")(rank_key=("next", "reward"))),
+    # writers keep state too (MaxValueWriter: ndim=1 storage only, fed flattened [LANES * T] items)
+    "max_value_writer": lambda: (RandomSampler(), _guarded(("rlbuf.writers", "rlbuf.writers_max"),
+                                                           "MaxValueWriter")(rank_key=("next", "reward"))),
 }
 _FNS: dict = {}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Flattened:
+    """An ``ndim=1`` buffer fed the stream's ``[LANES, T]`` batches as ``[LANES * T]`` items."""
+
+    rb: ReplayBuffer
+
+    @staticmethod
+    def _flat(batch):
+        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+
+    def init(self, example):
+        return self.rb.init(self._flat(example))
+
+    def add(self, state, data):
+        return self.rb.add(state, self._flat(data))
+
+
 def fns(name):
-    """Module-level cache: ``(rb, add, sample, update_priority or None)`` jitted once per sampler."""
+    """Module-level cache: ``(rb, add, sample, update_priority or None)`` jitted once per sampler
+    (``add`` takes the stream's ``[LANES, T]`` batches for every storage layout)."""
     if name not in _FNS:
         made = SAMPLERS[name]()
         sampler, writer = made if isinstance(made, tuple) else (made, RoundRobinWriter())
-        rb = ReplayBuffer(storage=LazyTensorStorage(LANES * CAP, ndim=2), sampler=sampler, writer=writer,
+        ndim = 1 if name == "max_value_writer" else 2
+        rb = ReplayBuffer(storage=LazyTensorStorage(LANES * CAP, ndim=ndim), sampler=sampler, writer=writer,
                           batch_size=BATCH)
         prioritized = type(sampler).update_priority is not Sampler.update_priority
-        _FNS[name] = (
-            rb,
-            jax.jit(rb.add, donate_argnums=0),
-            jax.jit(rb.sample),
-            jax.jit(rb.update_priority) if prioritized else None,
-        )
+        sample, update = jax.jit(rb.sample), jax.jit(rb.update_priority) if prioritized else None
+        if ndim == 1:
+            rb = _Flattened(rb)
+        _FNS[name] = (rb, jax.jit(rb.add, donate_argnums=0), sample, update)
     return _FNS[name]
 
 
