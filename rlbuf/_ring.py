@@ -14,6 +14,7 @@ each lane, ``count - 1`` the newest. A window of ``n`` consecutive steps startin
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -76,6 +77,20 @@ def lane_index(lane_flat, lanes: tuple) -> tuple:
     if len(lanes) == 1:
         return (lane_flat,)
     return tuple(jnp.unravel_index(lane_flat, lanes))
+
+
+def item_index(item, count, lanes: tuple) -> tuple:
+    """Item number ``item`` in ``[0, n_lanes * count)`` (lane-major: lane ``item // count``,
+    slot ``item % count``) as a tuple ``(*lane_idx, t)``; ``count`` must be >= 1.
+
+    One truncating division (exact for ``item >= 0``) instead of jnp's floor ``//`` and ``%``:
+    XLA:CPU fuses the index math into every gather and integer division does not vectorize,
+    so the floor pair made uniform sampling ~2x slower than a bare ``randint`` + ``take``.
+    """
+    if not lanes:
+        return (item,)
+    lane = jax.lax.div(item, count)
+    return (*lane_index(lane, lanes), item - lane * count)
 
 
 def n_lanes(lanes: tuple) -> int:

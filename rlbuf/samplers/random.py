@@ -25,10 +25,6 @@ class RandomSampler(Sampler):
         # Written slots are [0, count) in every lane (see rlbuf._ring), so one integer
         # draw over lanes x count addresses the stored items without touching the cursor.
         u = jax.random.randint(key, (batch_size,), 0, jnp.maximum(n_items, 1), dtype=jnp.int32)
-        if layout.lanes:
-            count = jnp.maximum(state.count, 1)
-            index = (*_ring.lane_index(u // count, layout.lanes), u % count)
-        else:
-            index = (u,)
+        index = _ring.item_index(u, jnp.maximum(state.count, 1), layout.lanes)
         info = {"mask": jnp.broadcast_to(state.count > 0, (batch_size,))}
         return state.sampler, index, info

@@ -79,10 +79,7 @@ class SamplerWithoutReplacement(Sampler):
         item = s.perm[jnp.minimum(k, layout.size - 1)]
         item = jnp.where(mask, item, 0)
         count = jnp.maximum(s.epoch_count, 1)
-        if layout.lanes:
-            index = (*_ring.lane_index(item // count, layout.lanes), item % count)
-        else:
-            index = (item,)
+        index = _ring.item_index(item, count, layout.lanes)
         s = dataclasses.replace(s, pos=jnp.minimum(s.pos + batch_size, s.epoch_items))
         return s, index, {"mask": mask}
 
