@@ -85,3 +85,15 @@ def test_flat_unflatten_lane_index(lanes):
         want = np.unravel_index(np.arange(n), lanes)
         for a, w in zip(idx, want):
             np.testing.assert_array_equal(np.asarray(a), w)
+
+
+@pytest.mark.parametrize("lanes", [(), (3,), (2, 4)])
+def test_item_index_is_lane_major(lanes):
+    n = _ring.n_lanes(lanes)
+    for count in (1, 2, 5):
+        items = np.arange(n * count)
+        got = _ring.item_index(jnp.asarray(items, jnp.int32), jnp.int32(count), lanes)
+        want = np.unravel_index(items, (*lanes, count))
+        assert len(got) == len(lanes) + 1
+        for a, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), w)
