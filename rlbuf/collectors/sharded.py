@@ -68,6 +68,68 @@ def _slice_params(params: Any, reference: Any, lead: int, n_local: int) -> Any:
     return jax.tree_util.tree_map(lambda x: x[:n_local], params) if batched else params
 
 
+def split_collector(c: Any, G: int, who: str):
+    """``(local, n_local)``: the plain collector one of ``G`` groups runs (``1 / G`` of the
+    envs of a ``Collector`` or the workers of a ``MultiSyncCollector``, frames and
+    ``init_random_frames`` divided by ``G``, no ``postproc``) and its number of flat envs."""
+    irf = math.ceil((c.init_random_frames or 0) / G)
+    if isinstance(c, MultiSyncCollector):
+        W, B = c.num_workers, (1 if c.num_envs is None else int(c.num_envs))
+        if W % G:
+            raise ValueError(f"{who}: {W} workers are not divisible by {G} groups")
+        cat = c.cat_results
+        nb = 1 if c.num_envs is None else 2
+        if cat != "stack" and int(cat) % nb != 0:
+            raise ValueError(
+                f"{who}: cat_results={cat!r} concatenates along a non-leading dim; split "
+                "collection needs 'stack' or 0 (workers on the leading axis)"
+            )
+        Wl = W // G
+        local = dataclasses.replace(
+            c,
+            envs=tuple(c.envs)[:Wl],
+            frames_per_batch=c.frames_per_batch // G,
+            env_params=_slice_params(c.env_params, _default_params(c.envs[0]), W, Wl),
+            init_random_frames=irf,
+            postproc=None,
+        )
+        return local, W * B // G
+    if isinstance(c, Collector):
+        if c.num_envs is None or c.num_envs % G:
+            raise ValueError(
+                f"{who}: num_envs={c.num_envs} must be an int divisible by {G} groups (a single env cannot be split)"
+            )
+        N = int(c.num_envs)
+        local = dataclasses.replace(
+            c,
+            frames_per_batch=c.frames_per_batch // G,
+            num_envs=N // G,
+            env_params=_slice_params(c.env_params, _default_params(c.env), N, N // G),
+            init_random_frames=irf,
+            postproc=None,
+        )
+        return local, N // G
+    raise TypeError(f"{who}: expected a Collector or MultiSyncCollector, got {type(c).__name__}")
+
+
+def split_init(collector: Any, local: Any, G: int, n_local: int, key: jax.Array):
+    """``collector.init(key)`` (envs reset exactly as unsharded) reshaped to ``G`` groups: leaves
+    ``[G, n_local, ...]`` (env leaves) or ``[G, ...]`` (scalars, shared env params), each group
+    with its own key (``fold_in(key', g)``) and a local trajectory-id counter."""
+    full = collector.init(key)
+    shapes = jax.eval_shape(local.init, key)
+
+    def split(x, l):
+        if tuple(x.shape) == tuple(l.shape):  # scalars, shared env params: one copy per group
+            return jnp.broadcast_to(x, (G, *x.shape))
+        return x.reshape(G, *l.shape)
+
+    st = jax.tree_util.tree_map(split, full, shapes)
+    keys = jax.vmap(jax.random.fold_in)(st.key, jnp.arange(G, dtype=jnp.uint32))
+    ids = jnp.broadcast_to(jnp.arange(n_local, dtype=st.traj_ids.dtype), (G, n_local))
+    return dataclasses.replace(st, key=keys, traj_ids=ids, next_traj_id=jnp.full((G,), n_local, st.next_traj_id.dtype))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ShardedCollector:
     """A collector whose env axis (``Collector``: the ``num_envs`` envs; ``MultiSyncCollector``:
@@ -95,55 +157,15 @@ class ShardedCollector:
     axis_name: Any = "data"
 
     def __post_init__(self):
-        c = self.collector
         names = self.axis_name if isinstance(self.axis_name, tuple) else (self.axis_name,)
         for a in names:
             if a not in self.mesh.shape:
                 raise ValueError(f"shard_collector: axis_name {a!r} is not an axis of the mesh {dict(self.mesh.shape)}")
         G = int(np.prod([self.mesh.shape[a] for a in names]))
-        irf = math.ceil((c.init_random_frames or 0) / G)
-        if isinstance(c, MultiSyncCollector):
-            W, B = c.num_workers, (1 if c.num_envs is None else int(c.num_envs))
-            if W % G:
-                raise ValueError(f"shard_collector: {W} workers are not divisible by the {G} shards")
-            cat = c.cat_results
-            nb = 1 if c.num_envs is None else 2
-            if cat != "stack" and int(cat) % nb != 0:
-                raise ValueError(
-                    f"shard_collector: cat_results={cat!r} concatenates along a non-leading dim; "
-                    "sharded collection needs 'stack' or 0 (workers on the leading axis)"
-                )
-            Wl = W // G
-            local = dataclasses.replace(
-                c,
-                envs=tuple(c.envs)[:Wl],
-                frames_per_batch=c.frames_per_batch // G,
-                env_params=_slice_params(c.env_params, _default_params(c.envs[0]), W, Wl),
-                init_random_frames=irf,
-                postproc=None,
-            )
-            n_envs = W * B
-        elif isinstance(c, Collector):
-            if c.num_envs is None or c.num_envs % G:
-                raise ValueError(
-                    f"shard_collector: num_envs={c.num_envs} must be an int divisible by the {G} shards "
-                    "(a single env cannot be split)"
-                )
-            N = int(c.num_envs)
-            local = dataclasses.replace(
-                c,
-                frames_per_batch=c.frames_per_batch // G,
-                num_envs=N // G,
-                env_params=_slice_params(c.env_params, _default_params(c.env), N, N // G),
-                init_random_frames=irf,
-                postproc=None,
-            )
-            n_envs = N
-        else:
-            raise TypeError(f"shard_collector: expected a Collector or MultiSyncCollector, got {type(c).__name__}")
+        local, n_local = split_collector(self.collector, G, "shard_collector")
         object.__setattr__(self, "_G", G)
         object.__setattr__(self, "_local", local)
-        object.__setattr__(self, "_n_local", n_envs // G)
+        object.__setattr__(self, "_n_local", n_local)
         sharding = NamedSharding(self.mesh, P(self.axis_name))
         object.__setattr__(self, "_init", jax.jit(self._init_impl, out_shardings=sharding))
 
@@ -169,21 +191,7 @@ class ShardedCollector:
         return global_traj_ids(local_ids, g, self._n_local, self._G)
 
     def _init_impl(self, key):
-        G, n = self._G, self._n_local
-        full = self.collector.init(key)
-        local = jax.eval_shape(self._local.init, key)
-
-        def split(x, l):
-            if tuple(x.shape) == tuple(l.shape):  # scalars, shared env params: one copy per shard
-                return jnp.broadcast_to(x, (G, *x.shape))
-            return x.reshape(G, *l.shape)
-
-        st = jax.tree_util.tree_map(split, full, local)
-        keys = jax.vmap(jax.random.fold_in)(st.key, jnp.arange(G, dtype=jnp.uint32))
-        ids = jnp.broadcast_to(jnp.arange(n, dtype=st.traj_ids.dtype), (G, n))
-        return dataclasses.replace(
-            st, key=keys, traj_ids=ids, next_traj_id=jnp.full((G,), n, st.next_traj_id.dtype)
-        )
+        return split_init(self.collector, self._local, self._G, self._n_local, key)
 
     def init(self, key: jax.Array):
         """The wrapped collector's initial state, split into ``G`` shards (see the class doc)."""
