@@ -31,6 +31,20 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def last_wins(scratch, idx):
+    """Deterministic "last occurrence wins" among duplicate indices of ``idx`` (int32 ``[K]``).
+
+    ``scratch``: int32 ``[n]`` working memory (any content). Returns ``(scratch, won)`` with
+    ``won[k]`` True iff ``idx[k]`` is in ``[0, n)`` and no later entry has the same index.
+    Why not a sort: a scatter-max of each entry's position is order independent (unlike a
+    scatter-set of duplicates) and costs a few small scatters, while an argsort is several
+    times slower on CPU. The scratch is reset at ``idx`` first, so stale content never matters.
+    """
+    ar = jnp.arange(idx.shape[0], dtype=jnp.int32)
+    scratch = scratch.at[idx].set(-1, mode="drop").at[idx].max(ar, mode="drop")
+    return scratch, jnp.take(scratch, idx, mode="fill", fill_value=-1) == ar
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TreeState:
@@ -132,12 +146,7 @@ class SumTree:
         idx = jnp.where(ok, idx, spare)
         scratch = tree.scratch
         if not unique:
-            # Last occurrence wins, deterministically: scatter-max of the entry's position is
-            # order independent (unlike a scatter-set of duplicates), and an argsort costs
-            # several times more on CPU. The scratch is reset at idx first, so stale content
-            # from earlier updates never matters.
-            scratch = scratch.at[idx].set(-1, mode="drop").at[idx].max(ar, mode="drop")
-            won = jnp.take(scratch, idx, mode="fill", fill_value=-1) == ar
+            scratch, won = last_wins(scratch, idx)
             idx = jnp.where(won, idx, spare)
         sums = list(tree.sums)
         mins = list(tree.mins)
@@ -155,6 +164,12 @@ class SumTree:
             sums[lvl] = sums[lvl].at[node].set(jnp.sum(ch_s, axis=1))
             mins[lvl] = mins[lvl].at[node].set(jnp.min(ch_m, axis=1))
         return TreeState(tuple(sums), tuple(mins), scratch)
+
+    def from_leaves(self, tree: TreeState, values) -> TreeState:
+        """A tree whose leaves are ``values`` (``[n]``, ``>= 0``), built in O(n)."""
+        leaves = jnp.zeros((self.sizes[-1],), self.dtype).at[: self.n].set(jnp.asarray(values, self.dtype))
+        sums = (*tree.sums[:-1], leaves)
+        return self.rebuild(TreeState(sums, tree.mins, tree.scratch))
 
     def rebuild(self, tree: TreeState) -> TreeState:
         """Recompute every internal node from the leaves (O(n); for tests and repairs)."""
