@@ -32,6 +32,10 @@ class SliceState:
     - ``queue``: ``[L, capacity]`` int32, per lane a ring of the numbers of the trajectories
       that reached ``thr`` steps, in time order (entry ``k`` at ``k % capacity``).
     - ``queued``: ``[L]`` int32, entries ever appended per lane.
+    - ``qrank``: ``[L, capacity]`` int32, beside the trajectory records of ``traj.start``:
+      ``qrank[l, s % capacity]`` is the number of queue entries of lane ``l`` before
+      trajectory ``s`` (final once ``s`` begins, since every earlier trajectory has ended), so
+      the first queue entry still stored is ``qrank[l, first[l] % capacity]``, O(1).
     - ``thr``: ``[]`` int32, the length the queue is kept for (the ``slice_len`` of the last
       ``sample``; 0 before any: the queue is then rebuilt once, in O(L × capacity)).
     """
@@ -39,7 +43,25 @@ class SliceState:
     traj: trj.TrajectoryState
     queue: jax.Array
     queued: jax.Array
+    qrank: jax.Array
     thr: jax.Array
+
+
+def below(bits, n):
+    """Integers in ``[0, n)`` from uniform uint32 ``bits`` (``n``: int32 array, ``1 <= n < 2**31``).
+
+    Multiply-shift: ``floor(bits * n / 2**32)``, computed in 16-bit limbs so nothing overflows
+    uint32. Each value has probability within ``1 / 2**32`` of ``1 / n`` (TorchRL's
+    ``floor(rand() * n)`` on float32 is coarser). Why not ``jax.random.randint``: it runs three
+    threefry hashes per call, which on CPU dominated the cost of a whole slice sample.
+    """
+    x = bits.astype(jnp.uint32)
+    n = n.astype(jnp.uint32)
+    m16 = jnp.uint32(0xFFFF)
+    xh, xl, nh, nl = x >> 16, x & m16, n >> 16, n & m16
+    mid1, mid2 = xh * nl, xl * nh
+    carry = ((xl * nl) >> 16) + (mid1 & m16) + (mid2 & m16)
+    return (xh * nh + (mid1 >> 16) + (mid2 >> 16) + (carry >> 16)).astype(jnp.int32)
 
 
 def _norm_key(key):
@@ -108,14 +130,14 @@ class _SliceBase(Sampler):
 
     # --- shared pieces ----------------------------------------------------------------------
 
-    def _slices(self, layout, ts, state, ranges, key, lane, seq, ok, n: int):
+    def _slices(self, layout, ts, state, ranges, bits, lane, seq, ok, n: int):
         """Index/mask of one slice per ``(lane, seq)`` (``[S]`` each; ``ok`` False gives an
-        all-padding slice): a start uniform over the trajectory's stored part, whole
-        (padded) trajectory if it is shorter than ``n``."""
+        all-padding slice): a start uniform over the trajectory's stored part (from the uint32
+        ``bits``), whole (padded) trajectory if it is shorter than ``n``."""
         begin, end = trj.bounds(layout, ts, ranges, lane, seq)
         length = jnp.where(ok, end - begin, 0)
         n_starts = jnp.maximum(length - n + 1, 1)
-        off = jax.random.randint(key, lane.shape, 0, n_starts, dtype=jnp.int32)
+        off = below(bits, n_starts)
         steps = jnp.arange(n, dtype=jnp.int32)
         mask = steps[None, :] < length[:, None]
         # Padding points at the slice's first step (a written slot when ok, slot 0 otherwise):
@@ -205,6 +227,7 @@ class SliceSampler(_SliceBase):
             traj=trj.init(layout, spec),
             queue=jnp.zeros((n_l, cap), jnp.int32),
             queued=jnp.zeros((n_l,), jnp.int32),
+            qrank=jnp.zeros((n_l, cap), jnp.int32),
             thr=jnp.full((), thr, jnp.int32),
         )
 
@@ -225,7 +248,15 @@ class SliceSampler(_SliceBase):
         lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
         queue = sstate.queue.at[lanes, idx].set(w.seq, mode="drop", unique_indices=True)
         queued = sstate.queued + jnp.sum(mark, axis=1, dtype=jnp.int32)
-        return SliceState(ts, queue, queued, thr)
+        # Queue rank of every trajectory with a record written by this add (the same slots as
+        # trj.update's records): for one begun in this add, the entries appended before its
+        # first step; one begun earlier keeps its rank.
+        rec = jnp.where((w.start == w.stamp) | first_kept, w.seq % cap, cap)
+        begun_here = w.start - old_total >= 0
+        excl = sstate.queued[:, None] + jnp.cumsum(mark, axis=1, dtype=jnp.int32) - mark
+        rank = jnp.where(begun_here, excl, sstate.qrank[lanes, w.seq % cap])
+        qrank = sstate.qrank.at[lanes, rec].set(rank, mode="drop", unique_indices=True)
+        return SliceState(ts, queue, queued, qrank, thr)
 
     def _rebuild(self, layout, s: SliceState, ranges, n: int) -> SliceState:
         lengths, seq = self._lengths_all(layout, s.traj, ranges)
@@ -234,26 +265,27 @@ class SliceSampler(_SliceBase):
         idx = jnp.where(long, pos, layout.capacity)
         lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
         queue = jnp.zeros_like(s.queue).at[lanes, idx].set(seq, mode="drop", unique_indices=True)
-        return SliceState(s.traj, queue, jnp.sum(long, axis=1, dtype=jnp.int32), jnp.full((), n, jnp.int32))
+        stored = jnp.arange(layout.capacity)[None, :] < ranges.n_stored[:, None]
+        qrank = s.qrank.at[lanes, jnp.where(stored, seq % layout.capacity, layout.capacity)].set(
+            pos + 1 - long, mode="drop", unique_indices=True
+        )
+        queued = jnp.sum(long, axis=1, dtype=jnp.int32)
+        return SliceState(s.traj, queue, queued, qrank, jnp.full((), n, jnp.int32))
+
+    def _ensure_queue(self, layout, s: SliceState, ranges, n: int) -> SliceState:
+        """``s`` with its queue kept for length ``n`` (rebuilt if it was kept for another)."""
+        # A while loop that runs at most once rather than a cond: a cond's untaken identity
+        # branch copies the [L, capacity] arrays on every call, while a loop carry is aliased
+        # in place (measured: the cond made sample O(capacity)).
+        return jax.lax.while_loop(lambda c: c.thr != n, lambda c: self._rebuild(layout, c, ranges, n), s)
 
     def _eligible(self, layout, s: SliceState, ranges, n: int):
         """Per lane ``(head, count)``: the queue entries ``head .. head + count - 1`` are exactly
         the stored trajectories with at least ``n`` stored steps (needs ``s.thr == n``)."""
         cap = layout.capacity
-        lo = jnp.maximum(s.queued - cap, 0)
-        hi = s.queued
         lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)
-
-        # Entries are in trajectory order; overwritten ones sit at the front: binary search for
-        # the first entry still stored.
-        def body(_, lh):
-            lo_, hi_ = lh
-            mid = (lo_ + hi_) // 2
-            below = s.queue[lanes, mid % cap] - ranges.first < 0
-            go = lo_ < hi_
-            return jnp.where(go & below, mid + 1, lo_), jnp.where(go & ~below, mid, hi_)
-
-        head, _ = jax.lax.fori_loop(0, max(int(cap).bit_length(), 1) + 1, body, (lo, hi))
+        hi = s.queued
+        head = s.qrank[lanes, ranges.first % cap]
         # Only the oldest stored trajectory can have shrunk below n (overwritten from its start).
         h_seq = s.queue[lanes, head % cap]
         begin, end = trj.bounds(layout, s.traj, ranges, lanes, h_seq)
@@ -271,20 +303,24 @@ class SliceSampler(_SliceBase):
         s = state.sampler
         ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
         if self.strict_length:
-            s = jax.lax.cond(s.thr != n, lambda: self._rebuild(layout, s, ranges, n), lambda: s)
+            s = self._ensure_queue(layout, s, ranges, n)
         head, counts = self._counts(layout, s, ranges, n)
-        k_traj, k_start = jax.random.split(key)
+        # One threefry call for all the randomness of the batch.
+        bits = jax.random.bits(key, (2, n_slices), jnp.uint32)
         cum = jnp.cumsum(counts)
         total = cum[-1]
-        u = jax.random.randint(k_traj, (n_slices,), 0, jnp.maximum(total, 1), dtype=jnp.int32)
-        lane = jnp.minimum(jnp.searchsorted(cum, u, side="right"), layout.n_lanes - 1).astype(jnp.int32)
+        u = below(bits[0], jnp.maximum(total, 1))
+        # Few lanes: compare against all of them (no loop); many: an unrolled binary search.
+        method = "compare_all" if layout.n_lanes <= 64 else "scan_unrolled"
+        lane = jnp.searchsorted(cum, u, side="right", method=method)
+        lane = jnp.minimum(lane, layout.n_lanes - 1).astype(jnp.int32)
         within = u - (cum[lane] - counts[lane])
         if self.strict_length:
             seq = s.queue[lane, (head[lane] + within) % layout.capacity]
         else:
             seq = head[lane] + within
         ok = jnp.broadcast_to(total > 0, (n_slices,))
-        index, mask = self._slices(layout, s.traj, state, ranges, k_start, lane, seq, ok, n)
+        index, mask = self._slices(layout, s.traj, state, ranges, bits[1], lane, seq, ok, n)
         return s, index, {"mask": mask}
 
     def can_sample(self, layout, state, batch_size: int):
@@ -293,7 +329,7 @@ class SliceSampler(_SliceBase):
         ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
         if not self.strict_length:
             return state.count > 0
-        s = jax.lax.cond(s.thr != n, lambda: self._rebuild(layout, s, ranges, n), lambda: s)
+        s = self._ensure_queue(layout, s, ranges, n)
         _, counts = self._eligible(layout, s, ranges, n)
         return jnp.sum(counts) > 0
 
@@ -397,7 +433,8 @@ class SliceSamplerWithoutReplacement(_SliceBase):
         stored = (seq - ranges.first[lane] >= 0) & (ranges.n_stored[lane] > 0)
         begin, end = trj.bounds(layout, s.traj, ranges, lane, seq)
         ok = in_epoch & stored & (end - begin >= (n if self.strict_length else 1))
-        index, mask = self._slices(layout, s.traj, state, ranges, k_start, lane, seq, ok, n)
+        bits = jax.random.bits(k_start, (n_slices,), jnp.uint32)
+        index, mask = self._slices(layout, s.traj, state, ranges, bits, lane, seq, ok, n)
         s = dataclasses.replace(s, pos=jnp.minimum(s.pos + n_slices, s.epoch_items))
         return s, index, {"mask": mask}
 
