@@ -47,7 +47,7 @@ def test_info_index_locates_samples(ndim, sampler):
     state = rb.init(batch(lanes, 1, 0))
     ref = NumpyRingBuffer(CAP, lanes)
     start, key = 1, jax.random.key(0)
-    for t in (4, 5, 2, 4):  # wraps the ring of 6
+    for t in (5, 5, 5, 5):  # wraps the ring of 6 with the cursor at 5, 4, 3, 2
         b = batch(lanes, t, start)
         start += b["id"].size
         state, ref = add(state, b), (ref.add(jax.tree_util.tree_map(np.asarray, b)) or ref)
@@ -60,8 +60,12 @@ def test_info_index_locates_samples(ndim, sampler):
             else:
                 assert isinstance(idx, tuple) and len(idx) == ndim and all(i.shape == (8,) for i in idx)
             mask = np.asarray(info["mask"])
+            if int(state.added) == 5:  # the documented expression itself, on device
+                np.testing.assert_array_equal(np.asarray(state.storage["id"][idx])[mask], np.asarray(out["id"])[mask])
             for leaf, got in zip(jax.tree_util.tree_leaves(state.storage), jax.tree_util.tree_leaves(out)):
-                np.testing.assert_array_equal(np.asarray(leaf[idx])[mask], np.asarray(got)[mask])
+                # numpy indexing with the same index (the documented storage[k][info["index"]])
+                np_idx = np.asarray(idx) if ndim == 1 else tuple(np.asarray(i) for i in idx)
+                np.testing.assert_array_equal(np.asarray(leaf)[np_idx][mask], np.asarray(got)[mask])
             # Every real sample is a stored transition (ids of the reference's stored items).
             assert set(np.asarray(out["id"])[mask].tolist()) <= set(ref.items()["id"].tolist())
             assert mask.any()
@@ -134,16 +138,15 @@ def test_scan_loop_compiles_once_and_matches_eager(sampler):
     (state_b, _), _ = loop(state, jax.random.key(4), data)
     assert loop._cache_size() == 1
     assert int(state.added) == 400 and int(state_b.added) == 800
-    # The same 100 steps eagerly (jitted per call) give the same samples.
+    # The first steps one jitted call at a time give the same samples as the scan.
     add, sample = jax.jit(rb.add), jax.jit(rb.sample)
     st, key = state0, jax.random.key(3)
-    for i in range(100):
+    for i in range(6):
         key, sub = jax.random.split(key)
         st = add(st, jax.tree_util.tree_map(lambda x: x[i], data))
         st, out, info = sample(st, sub)
-        if i in (0, 7, 99):
-            np.testing.assert_array_equal(np.asarray(out["id"]), np.asarray(got[i]))
-    np.testing.assert_array_equal(np.asarray(st.storage["id"]), np.asarray(state.storage["id"]))
+        np.testing.assert_array_equal(np.asarray(out["id"]), np.asarray(got[i]))
+        np.testing.assert_array_equal(np.asarray(info["mask"]), np.asarray(mask[i]))
 
 
 def test_varying_time_length_between_adds():
@@ -166,6 +169,7 @@ def test_varying_time_length_between_adds():
 def test_transform_applied_and_index_before_transform():
     rb = ReplayBuffer(storage=LazyTensorStorage(12, ndim=1), batch_size=5,
                       transform=lambda b: {**b, "obs": b["obs"] * 2})
-    state = rb.add(rb.init({"obs": jnp.zeros((1, 2))}), {"obs": jnp.arange(1.0, 21.0).reshape(10, 2)})
-    state, out, info = rb.sample(state, jax.random.key(0))
-    np.testing.assert_array_equal(np.asarray(out["obs"]), 2 * np.asarray(state.storage["obs"][info["index"]]))
+    state = jax.jit(rb.add)(rb.init({"obs": jnp.zeros((1, 2))}), {"obs": jnp.arange(1.0, 21.0).reshape(10, 2)})
+    state, out, info = jax.jit(rb.sample)(state, jax.random.key(0))
+    stored = np.asarray(state.storage["obs"])
+    np.testing.assert_array_equal(np.asarray(out["obs"]), 2 * stored[np.asarray(info["index"])])

@@ -1,8 +1,6 @@
 """``rlbuf._ring`` against brute force: a ring that has received ``A`` steps per lane holds
 step ``i`` (for ``A - min(A, C) <= i < A``) in physical slot ``i % C``."""
 
-import itertools
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,15 +20,17 @@ def ring_after(added, cap):
 
 @pytest.mark.parametrize("cap", CAPS)
 def test_write_positions_matches_per_step_writes(cap):
-    for added, t in itertools.product(range(3 * cap + 1), range(1, 3 * cap + 2)):
-        cursor, _, _ = ring_after(added, cap)
-        pos, skip, new_cursor = _ring.write_positions(jnp.int32(cursor), t, cap)
+    added = np.arange(3 * cap + 1)[:, None]  # every cursor, several times
+    cursor = jnp.asarray(added % cap, jnp.int32)
+    for t in range(1, 3 * cap + 2):
+        pos, skip, new_cursor = _ring.write_positions(cursor, t, cap)
         pos = np.asarray(pos)
         assert skip == max(t - cap, 0)
-        assert pos.shape == (min(t, cap),) and len(set(pos.tolist())) == pos.size
+        assert pos.shape == (added.shape[0], min(t, cap))
+        assert all(len(set(row.tolist())) == pos.shape[1] for row in pos)
         # Step j of the data (j >= skip) lands where a per-step writer would put it.
-        np.testing.assert_array_equal(pos, [(added + j) % cap for j in range(skip, t)])
-        assert int(new_cursor) == (added + t) % cap
+        np.testing.assert_array_equal(pos, (added + np.arange(skip, t)[None, :]) % cap)
+        np.testing.assert_array_equal(np.asarray(new_cursor), (added + t) % cap)
 
 
 @pytest.mark.parametrize("cap", CAPS)
