@@ -1,0 +1,177 @@
+"""Replay-buffer core benchmark: ``python -m rlbuf.bench.buffer [--quick]``.
+
+1. Uniform sampling of 256 items from a full 100k-transition buffer (``ndim=1`` and ``ndim=2``
+   with 4 lanes) inside a jitted ``lax.scan``. Every iteration adds a small batch and then
+   samples, so the buffer state changes each iteration and XLA cannot hoist the sampling out
+   of the loop. The reference floor runs the same loop with the same ``rb.add`` followed by a
+   bare ``jax.random.randint`` + ``jnp.take`` gather. Target ratio <= 1.1.
+2. ``add`` of a ``[4, 1000]`` batch (obs float32[8], action int32, reward float32, done bool)
+   into a 100k ``ndim=2`` buffer with the state donated, against flashbax's trajectory buffer
+   (``add_batch_size=4``, ``max_length_time_axis=25000``), also donated: per add inside a
+   jitted scan of adds, and per jitted donated call. Target <= 1.0. Skipped if flashbax is not
+   installed.
+
+Both sides of every row thread their own donated state through repeated calls (a donated
+input cannot be reused), with their repeats interleaved in one process so load drift hits
+both alike. Times are medians; compile time never counts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rlbuf.bench._timing import Row
+from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.storage import LazyTensorStorage
+
+SIZE = 100_000
+LANES = 4
+SAMPLE = 256
+
+
+def transitions(key, shape) -> dict:
+    """A batch with leaves ``[*shape, ...]``: obs float32[8], action int32, reward float32, done bool."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "obs": jax.random.normal(k1, (*shape, 8), jnp.float32),
+        "action": jax.random.randint(k2, shape, 0, 4, jnp.int32),
+        "reward": jax.random.normal(k3, shape, jnp.float32),
+        "done": jnp.zeros(shape, jnp.bool_),
+    }
+
+
+def _threaded(fns: dict[str, Callable], states: dict, *args, repeats: int) -> dict[str, float]:
+    """Median seconds per ``state = fn(state, *args)`` of each fn, repeats interleaved.
+
+    Each fn carries its own state (donated by the fn), so the input is never reused.
+    """
+    for k, f in fns.items():  # compile + warm-up
+        states[k] = jax.block_until_ready(f(states[k], *args))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            states[k] = jax.block_until_ready(f(states[k], *args))
+            samples[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+
+
+def _full_buffer(ndim: int):
+    rb = ReplayBuffer(storage=LazyTensorStorage(SIZE, ndim=ndim), batch_size=SAMPLE)
+    shape = (SIZE,) if ndim == 1 else (LANES, SIZE // LANES)
+    data = transitions(jax.random.key(0), shape)
+    state = jax.jit(rb.add, donate_argnums=0)(rb.init(data), data)
+    return rb, state
+
+
+def sample_rows(quick: bool) -> list[Row]:
+    iters = 50 if quick else 200
+    repeats = 5 if quick else 15
+    rows = []
+    for ndim in (1, 2):
+        rb, state = _full_buffer(ndim)
+        add_shape = (4,) if ndim == 1 else (LANES, 1)
+        adds = transitions(jax.random.key(1), (iters, *add_shape))
+        lay = state.layout
+
+        def bare_sample(state, key):
+            # The floor: one integer draw over the stored items and one gather per leaf.
+            n = state.count * lay.n_lanes
+            u = jax.random.randint(key, (SAMPLE,), 0, n, dtype=jnp.int32)
+            if lay.lanes:
+                u = (u // state.count) * lay.capacity + u % state.count
+            return jax.tree_util.tree_map(lambda x: jnp.take(x.reshape(lay.size, *x.shape[ndim:]), u, axis=0),
+                                          state.storage)
+
+        def rlbuf_sample(state, key):
+            state, batch, _ = rb.sample(state, key)
+            return state, batch
+
+        def loop(sample_fn):
+            def body(carry, xs):
+                state, key, acc = carry
+                key, sub = jax.random.split(key)
+                state = rb.add(state, xs)
+                out = sample_fn(state, sub)
+                state, batch = out if isinstance(out, tuple) else (state, out)
+                acc = acc + sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree_util.tree_leaves(batch))
+                return (state, key, acc), None
+
+            def run(carry, adds):
+                return jax.lax.scan(body, carry, adds)[0]
+
+            return jax.jit(run, donate_argnums=0)
+
+        fns = {"rlbuf": loop(rlbuf_sample), "ref": loop(bare_sample)}
+        copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)  # noqa: E731
+        carries = {k: (copy(state), jax.random.key(2), jnp.zeros((), jnp.float32)) for k in fns}
+        del state
+        t = _threaded(fns, carries, adds, repeats=repeats)
+        lane_txt = "" if ndim == 1 else f" ({LANES} lanes)"
+        rows.append(Row(
+            "buffer", f"add {'x'.join(map(str, add_shape))} + uniform sample {SAMPLE} from {SIZE // 1000}k, "
+            f"ndim={ndim}{lane_txt}, in scan",
+            "same add + randint/take", t["rlbuf"] / iters * 1e6, t["ref"] / iters * 1e6, "iter",
+            "target ratio <= 1.1",
+        ))
+    return rows
+
+
+def add_rows(quick: bool) -> list[Row]:
+    t_len, n_scan = 1000, 10
+    repeats = 5 if quick else 15
+    rb = ReplayBuffer(storage=LazyTensorStorage(SIZE, ndim=2), batch_size=SAMPLE)
+    batch = transitions(jax.random.key(3), (LANES, t_len))
+    stacked = transitions(jax.random.key(4), (n_scan, LANES, t_len))
+    try:
+        import flashbax as fbx
+    except ImportError as e:
+        return [Row("buffer", f"add [{LANES}, {t_len}] into {SIZE // 1000}k ndim=2", "flashbax trajectory buffer",
+                    float("nan"), None, "add", f"skipped: flashbax not importable ({e})")]
+    fb = fbx.make_trajectory_buffer(
+        add_batch_size=LANES, sample_batch_size=SAMPLE, sample_sequence_length=1, period=1,
+        min_length_time_axis=1, max_length_time_axis=SIZE // LANES,
+    )
+    one = jax.tree_util.tree_map(lambda x: x[0, 0], batch)
+    states = {"rlbuf": rb.init(batch), "ref": fb.init(one)}
+    add_fns = {"rlbuf": rb.add, "ref": fb.add}
+    scan_fns = {
+        k: jax.jit(lambda s, xs, f=f: jax.lax.scan(lambda s, x: (f(s, x), None), s, xs)[0], donate_argnums=0)
+        for k, f in add_fns.items()
+    }
+    t_scan = _threaded(scan_fns, states, stacked, repeats=repeats)
+    call_fns = {k: jax.jit(f, donate_argnums=0) for k, f in add_fns.items()}
+    t_call = _threaded(call_fns, states, batch, repeats=3 * repeats)
+    case = f"add [{LANES}, {t_len}] into {SIZE // 1000}k ndim=2, donated"
+    return [
+        Row("buffer", case + f", in scan of {n_scan}", "flashbax trajectory buffer add",
+            t_scan["rlbuf"] / n_scan * 1e6, t_scan["ref"] / n_scan * 1e6, "add", "target ratio <= 1.0"),
+        Row("buffer", case + ", jitted call", "flashbax trajectory buffer add",
+            t_call["rlbuf"] * 1e6, t_call["ref"] * 1e6, "add", "target ratio <= 1.0"),
+    ]
+
+
+def run(quick: bool = False) -> list[Row]:
+    return sample_rows(quick) + add_rows(quick)
+
+
+def _main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="rlbuf replay-buffer core benchmark")
+    p.add_argument("--quick", action="store_true")
+    rows = run(quick=p.parse_args().quick)
+    print("| case | reference | rlbuf µs | ref µs | ratio | unit | note |")
+    print("|---|---|---:|---:|---:|---|---|")
+    for r in rows:
+        ref = "—" if r.ref_us is None else f"{r.ref_us:,.1f}"
+        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}×"
+        print(f"| {r.case} | {r.ref_name} | {r.ours_us:,.1f} | {ref} | {ratio} | {r.unit} | {r.note} |")
+
+
+if __name__ == "__main__":
+    _main()
