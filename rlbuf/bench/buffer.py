@@ -70,7 +70,7 @@ def _full_buffer(ndim: int):
 
 def sample_rows(quick: bool) -> list[Row]:
     iters = 50 if quick else 200
-    repeats = 5 if quick else 15
+    repeats = 5 if quick else 31
     rows = []
     for ndim in (1, 2):
         rb, state = _full_buffer(ndim)
@@ -82,8 +82,9 @@ def sample_rows(quick: bool) -> list[Row]:
             # The floor: one integer draw over the stored items and one gather per leaf.
             n = state.count * lay.n_lanes
             u = jax.random.randint(key, (SAMPLE,), 0, n, dtype=jnp.int32)
-            if lay.lanes:
-                u = (u // state.count) * lay.capacity + u % state.count
+            if lay.lanes:  # lane-major item -> flat slot, with the cheapest exact index math
+                lane = jax.lax.div(u, state.count)
+                u = lane * lay.capacity + (u - lane * state.count)
             return jax.tree_util.tree_map(lambda x: jnp.take(x.reshape(lay.size, *x.shape[ndim:]), u, axis=0),
                                           state.storage)
 
@@ -123,7 +124,7 @@ def sample_rows(quick: bool) -> list[Row]:
 
 def add_rows(quick: bool) -> list[Row]:
     t_len, n_scan = 1000, 10
-    repeats = 5 if quick else 15
+    repeats = 5 if quick else 31
     rb = ReplayBuffer(storage=LazyTensorStorage(SIZE, ndim=2), batch_size=SAMPLE)
     batch = transitions(jax.random.key(3), (LANES, t_len))
     stacked = transitions(jax.random.key(4), (n_scan, LANES, t_len))
