@@ -88,12 +88,13 @@ class MultiAsyncCollector:
             init_random_frames=self.init_random_frames,
             reset_at_each_iter=self.reset_at_each_iter,
         )
-        local, n_local = split_collector(sync, W, "MultiAsyncCollector")
+        split = split_collector(sync, W, "MultiAsyncCollector")
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         set_("_W", W)
         set_("_sync", sync)
-        set_("_local", local)
-        set_("_n_local", n_local)
+        set_("_split", split)
+        set_("_local", split.local)
+        set_("_n_local", split.n_local)
         set_("_collect", jax.jit(self.collect_worker))
 
     @property
@@ -113,7 +114,9 @@ class MultiAsyncCollector:
     def collect_worker(self, state, policy_params: Any, worker_id):
         """One batch of worker ``worker_id`` from its state (``state[w]`` of :meth:`init`):
         ``(state, batch)`` with ``batch`` leaves ``[B, T, ...]`` / ``[T, ...]`` and global ids."""
-        state, batch = self._local.collect(state, policy_params)
+        # one program for every worker: its env params (host constants) are picked by worker_id
+        params_w = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[worker_id], self._split.params)
+        state, batch = self._split.collector(params_w).collect(state, policy_params)
         batch = jax.tree_util.tree_map(lambda x: x[0], batch)  # the local collector has 1 worker
         coll = dict(batch["collector"])
         coll["traj_ids"] = global_traj_ids(coll["traj_ids"], worker_id, self._n_local, self._W)

@@ -39,13 +39,13 @@ def _tree_select(mask: jax.Array, on_true: Any, on_false: Any) -> Any:
 class CollectorState:
     """Everything a :class:`Collector` carries between batches (a pytree; checkpointable).
 
-    Env-indexed leaves have a leading ``[N]`` axis, ``N`` = number of envs (1 when the collector
-    has ``num_envs=None``; ``W * B`` in worker-major order for :class:`MultiSyncCollector`).
+    Env-indexed leaves have a leading ``[N]`` axis, ``N`` = number of envs (``W * B`` in
+    worker-major order for :class:`MultiSyncCollector`); with ``num_envs=None`` there is no env
+    axis.
 
     Attributes:
         env_state: the envs' states ``[N, ...]``.
         observation: the observation each env will act on next ``[N, ...]``.
-        env_params: env parameters, ``[N, ...]`` if per-env else shared (no leading axis).
         key: PRNG key for the next batch.
         traj_ids: int32 ``[N]`` current trajectory id of each env.
         next_traj_id: int32 ``[]`` the global counter: id given to the next env that resets.
@@ -56,7 +56,6 @@ class CollectorState:
 
     env_state: Any
     observation: Any
-    env_params: Any
     key: jax.Array
     traj_ids: jax.Array
     next_traj_id: jax.Array
@@ -130,7 +129,9 @@ class Collector:
             uniform random actions from ``env.action_space``.
         frames_per_batch: frames per ``collect`` over all envs; ``T = frames_per_batch // B``.
         env_params: env parameters (default ``env.default_params``); may carry a leading
-            ``[num_envs]`` axis, one set per env (domain randomization).
+            ``[num_envs]`` axis, one set per env (domain randomization). They are constants of
+            the compiled ``collect`` (not part of the state): build a new collector to change
+            them.
         num_envs: ``None`` for one env (leaves ``[T, ...]``) or ``B`` (leaves ``[B, T, ...]``).
         max_frames_per_traj: truncate (``("next","truncated")``) and reset an episode at its
             ``n``-th step. ``None`` (or ``-1``) disables.
@@ -235,14 +236,29 @@ class Collector:
     def _pax(self):
         return 0 if self._params_batched else None
 
+    def _env_map(self, fn, in_axes):
+        """``vmap`` over envs; a single-env collector (``num_envs=None``) runs ``fn`` as is,
+        without a size-1 env axis (cheaper per step, and its state has no env axis)."""
+        return fn if self.num_envs is None else jax.vmap(fn, in_axes=in_axes)
+
+    def _env_keys(self, key):
+        return key if self.num_envs is None else jax.random.split(key, self._num)
+
+    def _env_zeros(self, dtype):
+        return jnp.zeros(() if self.num_envs is None else (self._num,), dtype)
+
+    def _env_range(self, start):
+        if self.num_envs is None:
+            return jnp.asarray(start, jnp.int32)
+        return start + jnp.arange(self._num, dtype=jnp.int32)
+
     def _reset_one(self, key, params):
         if self._native:
             return self.env.reset_env(key, params)
         return self.env.reset(key, params)
 
     def _reset_all(self, key, params):
-        keys = jax.random.split(key, self._num)
-        obs, st = jax.vmap(self._reset_one, in_axes=(0, self._pax))(keys, params)
+        obs, st = self._env_map(self._reset_one, (0, self._pax))(self._env_keys(key), params)
         return jax.tree.map(_strong, obs), jax.tree.map(_strong, st)
 
     def _transition(self, key, state, action, params):
@@ -278,26 +294,17 @@ class Collector:
                 jnp.asarray(trunc, bool), jnp.asarray(did_reset, bool), reset_obs, reset_st)
 
     # ------------------------------------------------------------------ policy helpers
-    def _squeeze(self, tree):
-        return tree if self.num_envs is not None else jax.tree.map(lambda x: x[0], tree)
-
-    def _unsqueeze(self, tree):
-        return tree if self.num_envs is not None else jax.tree.map(lambda x: x[None], tree)
-
     def _random_actions(self, key, params):
-        keys = jax.random.split(key, self._num)
-        return jax.vmap(lambda k, p: sample_action(self.env, k, p), in_axes=(0, self._pax))(
-            keys, params
-        )
+        sample = lambda k, p: sample_action(self.env, k, p)
+        return self._env_map(sample, (0, self._pax))(self._env_keys(key), params)
 
     def _call_policy(self, policy_params, obs, key):
-        out = self.policy(policy_params, self._squeeze(obs), key)
+        out = self.policy(policy_params, obs, key)
         if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
             action, extras = out
         else:
             action, extras = out, {}
-        action = self._unsqueeze(action)
-        extras = self._unsqueeze(dict(extras))
+        extras = dict(extras)
         self._check_action(action)
         return action, extras
 
@@ -314,8 +321,7 @@ class Collector:
             )
         pairs = zip(a_leaves, s_leaves)
         for a, s in pairs:
-            # ``a`` was unsqueezed for a single env; report shapes as the policy saw them
-            got = tuple(jnp.shape(a))[1:] if self.num_envs is None else tuple(jnp.shape(a))
+            got = tuple(jnp.shape(a))
             want = lead + tuple(s.shape)
             if got != want:
                 raise ValueError(
@@ -338,16 +344,14 @@ class Collector:
         """Reset every env; returns the initial :class:`CollectorState` (jittable)."""
         key, k_reset = jax.random.split(key)
         obs, st = self._reset_all(k_reset, self._params)
-        num = self._num
         return CollectorState(
             env_state=st,
             observation=obs,
-            env_params=self._params,
             key=key,
-            traj_ids=jnp.arange(num, dtype=jnp.int32),
-            next_traj_id=jnp.asarray(num, jnp.int32),
-            step_count=jnp.zeros((num,), jnp.int32),
-            episode_reward=jnp.zeros((num,), jnp.float32),
+            traj_ids=self._env_range(0),
+            next_traj_id=jnp.asarray(self._num, jnp.int32),
+            step_count=self._env_zeros(jnp.int32),
+            episode_reward=self._env_zeros(jnp.float32),
             frames=jnp.zeros((), jnp.int32),
         )
 
@@ -367,8 +371,8 @@ class Collector:
         else:
             carry, traj = self._rollout(state, policy_params, random=False)
         if self.num_envs is None:
-            batch = jax.tree.map(lambda x: x[:, 0], traj)
-        else:
+            batch = traj
+        else:  # scan is time-major; TorchRL's layout has time last
             batch = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)
         if self.postproc is not None:
             batch = self.postproc(batch)
@@ -377,11 +381,10 @@ class Collector:
     # ------------------------------------------------------------------ internals
     def _reset_at_iter(self, state: CollectorState) -> CollectorState:
         key, k_reset = jax.random.split(state.key)
-        obs, st = self._reset_all(k_reset, state.env_params)
+        obs, st = self._reset_all(k_reset, self._params)
         fresh = state.frames > 0  # the first batch's envs are already fresh from init
         num = self._num
-        ids = jnp.where(fresh, state.next_traj_id + jnp.arange(num, dtype=jnp.int32),
-                        state.traj_ids)
+        ids = jnp.where(fresh, self._env_range(state.next_traj_id), state.traj_ids)
         pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(fresh, x, y), a, b)
         return dataclasses.replace(
             state,
@@ -404,7 +407,9 @@ class Collector:
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     def _rollout(self, state: CollectorState, policy_params: Any, random: bool):
-        params = state.env_params
+        # env params are compile-time constants of the collector (as in a hand-written
+        # rollout closing over them), so XLA can fold what depends only on them
+        params = self._params
         extras0 = self._extras_like(state, policy_params) if random else None
         mf = self.max_frames_per_traj
         pax = self._pax
@@ -415,31 +420,29 @@ class Collector:
                 action, extras = self._random_actions(k_pol, params), extras0
             else:
                 action, extras = self._call_policy(policy_params, c.observation, k_pol)
-            env_keys = jax.random.split(k_env, self._num)
             (next_obs, cont_obs, cont_st, reward, term, trunc, did_reset, reset_obs,
-             reset_st) = jax.vmap(self._transition, in_axes=(0, 0, 0, pax))(
-                env_keys, c.env_state, action, params
+             reset_st) = self._env_map(self._transition, (0, 0, 0, pax))(
+                self._env_keys(k_env), c.env_state, action, params
             )
-            count = c.step_count + 1
+            new = {}
             if mf is not None:
+                count = c.step_count + 1
                 trunc = jnp.logical_or(trunc, count >= mf)
             done = jnp.logical_or(term, trunc)
+            if mf is not None:
+                new["step_count"] = jnp.where(done, 0, count)
             need_reset = jnp.logical_and(done, jnp.logical_not(did_reset))
             ret = c.episode_reward + reward
-            rank = jnp.cumsum(done.astype(jnp.int32)) - 1
             step = {
                 "observation": c.observation,
                 "action": action,
-                "step_count": c.step_count,
                 "next": {
                     "observation": next_obs,
                     "reward": reward,
                     "terminated": term,
                     "truncated": trunc,
-                    "done": done,
                     "episode_reward": ret,
                 },
-                "collector": {"traj_ids": c.traj_ids},
                 **extras,
             }
             new = dataclasses.replace(
@@ -447,18 +450,64 @@ class Collector:
                 key=key,
                 env_state=_tree_select(need_reset, reset_st, cont_st),
                 observation=_tree_select(need_reset, reset_obs, cont_obs),
-                traj_ids=jnp.where(done, c.next_traj_id + rank, c.traj_ids),
-                next_traj_id=c.next_traj_id + jnp.sum(done, dtype=jnp.int32),
-                step_count=jnp.where(done, 0, count),
                 episode_reward=jnp.where(done, 0.0, ret),
+                **new,
             )
             return new, step
 
-        carry, traj = jax.lax.scan(body, state, None, length=self._T)
+        # Only what the env dynamics need is carried through the loop: loop invariants are
+        # closed over, and trajectory ids and step counts (pure functions of the done flags)
+        # are computed after it with a few vectorized ops instead of per-step work.
+        slim = dataclasses.replace(state, frames=None, traj_ids=None, next_traj_id=None,
+                                   step_count=state.step_count if mf is not None else None)
+        carry, traj = jax.lax.scan(body, slim, None, length=self._T)
+        nxt = traj["next"]
+        done = jnp.logical_or(nxt["terminated"], nxt["truncated"])
+        traj["next"] = {**nxt, "done": done}
+        ids, last_ids, next_id = _traj_ids(done, state.traj_ids, state.next_traj_id)
+        counts, last_count = _step_counts(done, state.step_count)
+        traj["step_count"] = counts
+        traj["collector"] = {"traj_ids": ids}
         carry = dataclasses.replace(
-            carry, frames=carry.frames + jnp.asarray(self._T * self._num, jnp.int32)
+            carry,
+            frames=state.frames + jnp.asarray(self._T * self._num, jnp.int32),
+            traj_ids=last_ids,
+            next_traj_id=next_id,
+            step_count=last_count,
         )
         return carry, traj
+
+
+def _traj_ids(done: jax.Array, ids0: jax.Array, next_id: jax.Array):
+    """Trajectory ids of a time-major ``done`` ``[T, *E]`` rollout (TorchRL's rule: after each
+    step, the done envs take the next ids of the global counter, in env order).
+
+    Returns the ids of every step ``[T, *E]``, the ids after the last step, and the counter.
+    """
+    T = done.shape[0]
+    d = done.reshape(T, -1).astype(jnp.int32)
+    # dones before (t, i) in time-major then env order = rank of the id it is given
+    before = (jnp.cumsum(d.reshape(-1)) - d.reshape(-1)).reshape(d.shape)
+    given = jnp.where(d > 0, next_id + before, -1)
+    # given ids only grow, so the current id is the latest one given (or the initial id)
+    latest = jax.lax.cummax(given, axis=0)
+    ids0 = ids0.reshape(1, -1)
+    prev = jnp.concatenate([jnp.full_like(latest[:1], -1), latest[:-1]], axis=0)
+    ids = jnp.maximum(ids0, prev).reshape(done.shape)
+    last = jnp.maximum(ids0[0], latest[-1]).reshape(done.shape[1:])
+    return ids, last, next_id + jnp.sum(d, dtype=jnp.int32)
+
+
+def _step_counts(done: jax.Array, count0: jax.Array):
+    """Steps since the last reset at every step of a time-major rollout, and after it."""
+    T = done.shape[0]
+    t = jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * (done.ndim - 1))
+    # 1 + index of the latest done step up to t (0: none yet)
+    latest = jax.lax.cummax(jnp.where(done, t + 1, 0), axis=0)
+    prev = jnp.concatenate([jnp.zeros_like(latest[:1]), latest[:-1]], axis=0)
+    counts = jnp.where(prev > 0, t - prev, count0 + t)
+    last = jnp.where(latest[-1] > 0, T - latest[-1], count0 + T)
+    return counts, last
 
 
 SyncDataCollector = Collector

@@ -50,28 +50,50 @@ def _default_params(env):
         return None
 
 
-def _slice_params(params: Any, reference: Any, lead: int, n_local: int) -> Any:
-    """The first shard's share of ``env_params`` (only used for the local collector's static
-    checks; the real per-env parameters travel in the sharded state): per-env/per-worker
-    params (a list, or leaves with a leading ``[lead]`` axis beyond ``reference``) are cut to
-    ``n_local``; shared params are returned as they are."""
+def _group_params(params: Any, reference: Any, lead: int, G: int):
+    """``env_params`` split into ``G`` groups: ``(grouped, is_list)``. Per-env / per-worker
+    params (a list, or leaves with a leading ``[lead]`` axis beyond ``reference``) become leaves
+    ``[G, lead / G, ...]``; shared params (or None) give ``grouped=None``."""
     if params is None:
-        return None
+        return None, False
     if isinstance(params, (list, tuple)):
-        return list(params)[:n_local]
+        stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *params)
+        return jax.tree_util.tree_map(lambda x: x.reshape(G, lead // G, *x.shape[1:]), stacked), True
     leaves = jax.tree_util.tree_leaves(params)
     if reference is not None and jax.tree_util.tree_structure(reference) == jax.tree_util.tree_structure(params):
         extra = {np.ndim(p) - np.ndim(r) for p, r in zip(leaves, jax.tree_util.tree_leaves(reference))}
         batched = extra != {0}
     else:
         batched = bool(leaves) and all(np.ndim(x) >= 1 and np.shape(x)[0] == lead for x in leaves)
-    return jax.tree_util.tree_map(lambda x: x[:n_local], params) if batched else params
+    if not batched:
+        return None, False
+    return jax.tree_util.tree_map(lambda x: np.reshape(np.asarray(x), (G, lead // G, *np.shape(x)[1:])), params), False
 
 
-def split_collector(c: Any, G: int, who: str):
-    """``(local, n_local)``: the plain collector one of ``G`` groups runs (``1 / G`` of the
-    envs of a ``Collector`` or the workers of a ``MultiSyncCollector``, frames and
-    ``init_random_frames`` divided by ``G``, no ``postproc``) and its number of flat envs."""
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A collector split into ``G`` groups of envs (see :func:`split_collector`).
+
+    ``local``: the plain collector of group 0 (shapes, static checks). ``n_local``: flat envs
+    per group. ``params``: per-group env params, leaves ``[G, ...]`` (None when shared).
+    ``make(params_g)``: the collector of a group given its params (``params[g]``, may be
+    traced: the collector is then built inside ``jit``/``shard_map``, one program for all
+    groups, since a collector holds its env params as constants).
+    """
+
+    local: Any
+    n_local: int
+    params: Any
+    make: Any
+
+    def collector(self, params_g):
+        return self.local if self.params is None else self.make(params_g)
+
+
+def split_collector(c: Any, G: int, who: str) -> Split:
+    """Split ``c`` into ``G`` groups: ``1 / G`` of the envs of a ``Collector`` or of the workers
+    of a ``MultiSyncCollector`` each, ``frames_per_batch`` and ``init_random_frames`` divided by
+    ``G``, no ``postproc`` (applied by the caller on the whole batch)."""
     irf = math.ceil((c.init_random_frames or 0) / G)
     if isinstance(c, MultiSyncCollector):
         W, B = c.num_workers, (1 if c.num_envs is None else int(c.num_envs))
@@ -85,30 +107,30 @@ def split_collector(c: Any, G: int, who: str):
                 "collection needs 'stack' or 0 (workers on the leading axis)"
             )
         Wl = W // G
-        local = dataclasses.replace(
-            c,
-            envs=tuple(c.envs)[:Wl],
-            frames_per_batch=c.frames_per_batch // G,
-            env_params=_slice_params(c.env_params, _default_params(c.envs[0]), W, Wl),
-            init_random_frames=irf,
-            postproc=None,
-        )
-        return local, W * B // G
+        grouped, is_list = _group_params(c.env_params, _default_params(c.envs[0]), W, G)
+
+        def make(p):
+            if p is not None and is_list:
+                p = [jax.tree_util.tree_map(lambda x: x[i], p) for i in range(Wl)]
+            return dataclasses.replace(c, envs=tuple(c.envs)[:Wl], frames_per_batch=c.frames_per_batch // G,
+                                       env_params=p, init_random_frames=irf, postproc=None)
+
+        first = None if grouped is None else jax.tree_util.tree_map(lambda x: x[0], grouped)
+        return Split(make(first if grouped is not None else c.env_params), W * B // G, grouped, make)
     if isinstance(c, Collector):
         if c.num_envs is None or c.num_envs % G:
             raise ValueError(
                 f"{who}: num_envs={c.num_envs} must be an int divisible by {G} groups (a single env cannot be split)"
             )
         N = int(c.num_envs)
-        local = dataclasses.replace(
-            c,
-            frames_per_batch=c.frames_per_batch // G,
-            num_envs=N // G,
-            env_params=_slice_params(c.env_params, _default_params(c.env), N, N // G),
-            init_random_frames=irf,
-            postproc=None,
-        )
-        return local, N // G
+        grouped, _ = _group_params(c.env_params, _default_params(c.env), N, G)
+
+        def make(p):
+            return dataclasses.replace(c, frames_per_batch=c.frames_per_batch // G, num_envs=N // G, env_params=p,
+                                       init_random_frames=irf, postproc=None)
+
+        first = None if grouped is None else jax.tree_util.tree_map(lambda x: x[0], grouped)
+        return Split(make(first if grouped is not None else c.env_params), N // G, grouped, make)
     raise TypeError(f"{who}: expected a Collector or MultiSyncCollector, got {type(c).__name__}")
 
 
@@ -162,10 +184,11 @@ class ShardedCollector:
             if a not in self.mesh.shape:
                 raise ValueError(f"shard_collector: axis_name {a!r} is not an axis of the mesh {dict(self.mesh.shape)}")
         G = int(np.prod([self.mesh.shape[a] for a in names]))
-        local, n_local = split_collector(self.collector, G, "shard_collector")
+        split = split_collector(self.collector, G, "shard_collector")
         object.__setattr__(self, "_G", G)
-        object.__setattr__(self, "_local", local)
-        object.__setattr__(self, "_n_local", n_local)
+        object.__setattr__(self, "_split", split)
+        object.__setattr__(self, "_local", split.local)
+        object.__setattr__(self, "_n_local", split.n_local)
         sharding = NamedSharding(self.mesh, P(self.axis_name))
         object.__setattr__(self, "_init", jax.jit(self._init_impl, out_shardings=sharding))
 
@@ -190,6 +213,16 @@ class ShardedCollector:
         """Shard ``g``'s local ids (e.g. ``state.traj_ids[g]``) as the global ids batches carry."""
         return global_traj_ids(local_ids, g, self._n_local, self._G)
 
+    def local_collect(self, state_g, policy_params: Any, g):
+        """Shard ``g``'s step alone, off the mesh: the plain collector of its envs on its state
+        ``state_g`` (``state[g]``); returns ``(state_g, batch_g)`` with global trajectory ids.
+        ``g`` may be traced. ``collect`` computes exactly this on every shard at once."""
+        params_g = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[g], self._split.params)
+        state_g, batch = self._split.collector(params_g).collect(state_g, policy_params)
+        coll = dict(batch["collector"])
+        coll["traj_ids"] = global_traj_ids(coll["traj_ids"], g, self._n_local, self._G)
+        return state_g, dict(batch, collector=coll)
+
     def _init_impl(self, key):
         return split_init(self.collector, self._local, self._G, self._n_local, key)
 
@@ -201,19 +234,20 @@ class ShardedCollector:
         """``(state, batch)``: every shard collects its envs; ``batch`` is global, sharded on axis 0."""
         n, G = self._n_local, self._G
 
-        def f(st, params):
+        def f(st, group_params, params):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
             g = jax.lax.axis_index(self.axis_name)
-            st, batch = self._local.collect(st, params)
+            local = self._split.collector(jax.tree_util.tree_map(lambda x: x[0], group_params))
+            st, batch = local.collect(st, params)
             coll = dict(batch["collector"])
             coll["traj_ids"] = global_traj_ids(coll["traj_ids"], g, n, G)
             batch = dict(batch, collector=coll)
             return jax.tree_util.tree_map(lambda x: x[None], st), batch
 
         spec = P(self.axis_name)
-        state, batch = _shard_map(f, mesh=self.mesh, in_specs=(spec, P()), out_specs=(spec, spec), check_vma=False)(
-            state, policy_params
-        )
+        smap = _shard_map(f, mesh=self.mesh, in_specs=(spec, spec, P()), out_specs=(spec, spec), check_vma=False)
+        # per-env params are host constants, sliced per shard inside the program (no transfer)
+        state, batch = smap(state, self._split.params, policy_params)
         if self.collector.postproc is not None:
             batch = self.collector.postproc(batch)
         return state, batch

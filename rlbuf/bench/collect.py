@@ -1,0 +1,126 @@
+"""Collector benchmark: ``rlbuf.Collector`` vs a hand-written PureJaxRL-style rollout.
+
+Both run CartPole-v1 (gymnax) with the same small MLP policy (4-64-64-2, sampled action and
+log-prob) and do the same semantic work per step: one batched policy forward pass, the env
+step with auto-reset, and storing observation, action, log-prob, reward, terminated,
+truncated, done and the true next observation. The collector additionally tracks trajectory
+ids, step counts and episode returns and emits TorchRL's ``[B, T]`` layout (the reference
+keeps scan's time-major ``[T, B]``). Times are per batch, compile excluded.
+
+Run: ``python -m rlbuf.bench.collect`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from rlbuf.bench._timing import Row, interleaved
+from rlbuf.collectors import Collector
+
+CASES = [(1, 1000), (64, 128), (1024, 64)]
+QUICK_CASES = [(1, 100), (16, 32)]
+
+
+def _mlp_init(key, sizes=(4, 64, 64, 2)):
+    params = []
+    for k, (a, b) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+        params.append((jax.random.normal(k, (a, b)) / jnp.sqrt(a), jnp.zeros((b,))))
+    return params
+
+
+def mlp_policy(params, obs, key):
+    h = obs
+    for w, b in params[:-1]:
+        h = jnp.tanh(h @ w + b)
+    w, b = params[-1]
+    logits = h @ w + b
+    action = jax.random.categorical(key, logits).astype(jnp.int32)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], -1)[..., 0]
+    return action, {"sample_log_prob": logp}
+
+
+def _reference(env, env_params, num_envs, T):
+    """PureJaxRL-style rollout: ``lax.scan`` over ``env.step`` (auto-reset), time-major."""
+    single = num_envs == 1
+
+    def step_fn(k, s, a):
+        return env.step(k, s, a, env_params)
+
+    def rollout(carry, policy_params):
+        def body(c, _):
+            env_state, obs, key = c
+            key, k_pol, k_env = jax.random.split(key, 3)
+            action, extras = mlp_policy(policy_params, obs, k_pol)
+            if single:
+                out = step_fn(k_env, env_state, action)
+            else:
+                out = jax.vmap(step_fn)(jax.random.split(k_env, num_envs), env_state, action)
+            nobs, env_state, reward, term, trunc, info = out
+            tr = dict(observation=obs, action=action, reward=reward, terminated=term,
+                      truncated=trunc, done=term | trunc,
+                      next_observation=info["final_observation"], **extras)
+            return (env_state, nobs, key), tr
+
+        return jax.lax.scan(body, carry, None, length=T)
+
+    def init(key):
+        k0, k1 = jax.random.split(key)
+        if single:
+            obs, st = env.reset(k1, env_params)
+        else:
+            obs, st = jax.vmap(env.reset, in_axes=(0, None))(
+                jax.random.split(k1, num_envs), env_params)
+        return st, obs, k0
+
+    return init, rollout
+
+
+def _torchrl_rows(quick: bool) -> list[Row]:
+    if importlib.util.find_spec("torchrl") is None:
+        return [Row("collect", "TorchRL Collector (gymnasium CartPole)", "torchrl", float("nan"),
+                    None, "batch", "skipped: torchrl is not importable")]
+    return []  # pragma: no cover  (torchrl comparison only where it is installed)
+
+
+def run(quick: bool = False) -> list[Row]:
+    import gymnax
+
+    env, env_params = gymnax.make("CartPole-v1")
+    policy_params = _mlp_init(jax.random.key(1))
+    rows = []
+    for num_envs, T in QUICK_CASES if quick else CASES:
+        c = Collector(env, mlp_policy, frames_per_batch=num_envs * T, env_params=env_params,
+                      num_envs=None if num_envs == 1 else num_envs)
+        ours = jax.jit(c.collect)
+        ref_init, ref_rollout = _reference(env, env_params, num_envs, T)
+        ref = jax.jit(ref_rollout)
+        cstate = c.init(jax.random.key(0))
+        rstate = ref_init(jax.random.key(0))
+        # each function gets its own state as the first argument of one shared call signature
+        fns = {"ours": lambda s, p: ours(s[0], p), "ref": lambda s, p: ref(s[1], p)}
+        t = interleaved(fns, (cstate, rstate), policy_params, repeats=3 if quick else 9)
+        frames = num_envs * T
+        rows.append(Row(
+            "collect", f"CartPole-v1 MLP {num_envs}x{T} (envs x steps)", "PureJaxRL scan",
+            t["ours"] * 1e6, t["ref"] * 1e6, "batch",
+            f"ours {frames / t['ours'] / 1e6:.2f} Mframes/s, ref {frames / t['ref'] / 1e6:.2f}",
+        ))
+    rows.extend(_torchrl_rows(quick))
+    return rows
+
+
+def _print(rows: list[Row]) -> None:
+    print("| case | ours (us/batch) | ref | ref (us/batch) | ratio | note |")
+    print("|---|---:|---|---:|---:|---|")
+    for r in rows:
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+        ref = "" if r.ref_us is None else f"{r.ref_us:.0f}"
+        print(f"| {r.case} | {r.ours_us:.0f} | {r.ref_name} | {ref} | {ratio} | {r.note} |")
+
+
+if __name__ == "__main__":
+    _print(run(quick="--quick" in sys.argv))
