@@ -149,10 +149,11 @@ def test_postproc(gt_collector, gt_env):
 
 class CustomEnv:
     """Not a gymnax env: the protocol only. Observations are a dict pytree; an episode lasts
-    ``params["length"]`` steps and terminates. ``auto_reset`` mimics gymnax 1.0's ``step``."""
+    ``params["length"]`` steps and terminates. ``auto_reset`` mimics gymnax 1.0's ``step``;
+    ``five`` returns the old 5-tuple ``(obs, state, reward, done, info)``."""
 
-    def __init__(self, auto_reset: bool):
-        self.auto_reset = auto_reset
+    def __init__(self, auto_reset: bool, five: bool = False):
+        self.auto_reset, self.five = auto_reset, five
 
     def _obs(self, s):
         return {"pos": s["pos"], "vel": jnp.stack([s["pos"], s["ep"]]).astype(jnp.float32)}
@@ -170,12 +171,14 @@ class CustomEnv:
             info = {"final_observation": obs}
             obs = jax.tree.map(lambda a, b: jnp.where(term, a, b), r_obs, obs)
             s = jax.tree.map(lambda a, b: jnp.where(term, a, b), r_s, s)
+        if self.five:
+            return obs, s, action.astype(jnp.float32), term, info
         return obs, s, action.astype(jnp.float32), term, jnp.bool_(False), info
 
 
-@pytest.mark.parametrize("auto_reset", [False, True])
-def test_custom_env_protocol_and_pytree_obs(checks, auto_reset):
-    env = CustomEnv(auto_reset)
+@pytest.mark.parametrize("auto_reset,five", [(False, False), (True, False), (False, True)])
+def test_custom_env_protocol_and_pytree_obs(checks, auto_reset, five):
+    env = CustomEnv(auto_reset, five)
 
     def policy(params, obs, key):
         return jnp.ones_like(obs["pos"])
