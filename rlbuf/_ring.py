@@ -89,6 +89,8 @@ def item_index(item, count, lanes: tuple) -> tuple:
     """
     if not lanes:
         return (item,)
+    item = jnp.asarray(item)
+    count = jnp.asarray(count, item.dtype)
     lane = jax.lax.div(item, count)
     return (*lane_index(lane, lanes), item - lane * count)
 
