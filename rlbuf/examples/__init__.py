@@ -1,0 +1,7 @@
+"""Runnable examples (``python -m rlbuf.examples.<name>``), built only from rlbuf's ``Collector``
+and ``ReplayBuffer`` plus tiny pure-JAX networks (``rlbuf.examples._nets``):
+
+- ``dqn``: DQN on gymnax CartPole-v1 (``--prioritized`` for ``PrioritizedSampler``);
+- ``recurrent``: recurrent (GRU) Q-learning from ``SliceSampler`` slices on a partially
+  observable CartPole (velocities hidden), against the same agent without memory.
+"""

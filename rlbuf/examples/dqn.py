@@ -1,0 +1,336 @@
+"""DQN on gymnax CartPole-v1, built only from rlbuf's ``Collector`` and ``ReplayBuffer``.
+
+Run it::
+
+    python -m rlbuf.examples.dqn                       # default config, ~500 at the end
+    python -m rlbuf.examples.dqn --prioritized --plot dqn.png --seed 3
+
+The whole collect -> add -> sample -> update loop runs inside one ``jax.jit``: each call
+``lax.scan``s over ``log_every // num_envs`` iterations of
+
+1. ``Collector.collect``: one step of ``num_envs`` vmapped envs with an epsilon-greedy policy
+   (the network parameters and epsilon are the collector's ``policy_params``);
+2. ``ReplayBuffer.add`` of the ``[num_envs, 1]`` batch into a ``LazyTensorStorage(ndim=2)``;
+3. ``updates_per_collect`` times: ``ReplayBuffer.sample`` + a double-DQN Huber-loss Adam
+   step (+ ``update_priority`` with ``--prioritized``); a hard target-network copy every
+   ``target_update_every`` updates.
+
+The training state (buffer included) is donated to the jitted call, so the replay storage is
+updated in place. Between calls the host only updates the progress bar and, every
+``eval_every`` frames, runs a vmapped greedy evaluation (``eval_episodes`` episodes on gymnax
+directly). The number reported at the end is the greedy return of the **final** parameters
+(no best-checkpoint selection).
+
+Bootstrapping uses ``("next","terminated")``, not ``done``: CartPole's 500-step time limit is a
+truncation, and treating it as terminal would make the near-optimal states look bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlbuf.examples import _nets
+from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.samplers.random import RandomSampler
+from rlbuf.storage import LazyTensorStorage
+
+#: Keys of the collector's batch that the learner needs (the rest is not stored).
+STORED_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DQNConfig:
+    """Hyper-parameters (frozen, hashable). Frames count env steps over all envs."""
+
+    seed: int = 0
+    total_frames: int = 500_000
+    num_envs: int = 10
+    buffer_size: int = 10_000
+    batch_size: int = 128
+    hidden: tuple = (128, 128)
+    lr: float = 2.5e-4
+    lr_end: float = 2.5e-5  # linear decay over training: the final policy settles instead of drifting
+    gamma: float = 0.99
+    max_grad_norm: float = 10.0
+    double: bool = True
+    dueling: bool = False  # Q = V + A - mean(A) heads on the MLP torso
+    target_update_every: int = 500  # gradient updates between hard target copies
+    eps_start: float = 1.0
+    eps_end: float = 0.05
+    eps_fraction: float = 0.25  # of total_frames
+    learning_starts: int = 10_000  # frames of pure exploration before the first update
+    updates_per_collect: int = 1  # gradient updates per collected [num_envs] step
+    prioritized: bool = False
+    alpha: float = 0.6
+    beta: float = 0.4
+    priority_eps: float = 1e-3
+    env_name: str = "CartPole-v1"
+    log_every: int = 10_000  # frames per jitted call (progress-bar refresh)
+    eval_every: int = 50_000  # frames between greedy evaluations (rounded to log_every)
+    eval_episodes: int = 32
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DQNState:
+    """Everything the jitted training step carries (donated to it)."""
+
+    params: Any
+    target: Any
+    opt: _nets.AdamState
+    buffer: BufferState
+    collector: Any
+    key: jax.Array
+    updates: jax.Array
+
+
+def _select(batch: dict) -> dict:
+    out: dict = {}
+    for k in STORED_KEYS:
+        if isinstance(k, tuple):
+            out.setdefault(k[0], {})[k[1]] = batch[k[0]][k[1]]
+        else:
+            out[k] = batch[k]
+    return out
+
+
+def q_values(params, obs):
+    """The Q-network: a plain MLP (a list of layers) or, for a dict, a dueling head on an MLP torso."""
+    if isinstance(params, list):
+        return _nets.mlp_apply(params, obs)
+    h = jax.nn.relu(_nets.mlp_apply(params["torso"], obs))
+    v = h @ params["value"]["w"] + params["value"]["b"]
+    a = h @ params["advantage"]["w"] + params["advantage"]["b"]
+    return v + a - a.mean(axis=-1, keepdims=True)
+
+
+def make_sampler(cfg: DQNConfig):
+    if not cfg.prioritized:
+        return RandomSampler()
+    try:
+        from rlbuf.samplers.prioritized import PrioritizedSampler
+    except ImportError as e:  # pragma: no cover - depends on the installed rlbuf
+        raise SystemExit(
+            f"--prioritized needs rlbuf.samplers.prioritized.PrioritizedSampler, which this rlbuf lacks ({e})"
+        ) from None
+    return PrioritizedSampler(max_capacity=cfg.buffer_size, alpha=cfg.alpha, beta=cfg.beta)
+
+
+class DQN:
+    """The agent: networks, collector, buffer and the jitted training chunk for one config."""
+
+    def __init__(self, cfg: DQNConfig):
+        import gymnax
+
+        from rlbuf.collectors import Collector
+
+        if cfg.log_every % cfg.num_envs:
+            raise ValueError(f"log_every={cfg.log_every} must be a multiple of num_envs={cfg.num_envs}")
+        self.cfg = cfg
+        self.env, self.env_params = gymnax.make(cfg.env_name)
+        self.n_actions = self.env.action_space(self.env_params).n
+        self.obs_dim = int(np.prod(self.env.observation_space(self.env_params).shape))
+        n_actions = self.n_actions
+
+        def policy(pp, obs, key):
+            """Epsilon-greedy on ``obs [B, obs_dim]``; ``pp = {"q": params, "eps": scalar}``."""
+            greedy = jnp.argmax(q_values(pp["q"], obs), axis=-1).astype(jnp.int32)
+            k_a, k_e = jax.random.split(key)
+            rand = jax.random.randint(k_a, greedy.shape, 0, n_actions, dtype=jnp.int32)
+            return jnp.where(jax.random.uniform(k_e, greedy.shape) < pp["eps"], rand, greedy)
+
+        self.collector = Collector(self.env, policy, frames_per_batch=cfg.num_envs, num_envs=cfg.num_envs,
+                                   env_params=self.env_params)
+        self.rb = ReplayBuffer(storage=LazyTensorStorage(cfg.buffer_size, ndim=2), sampler=make_sampler(cfg),
+                               batch_size=cfg.batch_size)
+        self.total_updates = max(1, (cfg.total_frames - cfg.learning_starts) // cfg.num_envs * cfg.updates_per_collect)
+        self.chunk = jax.jit(self._chunk, donate_argnums=0)
+        self.evaluate = jax.jit(self._evaluate)
+
+    # ------------------------------------------------------------------ state
+    def q(self, params, obs):
+        """Q-values ``[..., n_actions]`` of ``obs [..., obs_dim]``."""
+        return q_values(params, obs)
+
+    def init_params(self, key):
+        cfg = self.cfg
+        if not cfg.dueling:
+            return _nets.mlp_init(key, (self.obs_dim, *cfg.hidden, self.n_actions))
+        k1, k2, k3 = jax.random.split(key, 3)
+        return {"torso": _nets.mlp_init(k1, (self.obs_dim, *cfg.hidden)),
+                "value": _nets.dense_init(k2, cfg.hidden[-1], 1),
+                "advantage": _nets.dense_init(k3, cfg.hidden[-1], self.n_actions)}
+
+    def init(self, key: jax.Array) -> DQNState:
+        k_net, k_col, k_run = jax.random.split(key, 3)
+        params = self.init_params(k_net)
+        cstate = self.collector.init(k_col)
+        pp = {"q": params, "eps": jnp.float32(1.0)}
+        example = jax.eval_shape(lambda c: _select(self.collector.collect(c, pp)[1]), cstate)
+        return DQNState(
+            params=params,
+            target=jax.tree.map(jnp.copy, params),
+            opt=_nets.adam_init(params),
+            buffer=self.rb.init(example),
+            collector=cstate,
+            key=k_run,
+            updates=jnp.zeros((), jnp.int32),
+        )
+
+    # ------------------------------------------------------------------ learning
+    def _loss(self, params, target, batch, weight):
+        cfg = self.cfg
+        obs, nobs = batch["observation"], batch["next"]["observation"]
+        q = self.q(params, obs)
+        q_a = jnp.take_along_axis(q, batch["action"][:, None], axis=-1)[:, 0]
+        q_next_t = self.q(target, nobs)
+        if cfg.double:
+            a_star = jnp.argmax(self.q(params, nobs), axis=-1)
+            q_next = jnp.take_along_axis(q_next_t, a_star[:, None], axis=-1)[:, 0]
+        else:
+            q_next = q_next_t.max(axis=-1)
+        not_term = 1.0 - batch["next"]["terminated"].astype(jnp.float32)
+        y = batch["next"]["reward"] + cfg.gamma * not_term * jax.lax.stop_gradient(q_next)
+        td = q_a - y
+        huber = jnp.where(jnp.abs(td) < 1.0, 0.5 * td**2, jnp.abs(td) - 0.5)
+        return jnp.mean(weight * huber), td
+
+    def _update(self, s: DQNState, key) -> tuple[DQNState, jax.Array]:
+        cfg = self.cfg
+        buf, batch, info = self.rb.sample(s.buffer, key)
+        weight = info["weight"] if cfg.prioritized else jnp.ones((cfg.batch_size,), jnp.float32)
+        (loss, td), grads = jax.value_and_grad(self._loss, has_aux=True)(s.params, s.target, batch, weight)
+        grads, _ = _nets.clip_by_global_norm(grads, cfg.max_grad_norm)
+        lr = _nets.linear_schedule(cfg.lr, cfg.lr_end, self.total_updates, s.updates)
+        params, opt = _nets.adam_update(grads, s.opt, s.params, lr)
+        if cfg.prioritized:
+            buf = self.rb.update_priority(buf, info["index"], jnp.abs(td) + cfg.priority_eps)
+        updates = s.updates + 1
+        copy = updates % cfg.target_update_every == 0
+        target = jax.tree.map(lambda t, p: jnp.where(copy, p, t), s.target, params)
+        return dataclasses.replace(s, params=params, target=target, opt=opt, buffer=buf, updates=updates), loss
+
+    def epsilon(self, frames):
+        cfg = self.cfg
+        return _nets.linear_schedule(cfg.eps_start, cfg.eps_end, cfg.eps_fraction * cfg.total_frames, frames)
+
+    def _iteration(self, s: DQNState, _):
+        cfg = self.cfg
+        pp = {"q": s.params, "eps": self.epsilon(s.collector.frames)}
+        cstate, batch = self.collector.collect(s.collector, pp)
+        s = dataclasses.replace(s, collector=cstate, buffer=self.rb.add(s.buffer, _select(batch)))
+        done = batch["next"]["done"]
+        ep_sum = jnp.sum(jnp.where(done, batch["next"]["episode_reward"], 0.0))
+        ep_n = jnp.sum(done, dtype=jnp.int32)
+
+        def learn(s):
+            def one(s, _):
+                key, k = jax.random.split(s.key)
+                s, loss = self._update(dataclasses.replace(s, key=key), k)
+                return s, loss
+
+            s, losses = jax.lax.scan(one, s, None, length=cfg.updates_per_collect)
+            return s, losses.mean()
+
+        s, loss = jax.lax.cond(cstate.frames >= cfg.learning_starts, learn, lambda s: (s, jnp.float32(jnp.nan)), s)
+        return s, (ep_sum, ep_n, loss)
+
+    def _chunk(self, s: DQNState):
+        """``log_every`` frames of training; returns the new state and the chunk's metrics."""
+        n = self.cfg.log_every // self.cfg.num_envs
+        s, (ep_sum, ep_n, loss) = jax.lax.scan(self._iteration, s, None, length=n)
+        n_ep = ep_n.sum()
+        return s, {
+            "return": ep_sum.sum() / jnp.maximum(n_ep, 1),
+            "episodes": n_ep,
+            "loss": jnp.nanmean(loss),
+        }
+
+    def _evaluate(self, params, key):
+        act = lambda c, obs: (jnp.argmax(self.q(params, obs), axis=-1).astype(jnp.int32), c)  # noqa: E731
+        ret = _nets.greedy_returns(self.env, self.env_params, act, (), key, self.cfg.eval_episodes,
+                                   int(self.env_params.max_steps_in_episode))
+        return ret.mean()
+
+
+def train(cfg: DQNConfig, *, quiet: bool = False, plot: str | None = None) -> dict:
+    """Train one agent; returns ``{"final_return", "curve": (frames, returns), "wall_time", ...}``.
+
+    Prints progress (unless ``quiet``) and, last, ``final eval return: X``.
+    """
+    t0 = time.perf_counter()
+    agent = DQN(cfg)
+    key = jax.random.key(cfg.seed)
+    key, k_init = jax.random.split(key)
+    state = agent.init(k_init)
+    n_chunks = -(-cfg.total_frames // cfg.log_every)
+    eval_chunks = max(1, cfg.eval_every // cfg.log_every)
+    frames_curve, returns_curve = [], []
+    recent = float("nan")
+    bar = _nets.progress_bar(n_chunks * cfg.log_every, quiet, "DQN CartPole")
+    last_eval = float("nan")
+    try:
+        for i in range(n_chunks):
+            tc = time.perf_counter()
+            state, m = agent.chunk(state)
+            m = jax.device_get(m)
+            dt = time.perf_counter() - tc
+            if m["episodes"] > 0:
+                recent = float(m["return"])
+            frames = (i + 1) * cfg.log_every
+            if (i + 1) % eval_chunks == 0 or i == n_chunks - 1:
+                key, k = jax.random.split(key)
+                last_eval = float(agent.evaluate(state.params, k))
+                frames_curve.append(frames)
+                returns_curve.append(last_eval)
+                if not quiet:
+                    bar.write(f"frames {frames:>8d}  eval return {last_eval:6.1f}  train return {recent:6.1f}  "
+                              f"loss {float(m['loss']):.4f}")
+            bar.set_postfix({"fps": f"{cfg.log_every / dt:,.0f}", "return": f"{recent:.1f}",
+                             "eval": f"{last_eval:.1f}"}, refresh=False)
+            bar.update(cfg.log_every)
+    finally:
+        bar.close()
+    # The reported number: a fresh greedy evaluation of the final parameters (no best-of selection).
+    key, k = jax.random.split(key)
+    final = float(agent.evaluate(state.params, k))
+    wall = time.perf_counter() - t0
+    if plot:
+        _nets.save_curve(plot, {"DQN" + (" + PER" if cfg.prioritized else ""): (frames_curve, returns_curve)},
+                         f"DQN on {cfg.env_name} (seed {cfg.seed})", quiet=quiet)
+    if not quiet:
+        print(f"wall time {wall:.1f}s ({cfg.total_frames / wall:,.0f} frames/s incl. compile)")
+    print(f"final eval return: {final:.1f}")
+    return {"final_return": final, "curve": (frames_curve, returns_curve), "wall_time": wall, "state": state,
+            "agent": agent}
+
+
+def main(argv=None) -> dict:
+    d = DQNConfig()
+    p = argparse.ArgumentParser(prog="python -m rlbuf.examples.dqn", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--total-frames", type=int, default=d.total_frames)
+    p.add_argument("--num-envs", type=int, default=d.num_envs)
+    p.add_argument("--prioritized", action="store_true", help="PrioritizedSampler instead of RandomSampler")
+    p.add_argument("--plot", default=None, metavar="PATH", help="save the learning curve as a PNG (needs matplotlib)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="frames between greedy evaluations")
+    p.add_argument("--learning-starts", type=int, default=d.learning_starts,
+                   help="frames of pure exploration before the first update")
+    p.add_argument("--quiet", action="store_true", help="print only the final line")
+    a = p.parse_args(argv)
+    log_every = min(d.log_every, a.eval_every) // a.num_envs * a.num_envs
+    cfg = dataclasses.replace(d, seed=a.seed, total_frames=a.total_frames, num_envs=a.num_envs,
+                              prioritized=a.prioritized, eval_every=a.eval_every, learning_starts=a.learning_starts,
+                              log_every=max(log_every, a.num_envs))
+    return train(cfg, quiet=a.quiet, plot=a.plot)
+
+
+if __name__ == "__main__":
+    main()
