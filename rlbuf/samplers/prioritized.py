@@ -152,8 +152,8 @@ class PrioritizedSampler(Sampler):
         mp = jnp.where(jnp.isneginf(sstate.max_priority), jnp.ones((), self.dtype), sstate.max_priority)
         return self._leaf(mp)
 
-    def _weights(self, tree: SumTree, t: TreeState, flat):
-        p = tree.get(t, flat)
+    def _weights(self, tree: SumTree, t: TreeState, p):
+        """``(p / p_min) ** -beta`` for the sampled leaf values ``p`` (0 where ``p`` is 0)."""
         p_min = tree.min(t)
         w = jnp.power(jnp.where(p > 0, p / p_min, 1), -jnp.asarray(self.beta, self.dtype))
         return jnp.where(p > 0, w, 0).astype(self.dtype)
@@ -187,11 +187,11 @@ class PrioritizedSampler(Sampler):
     def sample(self, layout, state, key, batch_size: int):
         s = state.sampler
         tree = self._tree(layout)
-        flat = tree.sample(s.tree, key, batch_size, self.stratified)
+        flat, p = tree.sample(s.tree, key, batch_size, self.stratified, with_value=True)
         ok = tree.total(s.tree) > 0
         flat = jnp.where(ok, jnp.minimum(flat, layout.size - 1), 0)
+        weight = jnp.where(ok, self._weights(tree, s.tree, p), 0)
         index = _ring.unflatten_index(flat, layout.lanes, layout.capacity)
-        weight = jnp.where(ok, self._weights(tree, s.tree, flat), 0)
         info = {"weight": weight, "mask": jnp.broadcast_to(ok, (batch_size,))}
         return s, tuple(i.astype(jnp.int32) for i in index), info
 

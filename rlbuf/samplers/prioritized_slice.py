@@ -208,7 +208,7 @@ class PrioritizedSliceSampler(Sampler):
         tree = self._tree(layout)
         cap = layout.capacity
         ok = tree.total(s.tree) > 0
-        flat = tree.sample(s.tree, key, n_slices, self.stratified)
+        flat, p = tree.sample(s.tree, key, n_slices, self.stratified, with_value=True)
         flat = jnp.where(ok, jnp.minimum(flat, layout.size - 1), 0)
         lane, t0 = flat // cap, flat % cap
         valid, pos = self._valid(layout, s.traj, state.cursor, state.count, lane, t0, n)
@@ -225,7 +225,6 @@ class PrioritizedSliceSampler(Sampler):
                              for li in _ring.lane_index(jnp.where(ok, lane, 0), layout.lanes))
         else:
             lane_idx = ()
-        p = tree.get(s.tree, flat)
         w = jnp.power(jnp.where(p > 0, p / tree.min(s.tree), 1), -jnp.asarray(self.beta, self.dtype))
         weight = jnp.where(mask, w[:, None], 0).astype(self.dtype)
         return s, (*lane_idx, t), {"weight": weight, "mask": mask}

@@ -66,11 +66,14 @@ class SumTree:
       n: number of leaves (``>= 1``).
       branching: children per node (``>= 2``).
       dtype: float dtype name of the tree's values (``"float32"`` or ``"float64"``).
+      dense_levels: levels of at most this many nodes are recomputed whole on ``update``
+        (every node still equals the reduction of its children; speed knob only).
     """
 
     n: int
     branching: int = 8
     dtype: str = "float32"
+    dense_levels: int = 512
 
     def __post_init__(self):
         if not isinstance(self.n, (int, np.integer)) or self.n < 1:
@@ -154,6 +157,11 @@ class SumTree:
         mins[-1] = mins[-1].at[idx].set(jnp.where(values > 0, values, jnp.inf), mode="drop", unique_indices=True)
         node = idx
         for lvl in range(self.depth - 1, -1, -1):
+            if self.sizes[lvl] <= self.dense_levels or self.sizes[lvl] <= k:
+                # Small levels are recomputed whole: a dense reduction of a few thousand
+                # values is one fused loop, cheaper on CPU than a gather + scatter pair.
+                sums[lvl], mins[lvl] = self._reduce(sums[lvl + 1], mins[lvl + 1], self.sizes[lvl])
+                continue
             # Ignored entries map to the last parent that has children: recomputing a node
             # from its children is idempotent, so that is harmless and keeps shapes static.
             # Duplicate parents are all written the same value (from the updated level
@@ -165,6 +173,14 @@ class SumTree:
             mins[lvl] = mins[lvl].at[node].set(jnp.min(ch_m, axis=1))
         return TreeState(tuple(sums), tuple(mins), scratch)
 
+    def _reduce(self, child_s, child_m, size):
+        """A whole level (``size`` nodes, padded) from its child level."""
+        s = child_s.reshape(-1, self.branching).sum(axis=1)
+        m = child_m.reshape(-1, self.branching).min(axis=1)
+        pad = size - s.shape[0]
+        return (jnp.concatenate([s, jnp.zeros((pad,), s.dtype)]) if pad else s,
+                jnp.concatenate([m, jnp.full((pad,), jnp.inf, m.dtype)]) if pad else m)
+
     def from_leaves(self, tree: TreeState, values) -> TreeState:
         """A tree whose leaves are ``values`` (``[n]``, ``>= 0``), built in O(n)."""
         leaves = jnp.zeros((self.sizes[-1],), self.dtype).at[: self.n].set(jnp.asarray(values, self.dtype))
@@ -173,26 +189,23 @@ class SumTree:
 
     def rebuild(self, tree: TreeState) -> TreeState:
         """Recompute every internal node from the leaves (O(n); for tests and repairs)."""
-        b = self.branching
         sums = list(tree.sums)
         mins = list(tree.mins)
         mins[-1] = jnp.where(sums[-1] > 0, sums[-1], jnp.inf).astype(self.dtype)
         for lvl in range(self.depth - 1, -1, -1):
-            s = sums[lvl + 1].reshape(-1, b).sum(axis=1)
-            m = mins[lvl + 1].reshape(-1, b).min(axis=1)
-            pad = self.sizes[lvl] - s.shape[0]
-            sums[lvl] = jnp.concatenate([s, jnp.zeros((pad,), s.dtype)])
-            mins[lvl] = jnp.concatenate([m, jnp.full((pad,), jnp.inf, m.dtype)])
+            sums[lvl], mins[lvl] = self._reduce(sums[lvl + 1], mins[lvl + 1], self.sizes[lvl])
         return TreeState(tuple(sums), tuple(mins), tree.scratch)
 
     # ---------------------------------------------------------------- search
-    def find(self, tree: TreeState, mass):
+    def find(self, tree: TreeState, mass, with_value: bool = False):
         """Leaf index of each prefix-sum ``mass`` (float ``[K]``, in ``[0, total)``): the leaf
         ``i`` with ``sum(leaves[:i]) <= mass < sum(leaves[:i+1])``.
 
         Never returns a zero leaf while ``total > 0``: at each level the chosen child is
         clamped to the last child with a positive sum, so a mass that float rounding pushed
-        past the end of a subtree falls back on its last non-empty child. Returns int32 ``[K]``.
+        past the end of a subtree falls back on its last non-empty child. Returns int32 ``[K]``
+        (and, with ``with_value``, the leaf values ``[K]``: read during the descent, which
+        matters for speed, see :meth:`sample`).
         """
         b = self.branching
         mass = jnp.asarray(mass, self.dtype)
@@ -202,7 +215,7 @@ class SumTree:
             ch = tree.sums[lvl].reshape(-1, b)[node]
             # Unrolled over the B children (elementwise ops XLA fuses into one loop; a
             # cumsum/reduce_window is several times slower on CPU).
-            run, before, last_before = zero, zero, zero
+            run, before, last_before, val, last_val = zero, zero, zero, zero, zero
             c = jnp.zeros(mass.shape, jnp.int32)
             last_pos = jnp.zeros(mass.shape, jnp.int32)
             for j in range(b):
@@ -211,25 +224,35 @@ class SumTree:
                 below = nxt <= mass  # child j lies entirely below the mass: skip it
                 c = c + below.astype(jnp.int32)
                 before = jnp.where(below, nxt, before)
+                # value of the first child not below the mass (the chosen one)
+                val = jnp.where(below, val, jnp.where(c == j, x, val))
                 pos = x > 0
                 last_pos = jnp.where(pos, j, last_pos)
                 last_before = jnp.where(pos, run, last_before)
+                last_val = jnp.where(pos, x, last_val)
                 run = nxt
             over = c > last_pos
             c = jnp.where(over, last_pos, c)
             before = jnp.where(over, last_before, before)
+            val = jnp.where(over, last_val, val)
             mass = jnp.maximum(mass - before, 0)
             node = node * b + c
-        return node
+        return (node, val) if with_value else node
 
-    def sample(self, tree: TreeState, key, k: int, stratified: bool = True):
-        """``k`` leaf indices drawn with probability ``leaf / total`` (int32 ``[k]``).
+    def sample(self, tree: TreeState, key, k: int, stratified: bool = True, with_value: bool = False):
+        """``k`` leaf indices drawn with probability ``leaf / total`` (int32 ``[k]``), and with
+        ``with_value`` their leaf values.
 
         ``stratified``: draw one mass uniformly in each of ``k`` equal segments of
         ``[0, total)`` (lower variance, same marginal distribution of a uniformly chosen
         output position; outputs are ordered by prefix sum). Otherwise i.i.d. draws.
+
+        Why ``with_value`` rather than a separate ``get``: a read of the leaf array whose
+        result the next ``update`` does not depend on makes XLA copy the whole ``[n]`` leaf
+        array before that update's scatter (measured in a scan: O(n) per step); values read
+        during the descent come from the same gather as the indices the update consumes.
         """
         u = jax.random.uniform(key, (k,), dtype=self.dtype)
         if stratified:
             u = (jnp.arange(k, dtype=self.dtype) + u) / k
-        return self.find(tree, u * self.total(tree))
+        return self.find(tree, u * self.total(tree), with_value)

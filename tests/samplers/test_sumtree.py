@@ -28,9 +28,15 @@ def ref_update(leaves, idx, values):
     return leaves
 
 
+# (branching, dense_levels): dense_levels=0 exercises the gather/scatter path on every level,
+# the default recomputes the small levels whole.
+CONFIGS = [(2, 0), (8, 0), (8, 512)]
+
+
 @functools.lru_cache(maxsize=None)
-def jitted(branching):
-    tree = SumTree(N, branching)
+def jitted(config):
+    branching, dense = config if isinstance(config, tuple) else (config, 512)
+    tree = SumTree(N, branching, dense_levels=dense)
     return tree, jax.jit(tree.update), jax.jit(tree.find)
 
 
@@ -48,7 +54,7 @@ def test_sizes_and_errors():
 
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(
-    branching=st.sampled_from([2, 8]),
+    branching=st.sampled_from(CONFIGS),
     steps=st.lists(
         st.tuples(
             st.lists(st.integers(-2, N + 2), min_size=K, max_size=K),
@@ -80,7 +86,7 @@ def test_update_matches_reference(branching, steps):
 
 
 def test_duplicates_last_wins():
-    tree, update, _ = jitted(8)
+    tree, update, _ = jitted((8, 0))
     t = update(tree.init(), jnp.array([5, 5, 7, 5, 7, 3, 3, 3, 3, 3, 3, 3]),
                jnp.array([1.0, 2.0, 9.0, 4.0, 0.0, 1, 2, 3, 4, 5, 6, 7.5]))
     leaves = np.asarray(tree.leaves(t))
@@ -90,7 +96,7 @@ def test_duplicates_last_wins():
 
 @settings(max_examples=20, deadline=None, derandomize=True)
 @given(
-    branching=st.sampled_from([2, 8]),
+    branching=st.sampled_from(CONFIGS),
     vals=st.lists(st.sampled_from([0.0, 0.0, 1.0, 2.0, 0.25]), min_size=N, max_size=N),
     u=st.lists(st.floats(0, 1, exclude_max=True), min_size=K, max_size=K),
 )
@@ -134,7 +140,7 @@ def test_no_drift_after_a_million_float32_updates():
     """1000 jitted steps x 1000 random indices (duplicates included), 30% zeros: the root
     stays the sum of the leaves and zero leaves are never drawn (flashbax #52)."""
     n = 4096
-    tree = SumTree(n, 8, "float32")
+    tree = SumTree(n, 8, "float32", dense_levels=64)  # gather/scatter on the levels of > 64 nodes
 
     def step(t, key):
         k1, k2, k3 = jax.random.split(key, 3)
