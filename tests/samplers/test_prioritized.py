@@ -242,3 +242,20 @@ def test_errors():
         rb.update_priority(s, jnp.zeros(4, jnp.int32), jnp.ones(4))
     with pytest.raises(TypeError, match="index must be integer"):
         rb.update_priority(s, (jnp.zeros(4), jnp.zeros(4)), jnp.ones(4))
+
+
+def test_ndim3_indices_and_chi_square():
+    """[W, B, T] storage: leaves are flat slots (w * B + b) * capacity + t."""
+    rb = ReplayBuffer(storage=LazyTensorStorage(2 * 2 * 4, ndim=3), sampler=PrioritizedSampler(16, 1.0, 1.0, eps=0.0),
+                      batch_size=8)
+    x = jnp.arange(2 * 2 * 3, dtype=jnp.float32).reshape(2, 2, 3)
+    s = jax.jit(rb.add)(rb.init({"x": x}), {"x": x})
+    idx = (jnp.array([0, 1, 1]), jnp.array([1, 0, 1]), jnp.array([2, 0, 1]))
+    s = jax.jit(rb.update_priority)(s, idx, jnp.array([5.0, 2.0, 3.0]))
+    leaves = np.asarray(s.sampler.tree.sums[-1][:16]).reshape(2, 2, 4)
+    assert leaves[0, 1, 2] == 5.0 and leaves[1, 0, 0] == 2.0 and leaves[1, 1, 1] == 3.0 and leaves[:, :, 3].sum() == 0
+    draws = jax.jit(jax.vmap(lambda k: rb.sample(s, k)[1]["x"]))(jax.random.split(jax.random.key(0), 300))
+    vals, counts = np.unique(np.asarray(draws), return_counts=True)
+    p = leaves[:, :, :3].reshape(-1) / leaves.sum()
+    expected = p[vals.astype(int)] * counts.sum()
+    assert stats.chisquare(counts, expected).pvalue > 1e-3

@@ -228,3 +228,20 @@ def test_errors():
     s = rb.init(example)
     with pytest.raises(ValueError, match=r"priority has shape \(4,\), expected \(4, 3\)"):
         rb.update_priority(s, jnp.zeros((4, 3), jnp.int32), jnp.ones(4))
+
+
+def test_traj_key_mode():
+    sampler = PrioritizedSliceSampler(16, 1.0, 1.0, 0.0, slice_len=2, traj_key=("collector", "traj_ids"))
+    rb = ReplayBuffer(storage=LazyTensorStorage(16), sampler=sampler, batch_size=8)
+    ids = jnp.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3], jnp.int32)
+    data = {"collector": {"traj_ids": ids}, "x": jnp.arange(10)}
+    s = jax.jit(rb.add)(rb.init(data), data)
+    valid = np.asarray(s.sampler.tree.sums[-1][:10]) > 0
+    # Trajectory 1 is too short; the last step of each trajectory cannot start a slice.
+    np.testing.assert_array_equal(valid, [1, 1, 0, 0, 1, 0, 1, 1, 1, 0])
+    s = jax.jit(rb.update_priority)(s, jnp.array([[4, 5], [6, 7]]), jnp.array([[0.0, 0.0], [1.0, 9.0]]))
+    _, out, info = jax.jit(rb.sample)(s, jax.random.key(0))
+    starts = np.asarray(info["index"])[:, 0]
+    assert set(starts.tolist()) <= {0, 1, 6, 7} and 7 in starts
+    ids_out = np.asarray(out["collector"]["traj_ids"])
+    assert (ids_out[:, 0] == ids_out[:, 1]).all()
