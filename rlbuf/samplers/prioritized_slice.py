@@ -193,6 +193,9 @@ class PrioritizedSliceSampler(Sampler):
         thr = s.thr
         w = self.slice_len if self.slice_len is not None else cap
         m = min(w + pos.shape[0], cap)
+        if m == cap:  # every start may have changed: an O(N) rebuild beats N tree updates
+            s = dataclasses.replace(s, traj=ts, prio=prio, cursor=write.new_cursor, count=write.new_count)
+            return self._rebuild(layout, s, thr)
         first = jnp.where(m < cap, pos[0] - jnp.maximum(thr - 1, 0), 0)
         t = (first + jnp.arange(m, dtype=jnp.int32)) % cap
         lane = jnp.broadcast_to(lanes, (n_l, m)).reshape(-1)
