@@ -102,7 +102,7 @@ def run(quick: bool = False) -> list[Row]:
         rstate = ref_init(jax.random.key(0))
         # each function gets its own state as the first argument of one shared call signature
         fns = {"ours": lambda s, p: ours(s[0], p), "ref": lambda s, p: ref(s[1], p)}
-        t = interleaved(fns, (cstate, rstate), policy_params, repeats=3 if quick else 9)
+        t = interleaved(fns, (cstate, rstate), policy_params, repeats=3 if quick else 21)
         frames = num_envs * T
         rows.append(Row(
             "collect", f"CartPole-v1 MLP {num_envs}x{T} (envs x steps)", "PureJaxRL scan",
