@@ -8,7 +8,9 @@ children in the level below. Leaves beyond ``n`` (padding) hold 0 in the sum tre
 
 Why this layout: on CPU the cost of a batched update or search is dominated by the number of
 sequential levels (one gather and one scatter each), not by the ``B`` values read per node, so
-a wide tree (``B = 8`` or ``16``) beats a binary heap (see ``rlbuf.bench.prioritized``).
+a wide tree (``B = 8`` or ``16``) beats a binary heap (see ``rlbuf.bench.prioritized``);
+for the same reason the small top levels (``<= dense_levels`` nodes) are recomputed whole by
+one fused reduction instead of a gather/scatter pair each.
 
 Why parents are *recomputed* from their children rather than adjusted by deltas: a
 delta-updated float32 root drifts from the sum of its leaves after millions of updates, and
