@@ -2,12 +2,16 @@
 
 Recipe (the same script runs on every host; each process owns the lanes of its devices)::
 
-    import jax, rlbuf
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU only; ignored on GPU/TPU
+    jax.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=i)
+    # only now import rlbuf: importing gymnax (which rlbuf uses) starts JAX's backend, after
+    # which jax.distributed.initialize fails
+    import rlbuf
     from rlbuf import distributed as dist
     from rlbuf.sharding import shard
     from rlbuf.collectors.sharded import shard_collector
 
-    dist.initialize("10.0.0.1:1234", num_processes=2, process_id=i)   # before any computation
     mesh = dist.data_mesh("data")                  # every device of every process, host-major
     collector = shard_collector(rlbuf.Collector(env, policy, frames_per_batch=F, num_envs=N), mesh)
     srb = shard(rlbuf.ReplayBuffer(storage=rlbuf.LazyTensorStorage(M, ndim=2), batch_size=S), mesh)
@@ -26,9 +30,10 @@ a global array with :func:`global_batch`, each process passing its own lanes; re
 with :func:`local_part` (this process's rows) or
 ``jax.experimental.multihost_utils.process_allgather`` (everything, for tests/logging).
 
-On CPU (tests, CI) collectives need gloo: :func:`initialize` sets
-``jax_cpu_collectives_implementation="gloo"`` and, with ``local_device_count``, forces that many
-host devices per process (``jax_num_cpu_devices``). On GPU/TPU these settings are ignored.
+On CPU (tests, CI) collectives need gloo (``jax_cpu_collectives_implementation="gloo"``) and a
+test forces host devices per process with ``jax_num_cpu_devices``. :func:`initialize` does all
+three, but only works while JAX's backend is not started, i.e. when called before gymnax is
+imported (so, today, not through ``import rlbuf``; use the three lines above).
 """
 
 from __future__ import annotations
@@ -57,13 +62,20 @@ def initialize(
     implementation (``"gloo"``; ``None`` leaves JAX's default). ``kwargs`` go to
     ``jax.distributed.initialize``.
     """
-    if cpu_collectives is not None:
-        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    if local_device_count is not None:
-        jax.config.update("jax_num_cpu_devices", int(local_device_count))
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **kwargs
-    )
+    try:
+        if cpu_collectives is not None:
+            jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+        if local_device_count is not None:
+            jax.config.update("jax_num_cpu_devices", int(local_device_count))
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **kwargs
+        )
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{e}\nrlbuf.distributed.initialize must run before JAX starts its backend; importing gymnax "
+            "(and so rlbuf) starts it (gymnax builds arrays at import). Call jax.distributed.initialize "
+            "(see the recipe in rlbuf.distributed's docstring) before those imports."
+        ) from e
 
 
 def data_mesh(axis_name: str = "data", devices: Any = None) -> Mesh:

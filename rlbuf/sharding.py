@@ -15,8 +15,11 @@ variance than i.i.d. uniform), an epoch of every stored item for
 ``SamplerWithoutReplacement`` (each group runs its own epoch of its items), and for
 prioritized samplers it is ``P(i) = p_i^a / (G * sum_{j in group(i)} p_j^a)``: priorities are
 normalized per group, not globally, and importance weights are computed (and max-normalized)
-per group. With unequal groups (``PerWorkerReplayBuffer`` after workers of different speed
-delivered different numbers of batches) small groups are over-represented.
+per group. Slice samplers pick each slice's trajectory uniformly among the group's eligible
+trajectories, so a trajectory's probability is ``1 / (G * n_traj(group))``: uniform over all
+trajectories only when groups hold equally many (in expectation, for i.i.d. envs). With unequal
+groups (``PerWorkerReplayBuffer`` after workers of different speed delivered different numbers
+of batches) small groups are over-represented. ``transform`` runs per group, on its items.
 """
 
 from __future__ import annotations
@@ -274,12 +277,12 @@ class ShardedReplayBuffer:
         return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), state.storage)
 
     def num_stored(self, state: BufferState) -> int:
-        """Transitions stored over all shards (host sync: outside ``jit`` only)."""
-        return int(np.sum(np.asarray(state.count))) * state.layout.n_lanes
+        """Transitions stored over all shards (host sync: outside ``jit`` only; multi-host safe)."""
+        return int(jax.jit(jnp.sum)(state.count)) * state.layout.n_lanes
 
     def shard_of(self, state: BufferState, g: int) -> BufferState:
         """Shard ``g``'s plain :class:`BufferState` (a host-side view, e.g. to compare with a
-        plain :class:`ReplayBuffer`; fetches the data, not for hot paths)."""
+        plain :class:`ReplayBuffer`; fetches the data: single process, not for hot paths)."""
         return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[g]), state)
 
 

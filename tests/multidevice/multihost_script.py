@@ -11,16 +11,19 @@ import sys
 
 pid, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 
-from rlbuf import distributed as dist  # noqa: E402
-
-dist.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid, local_device_count=2)
-
 import jax  # noqa: E402
+
+# before importing rlbuf: importing gymnax starts JAX's backend (see rlbuf.distributed)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.config.update("jax_num_cpu_devices", 2)
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from rlbuf import distributed as dist  # noqa: E402
 from rlbuf.collectors.collector import Collector  # noqa: E402
 from rlbuf.collectors.sharded import shard_collector  # noqa: E402
 from rlbuf.envs import GroundTruthEnv  # noqa: E402
