@@ -129,9 +129,10 @@ class Collector:
             uniform random actions from ``env.action_space``.
         frames_per_batch: frames per ``collect`` over all envs; ``T = frames_per_batch // B``.
         env_params: env parameters (default ``env.default_params``); may carry a leading
-            ``[num_envs]`` axis, one set per env (domain randomization). They are constants of
-            the compiled ``collect`` (not part of the state): build a new collector to change
-            them.
+            ``[num_envs]`` axis, one set per env (domain randomization): detected by comparing
+            leaf ranks with ``env.default_params`` or, for envs without ``default_params``, when
+            every leaf has a leading axis of size ``num_envs``. They are constants of the
+            compiled ``collect`` (not part of the state): build a new collector to change them.
         num_envs: ``None`` for one env (leaves ``[T, ...]``) or ``B`` (leaves ``[B, T, ...]``).
         max_frames_per_traj: truncate (``("next","truncated")``) and reset an episode at its
             ``n``-th step. ``None`` (or ``-1``) disables.
