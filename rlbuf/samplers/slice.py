@@ -6,8 +6,8 @@ for how trajectories are defined from ``traj_key`` / ``end_key`` and tracked at 
 time). A slice never crosses a trajectory boundary, the write head or an unwritten slot.
 
 Cost: boundaries are maintained in ``on_write`` (O(lanes × steps added)); ``sample`` is
-O(num_slices × slice_len + lanes × log(capacity)), independent of the capacity otherwise
-(TorchRL rescans the whole storage on every call).
+O(num_slices × slice_len + lanes), independent of the capacity (TorchRL rescans the whole
+storage on every call).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ class SliceState:
       ``qrank[l, s % capacity]`` is the number of queue entries of lane ``l`` before
       trajectory ``s`` (final once ``s`` begins, since every earlier trajectory has ended), so
       the first queue entry still stored is ``qrank[l, first[l] % capacity]``, O(1).
-    - ``thr``: ``[]`` int32, the length the queue is kept for (the ``slice_len`` of the last
-      ``sample``; 0 before any: the queue is then rebuilt once, in O(L × capacity)).
+    - ``thr``: ``[]`` int32, the length the queue is kept for (0: none yet).
+    - ``want``: ``[]`` int32, the ``slice_len`` of the last ``sample``; the next ``add``
+      rebuilds the queue for it (once, O(L × capacity)) if it differs from ``thr``.
     """
 
     traj: trj.TrajectoryState
@@ -45,6 +46,7 @@ class SliceState:
     queued: jax.Array
     qrank: jax.Array
     thr: jax.Array
+    want: jax.Array
 
 
 def below(bits, n):
@@ -213,10 +215,12 @@ class SliceSampler(_SliceBase):
     ``[num_slices, slice_len]`` bool. No eligible trajectory (empty or too-short buffer):
     ``can_sample`` False, ``sample`` returns zeros with ``info["mask"]`` all False.
 
-    Cost: ``on_write`` O(lanes × steps added); ``sample`` O(num_slices × slice_len +
-    lanes × log capacity), except the first ``sample`` (or one with a new ``slice_len``),
-    which rebuilds the per-length queue of long trajectories in O(lanes × capacity) — keep
-    the state returned by ``sample``.
+    Cost: ``on_write`` O(lanes × steps added); ``sample`` O(num_slices × slice_len + lanes),
+    independent of the capacity, and it never writes the ``[lanes, capacity]`` bookkeeping (so
+    discarding the state it returns costs nothing). The per-length queue of long trajectories
+    is kept for ``slice_len``: given as ``slice_len=``, from the start; derived from
+    ``num_slices``, it is learnt from the first ``sample`` (which, like any sample before the
+    next ``add``, takes an O(lanes × capacity) path) and built by the next ``add``, once.
     """
 
     def init(self, layout):
@@ -229,10 +233,21 @@ class SliceSampler(_SliceBase):
             queued=jnp.zeros((n_l,), jnp.int32),
             qrank=jnp.zeros((n_l, cap), jnp.int32),
             thr=jnp.full((), thr, jnp.int32),
+            want=jnp.full((), thr, jnp.int32),
         )
 
     def on_write(self, layout, sstate, write, data):
         spec = self._spec(layout)
+        if not self.strict_length:  # the queue serves strict sampling only
+            ts, _ = trj.update(layout, sstate.traj, spec, write, data)
+            return dataclasses.replace(sstate, traj=ts)
+        # Build the queue for the length the last sample asked for, if it differs. A while loop
+        # that runs at most once rather than a cond: a cond's untaken identity branch would
+        # copy the [L, capacity] arrays on every add; a loop carry is updated in place.
+        ranges = trj.lane_ranges(layout, sstate.traj, write.cursor, write.count)
+        sstate = jax.lax.while_loop(
+            lambda c: (c.want > 0) & (c.want != c.thr), lambda c: self._rebuild(layout, c, ranges, c.want), sstate
+        )
         old_total = sstate.traj.total
         ts, w = trj.update(layout, sstate.traj, spec, write, data)
         thr = sstate.thr
@@ -256,9 +271,10 @@ class SliceSampler(_SliceBase):
         excl = sstate.queued[:, None] + jnp.cumsum(mark, axis=1, dtype=jnp.int32) - mark
         rank = jnp.where(begun_here, excl, sstate.qrank[lanes, w.seq % cap])
         qrank = sstate.qrank.at[lanes, rec].set(rank, mode="drop", unique_indices=True)
-        return SliceState(ts, queue, queued, qrank, thr)
+        return SliceState(ts, queue, queued, qrank, thr, sstate.want)
 
-    def _rebuild(self, layout, s: SliceState, ranges, n: int) -> SliceState:
+    def _rebuild(self, layout, s: SliceState, ranges, n) -> SliceState:
+        """The queue for length ``n`` (traced int32) from scratch, O(L × capacity)."""
         lengths, seq = self._lengths_all(layout, s.traj, ranges)
         long = lengths >= n
         pos = jnp.cumsum(long, axis=1, dtype=jnp.int32) - 1
@@ -270,14 +286,7 @@ class SliceSampler(_SliceBase):
             pos + 1 - long, mode="drop", unique_indices=True
         )
         queued = jnp.sum(long, axis=1, dtype=jnp.int32)
-        return SliceState(s.traj, queue, queued, qrank, jnp.full((), n, jnp.int32))
-
-    def _ensure_queue(self, layout, s: SliceState, ranges, n: int) -> SliceState:
-        """``s`` with its queue kept for length ``n`` (rebuilt if it was kept for another)."""
-        # A while loop that runs at most once rather than a cond: a cond's untaken identity
-        # branch copies the [L, capacity] arrays on every call, while a loop carry is aliased
-        # in place (measured: the cond made sample O(capacity)).
-        return jax.lax.while_loop(lambda c: c.thr != n, lambda c: self._rebuild(layout, c, ranges, n), s)
+        return SliceState(s.traj, queue, queued, qrank, jnp.asarray(n, jnp.int32), s.want)
 
     def _eligible(self, layout, s: SliceState, ranges, n: int):
         """Per lane ``(head, count)``: the queue entries ``head .. head + count - 1`` are exactly
@@ -293,23 +302,16 @@ class SliceSampler(_SliceBase):
         head = head + shrunk
         return head, jnp.where(ranges.n_stored > 0, hi - head, 0)
 
-    def _counts(self, layout, s: SliceState, ranges, n: int):
+    def _choose_fast(self, layout, s, ranges, n: int, bits):
+        """``(lane, seq, total)``: ``num_slices`` trajectories drawn uniformly among the ``total``
+        eligible ones. Strict: from the queue (needs ``s.thr == n``); else from every stored one."""
         if self.strict_length:
-            return self._eligible(layout, s, ranges, n)
-        return ranges.first, ranges.n_stored
-
-    def sample(self, layout, state, key, batch_size: int):
-        n_slices, n = self.shape(batch_size)
-        s = state.sampler
-        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
-        if self.strict_length:
-            s = self._ensure_queue(layout, s, ranges, n)
-        head, counts = self._counts(layout, s, ranges, n)
-        # One threefry call for all the randomness of the batch.
-        bits = jax.random.bits(key, (2, n_slices), jnp.uint32)
+            head, counts = self._eligible(layout, s, ranges, n)
+        else:
+            head, counts = ranges.first, ranges.n_stored
         cum = jnp.cumsum(counts)
         total = cum[-1]
-        u = below(bits[0], jnp.maximum(total, 1))
+        u = below(bits, jnp.maximum(total, 1))
         # Few lanes: compare against all of them (no loop); many: an unrolled binary search.
         method = "compare_all" if layout.n_lanes <= 64 else "scan_unrolled"
         lane = jnp.searchsorted(cum, u, side="right", method=method)
@@ -319,6 +321,34 @@ class SliceSampler(_SliceBase):
             seq = s.queue[lane, (head[lane] + within) % layout.capacity]
         else:
             seq = head[lane] + within
+        return lane, seq, total
+
+    def _choose_slow(self, layout, s, ranges, n: int, bits):
+        """Same draw as :meth:`_choose_fast` without the queue, O(L × capacity)."""
+        lengths, _ = self._lengths_all(layout, s.traj, ranges)
+        cum = jnp.cumsum((lengths >= n).reshape(-1), dtype=jnp.int32)
+        total = cum[-1]
+        u = below(bits, jnp.maximum(total, 1))
+        item = jnp.minimum(jnp.searchsorted(cum, u, side="right"), layout.size - 1).astype(jnp.int32)
+        lane = item // layout.capacity
+        return lane, ranges.first[lane] + item % layout.capacity, total
+
+    def sample(self, layout, state, key, batch_size: int):
+        n_slices, n = self.shape(batch_size)
+        s = state.sampler
+        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+        # One threefry call for all the randomness of the batch.
+        bits = jax.random.bits(key, (2, n_slices), jnp.uint32)
+        if self.strict_length:
+            lane, seq, total = jax.lax.cond(
+                s.thr == n,
+                lambda: self._choose_fast(layout, s, ranges, n, bits[0]),
+                lambda: self._choose_slow(layout, s, ranges, n, bits[0]),
+            )
+            # Ask the next add to keep the queue for this length (a scalar: no array is copied).
+            s = dataclasses.replace(s, want=jnp.full((), n, jnp.int32))
+        else:
+            lane, seq, total = self._choose_fast(layout, s, ranges, n, bits[0])
         ok = jnp.broadcast_to(total > 0, (n_slices,))
         index, mask = self._slices(layout, s.traj, state, ranges, bits[1], lane, seq, ok, n)
         return s, index, {"mask": mask}
@@ -326,12 +356,15 @@ class SliceSampler(_SliceBase):
     def can_sample(self, layout, state, batch_size: int):
         _, n = self.shape(batch_size)
         s = state.sampler
-        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
         if not self.strict_length:
             return state.count > 0
-        s = self._ensure_queue(layout, s, ranges, n)
-        _, counts = self._eligible(layout, s, ranges, n)
-        return jnp.sum(counts) > 0
+        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+
+        def slow():
+            lengths, _ = self._lengths_all(layout, s.traj, ranges)
+            return jnp.any(lengths >= n)
+
+        return jax.lax.cond(s.thr == n, lambda: jnp.sum(self._eligible(layout, s, ranges, n)[1]) > 0, slow)
 
 
 @jax.tree_util.register_dataclass

@@ -215,8 +215,8 @@ def test_slices_stay_in_one_stored_trajectory(ndim, mode, lengths, adds, seed):
     adds=st.lists(st.sampled_from(ADD_T), min_size=2, max_size=6),
 )
 def test_queue_rebuilt_for_a_new_slice_len_then_kept_incrementally(lengths, adds):
-    """A sampler whose slice_len differs from the queue's (here 2 vs 3) rebuilds it on its first
-    ``sample``; later adds keep it for the new length."""
+    """A sampler whose slice_len differs from the queue's (here 2 vs 3) samples without the queue
+    (O(capacity) path) until the next add rebuilds the queue for it; later adds keep it."""
     strict_rb, _, add, _, _ = fns(2, "traj")
     rb2 = _rb2()
     gt = GroundTruth(LANES[2], lengths)
@@ -226,8 +226,9 @@ def test_queue_rebuilt_for_a_new_slice_len_then_kept_incrementally(lengths, adds
         data = gt.batch(t_len)
         ref.add(data)
         state = add(state, jax.tree_util.tree_map(jnp.asarray, data))
+        assert int(state.sampler.thr) == (3 if i == 0 else 2)
         (state, batch, info), can = _SAMPLE2(rb2)(state, jax.random.key(i))
-        assert int(state.sampler.thr) == 2
+        assert int(state.sampler.want) == 2
         _, eligible = check_batch(ref, batch, info, 2, True)
         assert bool(can) == bool(eligible)
 
@@ -275,11 +276,17 @@ def _fixed_buffer(sampler, num_slices):
     return rb, state, ref
 
 
-@pytest.mark.parametrize("strict", [True, False])
-def test_default_distribution_is_torchrl(strict):
-    """Trajectory uniform among the eligible stored ones, then start uniform within it."""
+@pytest.mark.parametrize(
+    "strict, given", [(True, "num_slices"), (True, "slice_len"), (False, "num_slices")]
+)
+def test_default_distribution_is_torchrl(strict, given):
+    """Trajectory uniform among the eligible stored ones, then start uniform within it. With
+    ``num_slices`` given the first sample takes the queue-less path; with ``slice_len`` the
+    queue is kept from the first add."""
     num_slices = 6000
-    rb, state, ref = _fixed_buffer(SliceSampler(num_slices=num_slices, traj_key="ep", strict_length=strict), num_slices)
+    size = dict(num_slices=num_slices) if given == "num_slices" else dict(slice_len=3)
+    rb, state, ref = _fixed_buffer(SliceSampler(traj_key="ep", strict_length=strict, **size), num_slices)
+    assert int(state.sampler.thr) == (3 if given == "slice_len" else 0)
     _, batch, info = jax.jit(rb.sample)(state, jax.random.key(3))
     obs = np.asarray(batch["obs"])
     lane = np.asarray(info["index"][0][:, 0])
