@@ -188,6 +188,7 @@ class ShardedReplayBuffer:
         n = int(np.prod([self.mesh.shape[a] for a in names]))
         object.__setattr__(self, "_n", n)
         object.__setattr__(self, "_local", _split_buffer(self.buffer, n, "shard"))
+        object.__setattr__(self, "_init_cache", {})
 
     # -------------------------------------------------------------- plumbing
     @property
@@ -215,11 +216,14 @@ class ShardedReplayBuffer:
         """An empty sharded buffer for global ``add`` batches like ``example`` (arrays or
         ``ShapeDtypeStruct``s, leaves ``[*lanes, T, ...]``); each device allocates its own shard."""
         local = _local_example(example, self._local.storage.ndim, self._n, "shard")
+        sig = (jax.tree_util.tree_structure(local), tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(local)))
+        if sig not in self._init_cache:  # one compile per example signature, not per call
 
-        def f():
-            return jax.tree_util.tree_map(lambda x: x[None], self._local.init(local))
+            def f():
+                return jax.tree_util.tree_map(lambda x: x[None], self._local.init(local))
 
-        return jax.jit(self._smap(f, (), P(self.axis_name)))()
+            self._init_cache[sig] = jax.jit(self._smap(f, (), P(self.axis_name)))
+        return self._init_cache[sig]()
 
     def add(self, state: BufferState, data: Any) -> BufferState:
         """Write the global batch ``data`` (leaves ``[*lanes, T, ...]``), each shard its lanes."""

@@ -154,30 +154,42 @@ def per_shard_equal_slices(srb, state, key, batch, info):
 # ----------------------------------------------------------------------------------- buffers
 @check
 def buffer_random_matches_plain():
-    """Sharded add == plain unsharded add (global storage, cursor, count), for add lengths
-    around and beyond the capacity; sample per shard == plain buffer on that shard; compile once."""
+    """Hypothesis: for add lengths around and beyond the capacity (12), sharded add == plain
+    unsharded add (global storage, cursor, count); each shard's sample == the plain buffer on
+    that shard with key fold_in(key, g); compiles once per add length, once for sample."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
     rb = ReplayBuffer(storage=LazyTensorStorage(8 * 12, ndim=2), sampler=RandomSampler(), batch_size=16)
     srb = shard(rb, MESH)
-    rng = np.random.default_rng(0)
     add, sample = jax.jit(srb.add, donate_argnums=0), jax.jit(srb.sample)
     padd = jax.jit(rb.add)
-    for seed, lengths in enumerate([(3, 5, 5, 3), (5, 17, 3), (3, 3, 5, 5, 3)]):
+    seen = set()
+
+    @settings(max_examples=12, deadline=None, derandomize=True, database=None)
+    @given(st.lists(st.sampled_from([3, 5, 17]), min_size=1, max_size=5), st.integers(0, 2**16))
+    def prop(lengths, seed):
+        rng = np.random.default_rng(seed)
         state, plain = srb.init(data(rng, 8, 3)), rb.init(data(rng, 8, 3))
         for i, T in enumerate(lengths):
             d = data(rng, 8, T, base=1000 * i)
             state, plain = add(state, jax.device_put(d, srb.sharding)), padd(plain, d)
+            seen.add(T)
         assert tree_equal(srb.global_storage(state), plain.storage), "storage differs from the unsharded buffer"
         assert (np.asarray(state.cursor) == int(plain.cursor)).all()
         assert (np.asarray(state.count) == int(plain.count)).all()
+        assert srb.num_stored(state) == 8 * int(plain.count)
         key = jax.random.key(seed)
         state, batch, info = sample(state, key)
         assert batch["obs"].shape == (16, 3) and batch["obs"].sharding.spec == P("data")
         assert state.storage["obs"].sharding.spec == P("data")
         per_shard_equal(srb, state, key, batch, info)
+        assert bool(jax.jit(srb.can_sample)(state))
+
+    prop()
     assert sample._cache_size() == 1, sample._cache_size()
-    assert add._cache_size() == 3, add._cache_size()  # one per add length 3, 5, 17
-    assert bool(jax.jit(srb.can_sample)(state))
-    assert srb.num_stored(state) == 8 * 12
+    assert add._cache_size() == len(seen), (add._cache_size(), seen)
+    assert not bool(jax.jit(srb.can_sample)(srb.init(data(np.random.default_rng(0), 8, 3))))
 
 
 @check
@@ -328,6 +340,21 @@ def buffer_prioritized_sharded():
     new, batch, info = sample(new, key)
     per_shard_equal(srb, new, key, batch, info)
     assert "weight" in info and info["weight"].shape == (16,)
+    # the documented distribution: P(item) = p^alpha / (G * sum of p^alpha over its shard)
+    from scipy import stats
+
+    lane, t = np.repeat(np.arange(8), 8), np.tile(np.arange(8), 8)  # row-major = shard-major chunks
+    p_all = rng.uniform(0.2, 3.0, size=64).astype(np.float32)
+    st_all = upd(new, (jnp.asarray(lane, jnp.int32), jnp.asarray(t, jnp.int32)), jnp.asarray(p_all))
+    draw = jax.jit(lambda s, k: srb.sample(s, k)[2]["index"])
+    counts = np.zeros(64)
+    for i in range(120):
+        li, ti = draw(st_all, jax.random.key(1000 + i))
+        np.add.at(counts, np.asarray(li) * 8 + np.asarray(ti), 1)
+    w = (p_all.astype(np.float64) + 1e-8) ** 0.8
+    expected = (w.reshape(D, 16) / w.reshape(D, 16).sum(1, keepdims=True) / D).reshape(-1) * counts.sum()
+    pval = stats.chisquare(counts, expected).pvalue
+    assert pval > 1e-3, pval
     # an index in the wrong chunk is ignored, not written to the wrong shard
     swapped = tuple(jnp.roll(i, 4) for i in info["index"])
     odd = upd(new, swapped, jnp.full((16,), 100.0))
