@@ -1,0 +1,90 @@
+"""Run every notebook in ``notebooks/`` top to bottom (nbclient, a ``python3`` kernel on this
+interpreter), as a user would on Colab; a notebook passes if no cell raises (they contain their
+own assertions about shapes and sampled data).
+
+Workloads are kept small: ``RLBUF_NOTEBOOK_TOTAL_FRAMES`` shortens the DQN training of
+``02_dqn_cartpole.ipynb``; figures go to matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+
+#: Seconds a single cell may take (compilation on a loaded 2-core machine included).
+CELL_TIMEOUT = 600
+#: DQN frames in CI: enough for a few jitted training chunks and evaluations.
+CI_TOTAL_FRAMES = "3000"
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+    """A ``python3`` kernelspec that starts this very interpreter (not whatever ``python3``
+    another Jupyter install registered), and the environment the kernel inherits."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (rlbuf tests)",
+        "language": "python",
+    }))
+    env = {
+        "JUPYTER_PATH": str(root),  # searched before the user's and the system's kernelspecs
+        "MPLBACKEND": "Agg",
+        "RLBUF_NOTEBOOK_TOTAL_FRAMES": CI_TOTAL_FRAMES,
+    }
+    return env
+
+
+def test_notebooks_exist():
+    names = {p.name for p in PATHS}
+    for want in ("01_collectors_and_buffers.ipynb", "02_dqn_cartpole.ipynb",
+                 "03_slices_prioritized_nstep.ipynb", "04_multi_device.ipynb"):
+        assert want in names, f"notebooks/{want} is missing (found {sorted(names)})"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{path.name} cell {i} has outputs: commit notebooks stripped"
+            )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_notebook_runs(path, kernel_env, monkeypatch, tmp_path):
+    for k, v in kernel_env.items():
+        monkeypatch.setenv(k, v)
+    # Notebook 04 sets XLA_FLAGS itself before importing jax; start every kernel without ours.
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    nb = nbformat.read(path, as_version=4)
+    # One extra cell (in memory only) to check that the kernel ran this interpreter.
+    nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},  # no reliance on local files
+    )
+    t0 = time.perf_counter()
+    client.execute()
+    elapsed = time.perf_counter() - t0
+    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs).strip()
+    assert printed == sys.executable, f"the kernel ran {printed!r}, not {sys.executable!r}"
+    print(f"{path.name}: {elapsed:.1f}s")
