@@ -1,6 +1,6 @@
 """rlbuf: JAX-functional collectors and replay buffers in TorchRL's layout, usable inside jit."""
 
-from rlbuf import checkpoint, envs
+from rlbuf import checkpoint
 from rlbuf.collectors import (
     Collector,
     CollectorIterator,
@@ -11,11 +11,14 @@ from rlbuf.collectors import (
     iterate,
     split_trajectories,
 )
+from rlbuf.collectors.async_ import MultiAsyncCollector, MultiaSyncDataCollector
+from rlbuf.collectors.sharded import ShardedCollector, shard_collector
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers import RandomSampler, Sampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
+from rlbuf.sharding import PerWorkerReplayBuffer, ShardedReplayBuffer, shard
 from rlbuf.storage import Layout, LazyTensorStorage
 from rlbuf.transforms import MultiStep, MultiStepTransform
 from rlbuf.writers import RoundRobinWriter, WriteInfo
@@ -33,6 +36,13 @@ __all__ = [
     "iterate",
     "split_trajectories",
     "envs",
+    "MultiAsyncCollector",
+    "MultiaSyncDataCollector",
+    "ShardedCollector",
+    "shard_collector",
+    "PerWorkerReplayBuffer",
+    "ShardedReplayBuffer",
+    "shard",
     "PrioritizedSliceSampler",
     "BufferState",
     "Layout",
@@ -52,3 +62,13 @@ __all__ = [
     "WriteInfo",
     "checkpoint",
 ]
+
+
+def __getattr__(name):
+    # rlbuf.envs imports gymnax, which runs JAX computations at import (starting the backend):
+    # loaded on first use so `import rlbuf` leaves jax.distributed.initialize possible.
+    if name == "envs":
+        import importlib
+
+        return importlib.import_module("rlbuf.envs")
+    raise AttributeError(f"module 'rlbuf' has no attribute {name!r}")

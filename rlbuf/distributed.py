@@ -2,13 +2,11 @@
 
 Recipe (the same script runs on every host; each process owns the lanes of its devices)::
 
-    import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU only; ignored on GPU/TPU
-    jax.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=i)
-    # only now import rlbuf: importing gymnax (which rlbuf uses) starts JAX's backend, after
-    # which jax.distributed.initialize fails
-    import rlbuf
+    import rlbuf                                   # does not start JAX's backend
     from rlbuf import distributed as dist
+    dist.initialize("10.0.0.1:1234", num_processes=2, process_id=i)   # gloo on CPU
+    import gymnax                                  # only now: gymnax computes at import, which
+                                                   # starts the backend (initialize must precede it)
     from rlbuf.sharding import shard
     from rlbuf.collectors.sharded import shard_collector
 
@@ -32,8 +30,8 @@ with :func:`local_part` (this process's rows) or
 
 On CPU (tests, CI) collectives need gloo (``jax_cpu_collectives_implementation="gloo"``) and a
 test forces host devices per process with ``jax_num_cpu_devices``. :func:`initialize` does all
-three, but only works while JAX's backend is not started, i.e. when called before gymnax is
-imported (so, today, not through ``import rlbuf``; use the three lines above).
+three; it must run before JAX's backend starts: before any JAX computation and before gymnax
+is imported (``import rlbuf`` imports neither; ``rlbuf.envs`` loads gymnax on first use).
 """
 
 from __future__ import annotations
@@ -72,9 +70,9 @@ def initialize(
         )
     except RuntimeError as e:
         raise RuntimeError(
-            f"{e}\nrlbuf.distributed.initialize must run before JAX starts its backend; importing gymnax "
-            "(and so rlbuf) starts it (gymnax builds arrays at import). Call jax.distributed.initialize "
-            "(see the recipe in rlbuf.distributed's docstring) before those imports."
+            f"{e}\nrlbuf.distributed.initialize must run before JAX starts its backend: before any JAX "
+            "computation and before importing gymnax (it builds arrays at import). See the recipe in "
+            "rlbuf.distributed's docstring."
         ) from e
 
 

@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 
-MODULES = ["buffer", "slice", "prioritized", "collect"]
+MODULES = ["buffer", "slice", "prioritized", "collect", "scale"]
 
 
 def machine() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Callable
 
 import jax
@@ -11,10 +12,16 @@ import numpy as np
 
 from rlbuf.collectors._spaces import action_spec, has_action_space, sample_action
 
-try:  # gymnax is a dependency, but custom envs must work without relying on it
-    from gymnax.environments.environment import Environment as _GymnaxEnvironment
-except ImportError:  # pragma: no cover
-    _GymnaxEnvironment = None
+
+def _gymnax_environment_class():
+    """gymnax's ``Environment`` base class if gymnax is loaded, else None.
+
+    Not imported here: importing gymnax runs JAX computations (starting the backend, after
+    which ``jax.distributed.initialize`` refuses to run), and an env that is a gymnax
+    ``Environment`` has necessarily loaded it already.
+    """
+    mod = sys.modules.get("gymnax.environments.environment")
+    return None if mod is None else mod.Environment
 
 
 def _strong(x: Any) -> jax.Array:
@@ -199,11 +206,8 @@ class Collector:
             )
         set_("_num", num)
         set_("_T", fpb // num)
-        native = (
-            _GymnaxEnvironment is not None
-            and isinstance(self.env, _GymnaxEnvironment)
-            and type(self.env).step is _GymnaxEnvironment.step
-        )
+        base = _gymnax_environment_class()
+        native = base is not None and isinstance(self.env, base) and type(self.env).step is base.step
         set_("_native", native)
 
         reference = _default_params(self.env)
