@@ -241,13 +241,6 @@ class SliceSampler(_SliceBase):
         if not self.strict_length:  # the queue serves strict sampling only
             ts, _ = trj.update(layout, sstate.traj, spec, write, data)
             return dataclasses.replace(sstate, traj=ts)
-        # Build the queue for the length the last sample asked for, if it differs. A while loop
-        # that runs at most once rather than a cond: a cond's untaken identity branch would
-        # copy the [L, capacity] arrays on every add; a loop carry is updated in place.
-        ranges = trj.lane_ranges(layout, sstate.traj, write.cursor, write.count)
-        sstate = jax.lax.while_loop(
-            lambda c: (c.want > 0) & (c.want != c.thr), lambda c: self._rebuild(layout, c, ranges, c.want), sstate
-        )
         old_total = sstate.traj.total
         ts, w = trj.update(layout, sstate.traj, spec, write, data)
         thr = sstate.thr
@@ -271,7 +264,26 @@ class SliceSampler(_SliceBase):
         excl = sstate.queued[:, None] + jnp.cumsum(mark, axis=1, dtype=jnp.int32) - mark
         rank = jnp.where(begun_here, excl, sstate.qrank[lanes, w.seq % cap])
         qrank = sstate.qrank.at[lanes, rec].set(rank, mode="drop", unique_indices=True)
-        return SliceState(ts, queue, queued, qrank, thr, sstate.want)
+        s = SliceState(ts, queue, queued, qrank, thr, sstate.want)
+        # If the last sample asked for another length, rebuild the queue for it from the updated
+        # records (once). A while loop that runs at most once rather than a cond: a cond's
+        # untaken identity branch would copy the [L, capacity] arrays on every add; a loop
+        # carry is updated in place. It comes last, so the records it reads are final and are
+        # not copied either.
+        ranges = trj.lane_ranges(layout, ts, write.new_cursor, write.new_count)
+        want = s.want
+
+        def rebuild(carry):
+            # The barrier ties the records to the carry: otherwise XLA hoists the O(L × capacity)
+            # rebuild (loop-invariant but for the carry) out of the loop, running it every add.
+            queue_, qrank_, traj, ranges_ = jax.lax.optimization_barrier((carry[0], carry[1], s.traj, ranges))
+            r = self._rebuild(layout, dataclasses.replace(s, traj=traj, queue=queue_, qrank=qrank_), ranges_, want)
+            return r.queue, r.qrank, r.queued, r.thr
+
+        queue, qrank, queued, thr = jax.lax.while_loop(
+            lambda c: (want > 0) & (want != c[3]), rebuild, (s.queue, s.qrank, s.queued, s.thr)
+        )
+        return dataclasses.replace(s, queue=queue, qrank=qrank, queued=queued, thr=thr)
 
     def _rebuild(self, layout, s: SliceState, ranges, n) -> SliceState:
         """The queue for length ``n`` (traced int32) from scratch, O(L × capacity)."""
@@ -455,7 +467,14 @@ class SliceSamplerWithoutReplacement(_SliceBase):
         k_perm, k_start = jax.random.split(key)
         left = s.epoch_items - s.pos
         need = (left <= 0) | ((left < n_slices) & self.drop_last)
-        s = jax.lax.cond(need, lambda: self._new_epoch(layout, s, ranges, k_perm, n), lambda: s)
+        # At most one iteration; a loop rather than a cond, whose identity branch would copy
+        # the [L * capacity] permutation on every sample (the barrier keeps XLA from hoisting
+        # the epoch's O(L × capacity) work out of the loop).
+        s = jax.lax.while_loop(
+            lambda c: c[1],
+            lambda c: (self._new_epoch(layout, *jax.lax.optimization_barrier((c[0], ranges)), k_perm, n), False),
+            (s, need),
+        )[0]
         k = s.pos + jnp.arange(n_slices, dtype=jnp.int32)
         in_epoch = k < s.epoch_items
         item = jnp.where(in_epoch, s.perm[jnp.minimum(k, layout.size - 1)], 0)
