@@ -15,8 +15,9 @@ References, each in the same scan with its own add:
 - TorchRL's ``SliceSampler`` (``end_key``, ``LazyTensorStorage(100k, ndim=2)``): an eager
   Python loop of ``extend`` of a ``[4, 1]`` batch + ``sample``; skipped if torchrl is missing.
 
-Each side threads its own donated state; repeats are interleaved in one process; medians;
-compile time never counts.
+Each side threads its own donated state; repeats are interleaved in one process; medians
+(the note adds the min-of-repeats ratio, less sensitive to a shared machine's load); compile
+time never counts.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def transitions(key, shape) -> dict:
     }
 
 
-def _threaded(fns: dict[str, Callable], states: dict, *args, repeats: int) -> dict[str, float]:
-    """Median seconds per ``state = fn(state, *args)`` of each fn (each donates its own state),
-    repeats interleaved."""
+def _threaded(fns: dict[str, Callable], states: dict, *args, repeats: int) -> dict[str, tuple[float, float]]:
+    """``(median, min)`` seconds per ``state = fn(state, *args)`` of each fn (each donates its own
+    state), repeats interleaved. The min is reported too: on a shared machine single calls vary
+    by 2x, and the min is the least load-dependent estimate."""
     for k, f in fns.items():
         states[k] = jax.block_until_ready(f(states[k], *args))
     samples: dict[str, list[float]] = {k: [] for k in fns}
@@ -61,7 +63,7 @@ def _threaded(fns: dict[str, Callable], states: dict, *args, repeats: int) -> di
             t0 = time.perf_counter()
             states[k] = jax.block_until_ready(f(states[k], *args))
             samples[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+    return {k: (sorted(v)[len(v) // 2], min(v)) for k, v in samples.items()}
 
 
 def _loop(add: Callable, sample: Callable) -> Callable:
@@ -146,15 +148,21 @@ def scan_rows(quick: bool) -> list[Row]:
         del state
         t = _threaded(fns, carries, adds, repeats=repeats)
         case = f"add 4x1 + slice {NUM_SLICES}x{SLICE_LEN} from {size // 1000}k, ndim=2 (4 lanes), in scan"
-        us = {k: v / iters * 1e6 for k, v in t.items()}
+        us = {k: v[0] / iters * 1e6 for k, v in t.items()}
+        mins = {k: v[1] / iters * 1e6 for k, v in t.items()}
+
+        def note(ref, text):
+            a, b = mins["rlbuf"], mins[ref]
+            return f"{text}; min-of-repeats {a:.1f} vs {b:.1f} µs ({a / b:.2f}×)"
+
         if fbx is not None:
             rows.append(Row("slice", case, "flashbax trajectory buffer (ignores episodes)", us["rlbuf"],
-                            us["flashbax"], "iter", "target ratio <= 1.2, flat in capacity"))
+                            us["flashbax"], "iter", note("flashbax", "target ratio <= 1.2, flat in capacity")))
         else:
             rows.append(Row("slice", case, "flashbax trajectory buffer", us["rlbuf"], None, "iter",
                             f"skipped flashbax: not importable ({fbx_err})"))
         rows.append(Row("slice", case, "same add + bare window gather (no boundaries)", us["rlbuf"], us["floor"],
-                        "iter", "floor"))
+                        "iter", note("floor", "floor")))
     return rows
 
 
@@ -202,7 +210,7 @@ def torchrl_rows(quick: bool) -> list[Row]:
     t = _threaded({"rlbuf": fn}, {"rlbuf": (state, jax.random.key(3), jnp.zeros((), jnp.float32))}, jadds,
                   repeats=5 if quick else 11)
     return [Row("slice", f"add 4x1 + slice {NUM_SLICES}x{SLICE_LEN} from {size // 1000}k, ndim=2 (4 lanes)",
-                "TorchRL SliceSampler (eager extend + sample)", t["rlbuf"] / ours_iters * 1e6, t_torch * 1e6, "iter",
+                "TorchRL SliceSampler (eager extend + sample)", t["rlbuf"][0] / ours_iters * 1e6, t_torch * 1e6, "iter",
                 "rlbuf in a jitted scan; TorchRL eager (its normal use)")]
 
 
