@@ -221,6 +221,12 @@ class SliceSampler(_SliceBase):
     is kept for ``slice_len``: given as ``slice_len=``, from the start; derived from
     ``num_slices``, it is learnt from the first ``sample`` (which, like any sample before the
     next ``add``, takes an O(lanes × capacity) path) and built by the next ``add``, once.
+    Memory: four int32 per stored time slot and lane (trajectory number, record start, queue,
+    queue rank), i.e. 16 bytes per transition beside the data.
+
+    Requires the round-robin writer (the bookkeeping assumes each ``add`` fills the next slots
+    in time). Random draws map 32 random bits to ``[0, n)`` by multiply-shift (:func:`below`):
+    each outcome's probability is within ``2**-32`` of exact.
     """
 
     def init(self, layout):
