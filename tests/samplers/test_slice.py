@@ -456,3 +456,21 @@ def _mask_fn(layout):
             lambda s, n: trj.valid_start_mask(s.layout, s.sampler.traj, s.cursor, s.count, n), static_argnums=1
         )
     return _MASK[layout]
+
+
+def test_one_trajectory_longer_than_the_ring_slice_len_equal_to_capacity():
+    """A trajectory longer than the ring is its stored part; a full-ring slice starts at the oldest
+    stored step, never across the write head (where the newest and oldest steps meet)."""
+    rb = ReplayBuffer(storage=LazyTensorStorage(5), sampler=SliceSampler(num_slices=2, traj_key="ep"), batch_size=10)
+    gt = GroundTruth((), [100])
+    state = rb.init(example(1))
+    add, sample = jax.jit(rb.add), jax.jit(rb.sample)
+    for i, t_len in enumerate([3, 7, 2, 4]):
+        state = add(state, jax.tree_util.tree_map(jnp.asarray, gt.batch(t_len)))
+        _, batch, info = sample(state, jax.random.key(i))
+        added = sum([3, 7, 2, 4][: i + 1])
+        if added < 5:
+            assert not np.asarray(info["mask"]).any()
+        else:
+            want = np.tile(np.arange(added - 5, added), (2, 1))
+            np.testing.assert_array_equal(np.asarray(batch["obs"])[:, :, 1], want)
