@@ -66,6 +66,18 @@ def test_committed_without_outputs(path):
             )
 
 
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_colab_install_cell_first(path):
+    """Colab-ready: the install cell (pip only when rlbuf is not importable) precedes every
+    other use of rlbuf; only environment setup (e.g. XLA_FLAGS) may come before it."""
+    code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    first = next(i for i, src in enumerate(code) if "rlbuf" in src)
+    src = code[first]
+    assert "RLBUF_SOURCE" in src and "except ImportError" in src and "%pip install" in src, (
+        f"{path.name}: the first code cell using rlbuf must be the conditional install cell"
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_notebook_runs(path, kernel_env, monkeypatch, tmp_path):
