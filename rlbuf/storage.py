@@ -156,11 +156,12 @@ class LazyTensorStorage:
                     f"ReplayBuffer.add: key {_tree.key_str(key)} has dtype {dtype.name}, "
                     f"the buffer stores {want_dtype.name}"
                 )
-            expect = f"[{', '.join(map(str, layout.lanes))}{', ' if layout.lanes else ''}T, {', '.join(map(str, want_shape))}]"
+            dims = [*map(str, layout.lanes), "T", *map(str, want_shape)]
+            expect = f"[{', '.join(dims)}]"
             if len(shape) != nd + len(want_shape) or shape[: nd - 1] != layout.lanes or shape[nd:] != want_shape:
                 raise ValueError(
                     f"ReplayBuffer.add: key {_tree.key_str(key)} has shape {shape}, expected "
-                    f"{expect.replace(', ]', ']')} (ndim={nd}: lanes {layout.lanes}, time, then the "
+                    f"{expect} (ndim={nd}: lanes {layout.lanes}, time, then the "
                     f"stored trailing shape {want_shape})"
                 )
             if t_len is None:

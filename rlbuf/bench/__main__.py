@@ -52,7 +52,8 @@ def main(argv=None) -> None:
     print("|---|---|---|---:|---:|---:|---|---|")
     for r in rows:
         ratio = "—" if r.ratio is None else f"{r.ratio:.2f}×"
-        print(f"| {r.group} | {r.case} | {r.ref_name} | {fmt(r.ours_us)} | {fmt(r.ref_us)} | {ratio} | {r.unit} | {r.note} |")
+        cells = [r.group, r.case, r.ref_name, fmt(r.ours_us), fmt(r.ref_us), ratio, r.unit, r.note]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
