@@ -22,8 +22,10 @@ How the pieces fit (R2D2's recipe with rlbuf's parts):
 - So every stored step carries the hidden state the actor had *before* it
   (``("observation","recurrent_state")``). ``SliceSampler(traj_key=("collector","traj_ids"))``
   draws ``[num_slices, slice_len]`` slices that never cross an episode boundary; the learner
-  unrolls the GRU from the stored state of each slice's first step and masks the first
-  ``burn_in`` steps out of the loss (the stored state is stale: it came from older weights).
+  unrolls the GRU over each slice from zeros (default) or from the stored state of its first
+  step (``stored_state=True``, R2D2's variant), and masks the first ``burn_in`` steps out of
+  the loss (they only warm the state up). With this small task and buffer the stored states were
+  stale and learned much worse (docs/learning_curves.md), hence the zero-state default.
 - The Q-value of step ``t``'s next observation is one more GRU step from the hidden state after
   step ``t``; inside a trajectory that is exactly the state at ``t + 1``, and at a slice's last
   step it still bootstraps correctly. Padding (``info["mask"]``) is masked out.
@@ -161,10 +163,14 @@ class RecurrentConfig:
     num_envs: int = 8
     steps_per_collect: int = 4  # T of each [num_envs, T] collector batch
     updates_per_collect: int = 2
-    buffer_size: int = 40_000
+    buffer_size: int = 20_000
     num_slices: int = 32
-    slice_len: int = 20
-    burn_in: int = 4
+    slice_len: int = 30
+    burn_in: int = 10
+    # Unroll from the actor's stored state (R2D2's "stored state") or from zeros ("zero state", the
+    # default: with this buffer the stored states are stale and learning was much worse, see
+    # docs/learning_curves.md). Either way the first burn_in steps only warm the state up.
+    stored_state: bool = False
     hidden: int = 64
     lr: float = 5e-4
     lr_end: float = 5e-5
@@ -257,6 +263,8 @@ class RecurrentDQN:
         cfg = self.cfg
         obs, nobs = batch["observation"]["observation"], batch["next"]["observation"]
         h0 = batch["observation"]["recurrent_state"][:, 0]
+        if not cfg.stored_state:
+            h0 = jnp.zeros_like(h0)
         q, q_next_online = self.net.unroll(params, h0, obs, nobs)
         _, q_next_target = self.net.unroll(target, h0, obs, nobs)
         q_a = jnp.take_along_axis(q, batch["action"][..., None], axis=-1)[..., 0]
