@@ -18,7 +18,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from rlbuf.bench._timing import Row, interleaved
+from rlbuf.bench._timing import Row, interleaved, main_for
 from rlbuf.collectors import Collector
 
 CASES = [(1, 1000), (64, 128), (1024, 64)]
@@ -80,10 +80,36 @@ def _reference(env, env_params, num_envs, T):
 
 
 def _torchrl_rows(quick: bool) -> list[Row]:
+    """Random-policy CartPole: rlbuf's jitted ``Collector`` (gymnax) against TorchRL's
+    ``Collector`` (gymnasium through ``GymEnv``, its usual use), frames per second."""
+    name = "TorchRL Collector, random policy, 1 env x 1000 (gymnasium CartPole)"
     if importlib.util.find_spec("torchrl") is None:
-        return [Row("collect", "TorchRL Collector (gymnasium CartPole)", "torchrl", float("nan"),
-                    None, "batch", "skipped: torchrl is not importable")]
-    return []  # pragma: no cover  (torchrl comparison only where it is installed)
+        return [Row("collect", name, "torchrl", float("nan"), None, "frame", "skipped: torchrl is not installed")]
+    import time
+
+    import gymnax
+    import torchrl.collectors as tc
+    from torchrl.envs import GymEnv
+
+    frames = 200 if quick else 1000
+    env, env_params = gymnax.make("CartPole-v1")
+    c = Collector(env, None, frames_per_batch=frames, env_params=env_params)
+    ours = jax.jit(c.collect)
+    t_ours = interleaved({"ours": ours}, c.init(jax.random.key(0)), None, repeats=3 if quick else 11)["ours"]
+    col = tc.Collector(GymEnv("CartPole-v1"), policy=None, frames_per_batch=frames, total_frames=-1)
+    try:
+        it = iter(col)
+        next(it)  # warm-up
+        reps = 2 if quick else 5
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            next(it)
+        t_ref = (time.perf_counter() - t0) / reps
+    finally:
+        col.shutdown()
+    return [Row("collect", name, "torchrl " + importlib.import_module("torchrl").__version__,
+                t_ours / frames * 1e6, t_ref / frames * 1e6, "frame",
+                f"ours {frames / t_ours / 1e6:.2f} Mframes/s, TorchRL {frames / t_ref / 1e3:.1f} kframes/s")]
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -113,14 +139,5 @@ def run(quick: bool = False) -> list[Row]:
     return rows
 
 
-def _print(rows: list[Row]) -> None:
-    print("| case | ours (us/batch) | ref | ref (us/batch) | ratio | note |")
-    print("|---|---:|---|---:|---:|---|")
-    for r in rows:
-        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
-        ref = "" if r.ref_us is None else f"{r.ref_us:.0f}"
-        print(f"| {r.case} | {r.ours_us:.0f} | {r.ref_name} | {ref} | {ratio} | {r.note} |")
-
-
 if __name__ == "__main__":
-    _print(run(quick="--quick" in sys.argv))
+    main_for(run, __doc__.splitlines()[0])
