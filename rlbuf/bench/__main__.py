@@ -13,6 +13,8 @@ import os
 import platform
 import sys
 
+from rlbuf.bench._timing import print_rows
+
 MODULES = ["buffer", "slice", "prioritized", "collect", "scale"]
 
 
@@ -30,10 +32,6 @@ def machine() -> str:
             f"jax {jax.__version__} on {devs} ({jax.device_count()} devices)")
 
 
-def fmt(x) -> str:
-    return "—" if x is None else f"{x:,.1f}"
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
@@ -48,12 +46,7 @@ def main(argv=None) -> None:
             continue
         rows += mod.run(quick=args.quick)
     print(f"Machine: {machine()}\n")
-    print("| group | case | reference | rlbuf µs | ref µs | ratio | unit | note |")
-    print("|---|---|---|---:|---:|---:|---|---|")
-    for r in rows:
-        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}×"
-        cells = [r.group, r.case, r.ref_name, fmt(r.ours_us), fmt(r.ref_us), ratio, r.unit, r.note]
-        print("| " + " | ".join(cells) + " |")
+    print_rows(rows)
 
 
 if __name__ == "__main__":

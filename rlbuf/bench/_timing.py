@@ -66,3 +66,29 @@ def interleaved(fns: dict[str, Callable], *args, repeats: int = 7) -> dict[str, 
             jax.block_until_ready(f(*args))
             samples[k].append(time.perf_counter() - t0)
     return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+
+
+def _us(x: float | None, digits: int) -> str:
+    return "—" if x is None else f"{x:,.{digits}f}"
+
+
+def print_rows(rows: list[Row], digits: int = 1) -> None:
+    """Print ``rows`` as one markdown table (the format of ``python -m rlbuf.bench``).
+
+    ``digits`` is the number of decimals of the µs columns (sub-µs per-frame costs need more than 1).
+    """
+    print("| group | case | reference | rlbuf µs | ref µs | ratio | unit | note |")
+    print("|---|---|---|---:|---:|---:|---|---|")
+    for r in rows:
+        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}×"
+        cells = [r.group, r.case, r.ref_name, _us(r.ours_us, digits), _us(r.ref_us, digits), ratio, r.unit, r.note]
+        print("| " + " | ".join(cells) + " |")
+
+
+def main_for(run: Callable[..., list[Row]], description: str, argv=None) -> None:
+    """CLI of one benchmark module: ``[--quick]``, then ``print_rows(run(quick=...))``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    print_rows(run(quick=p.parse_args(argv).quick))

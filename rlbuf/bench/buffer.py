@@ -24,7 +24,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from rlbuf.bench._timing import Row
+from rlbuf.bench._timing import Row, main_for
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.storage import LazyTensorStorage
 
@@ -160,19 +160,5 @@ def run(quick: bool = False) -> list[Row]:
     return sample_rows(quick) + add_rows(quick)
 
 
-def _main() -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(description="rlbuf replay-buffer core benchmark")
-    p.add_argument("--quick", action="store_true")
-    rows = run(quick=p.parse_args().quick)
-    print("| case | reference | rlbuf µs | ref µs | ratio | unit | note |")
-    print("|---|---|---:|---:|---:|---|---|")
-    for r in rows:
-        ref = "—" if r.ref_us is None else f"{r.ref_us:,.1f}"
-        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}×"
-        print(f"| {r.case} | {r.ref_name} | {r.ours_us:,.1f} | {ref} | {ratio} | {r.unit} | {r.note} |")
-
-
 if __name__ == "__main__":
-    _main()
+    main_for(run, "rlbuf replay-buffer core benchmark")

@@ -13,7 +13,6 @@ Run: ``python -m rlbuf.bench.collect`` (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import importlib.util
-import sys
 
 import jax
 import jax.numpy as jnp

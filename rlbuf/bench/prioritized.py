@@ -24,7 +24,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from rlbuf.bench._timing import Row
+from rlbuf.bench._timing import Row, main_for
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import BRANCHING, PrioritizedSampler
 from rlbuf.storage import LazyTensorStorage
@@ -144,14 +144,5 @@ def run(quick: bool = False) -> list[Row]:
     return rows
 
 
-def main() -> None:  # pragma: no cover - CLI
-    import sys
-
-    for r in run(quick="--quick" in sys.argv):
-        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
-        ref = "—" if r.ref_us is None else f"{r.ref_us:,.1f}"
-        print(f"{r.case} | {r.ref_name} | {r.ours_us:,.1f} | {ref} | {ratio} | {r.note}")
-
-
 if __name__ == "__main__":
-    main()
+    main_for(run, __doc__.splitlines()[0])

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 
-from rlbuf.bench._timing import Row
+from rlbuf.bench._timing import Row, print_rows
 
 DEVICE_COUNTS = (1, 2, 4)
 
@@ -97,10 +97,7 @@ def main(argv=None) -> None:
     if args.child:
         print(json.dumps(_child(args.quick)))
         return
-    print("| case | µs/unit | 1-device µs/unit | ratio | throughput |")
-    print("|---|---:|---:|---:|---|")
-    for r in run(args.quick):
-        print(f"| {r.case} | {r.ours_us:.3f} | {r.ref_us:.3f} | {r.ratio:.2f}× | {r.note} |")
+    print_rows(run(args.quick), digits=3)
 
 
 if __name__ == "__main__":
