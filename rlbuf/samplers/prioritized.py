@@ -45,7 +45,14 @@ class PrioritizedState:
     count: jax.Array
 
 
-def _check_params(name, alpha, beta, eps):
+def check_config(sampler) -> None:
+    """Validate the shared prioritized fields of ``sampler`` (``max_capacity``, ``alpha``, ``beta``,
+    ``eps``, ``dtype``) and normalise its ``dtype`` to a hashable, comparable name (frozen dataclass:
+    set through ``object.__setattr__``). Errors name the sampler's class."""
+    name = type(sampler).__name__
+    cap, alpha, beta, eps = sampler.max_capacity, sampler.alpha, sampler.beta, sampler.eps
+    if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
+        raise ValueError(f"{name}: max_capacity must be a positive int, got {cap!r}")
     for k, v in (("alpha", alpha), ("beta", beta), ("eps", eps)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
             raise ValueError(f"{name}: {k} must be a finite number, got {v!r}")
@@ -55,6 +62,10 @@ def _check_params(name, alpha, beta, eps):
         raise ValueError(f"{name}: beta must be in [0, 1] (0 = no correction, 1 = full), got {beta}")
     if eps < 0:
         raise ValueError(f"{name}: eps must be >= 0, got {eps}")
+    dt = np.dtype(sampler.dtype)
+    if not np.issubdtype(dt, np.floating):
+        raise TypeError(f"{name}: dtype must be a float dtype, got {sampler.dtype!r}")
+    object.__setattr__(sampler, "dtype", dt.name)
 
 
 def sanitize(priority, dtype):
@@ -128,15 +139,7 @@ class PrioritizedSampler(Sampler):
     pads = True
 
     def __post_init__(self):
-        name = type(self).__name__
-        if isinstance(self.max_capacity, bool) or not isinstance(self.max_capacity, (int, np.integer)) \
-                or self.max_capacity < 1:
-            raise ValueError(f"{name}: max_capacity must be a positive int, got {self.max_capacity!r}")
-        _check_params(name, self.alpha, self.beta, self.eps)
-        dt = np.dtype(self.dtype)
-        if not np.issubdtype(dt, np.floating):
-            raise TypeError(f"{name}: dtype must be a float dtype, got {self.dtype!r}")
-        object.__setattr__(self, "dtype", dt.name)  # hashable and comparable
+        check_config(self)
 
     # ---------------------------------------------------------------- helpers
     def _tree(self, layout) -> SumTree:

@@ -18,13 +18,12 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlbuf import _ring
 from rlbuf.samplers import _trajectories as trj
 from rlbuf.samplers.base import Sampler
-from rlbuf.samplers.prioritized import BRANCHING, _check_params, check_priority, sanitize
-from rlbuf.samplers.slice import SliceSampler
+from rlbuf.samplers.prioritized import BRANCHING, check_config, check_priority, sanitize
+from rlbuf.samplers.slice import SliceSampler, check_slice_config
 from rlbuf.samplers.sumtree import SumTree, TreeState, last_wins
 
 
@@ -107,19 +106,8 @@ class PrioritizedSliceSampler(Sampler):
     pads = True
 
     def __post_init__(self):
-        name = type(self).__name__
-        if isinstance(self.max_capacity, bool) or not isinstance(self.max_capacity, (int, np.integer)) \
-                or self.max_capacity < 1:
-            raise ValueError(f"{name}: max_capacity must be a positive int, got {self.max_capacity!r}")
-        _check_params(name, self.alpha, self.beta, self.eps)
-        dt = np.dtype(self.dtype)
-        if not np.issubdtype(dt, np.floating):
-            raise TypeError(f"{name}: dtype must be a float dtype, got {self.dtype!r}")
-        object.__setattr__(self, "dtype", dt.name)
-        base = self._base  # validates the slice arguments (and normalises the keys)
-        for f in ("traj_key", "end_key", "truncated_key"):
-            object.__setattr__(self, f, getattr(base, f))
-        object.__setattr__(self, "trajectory_key", None)
+        check_config(self)
+        check_slice_config(self)
 
     @property
     def _base(self) -> SliceSampler:
