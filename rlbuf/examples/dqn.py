@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf.examples import _nets
+from rlbuf.examples import _loop, _nets
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storage import LazyTensorStorage
@@ -132,7 +132,7 @@ def make_sampler(cfg: DQNConfig):
     return PrioritizedSampler(max_capacity=cfg.buffer_size, alpha=cfg.alpha, beta=cfg.beta)
 
 
-class DQN:
+class DQN(_loop.QLearnerLoop):
     """The agent: networks, collector, buffer and the jitted training chunk for one config."""
 
     def __init__(self, cfg: DQNConfig):
@@ -161,6 +161,7 @@ class DQN:
                                    env_params=self.env_params)
         self.rb = ReplayBuffer(storage=LazyTensorStorage(cfg.buffer_size, ndim=2), sampler=make_sampler(cfg),
                                batch_size=cfg.batch_size)
+        self.select = _select
         self.total_updates = max(1, (cfg.total_frames - cfg.learning_starts) // per_collect * cfg.updates_per_collect)
         self.chunk = jax.jit(self._chunk, donate_argnums=0)
         self.evaluate = jax.jit(self._evaluate)
@@ -223,46 +224,7 @@ class DQN:
         params, opt = _nets.adam_update(grads, s.opt, s.params, lr)
         if cfg.prioritized:
             buf = self.rb.update_priority(buf, info["index"], jnp.abs(td) + cfg.priority_eps)
-        updates = s.updates + 1
-        copy = updates % cfg.target_update_every == 0
-        target = jax.tree.map(lambda t, p: jnp.where(copy, p, t), s.target, params)
-        return dataclasses.replace(s, params=params, target=target, opt=opt, buffer=buf, updates=updates), loss
-
-    def epsilon(self, frames):
-        cfg = self.cfg
-        return _nets.linear_schedule(cfg.eps_start, cfg.eps_end, cfg.eps_fraction * cfg.total_frames, frames)
-
-    def _iteration(self, s: DQNState, _):
-        cfg = self.cfg
-        pp = {"q": s.params, "eps": self.epsilon(s.collector.frames)}
-        cstate, batch = self.collector.collect(s.collector, pp)
-        s = dataclasses.replace(s, collector=cstate, buffer=self.rb.add(s.buffer, _select(batch)))
-        done = batch["next"]["done"]
-        ep_sum = jnp.sum(jnp.where(done, batch["next"]["episode_reward"], 0.0))
-        ep_n = jnp.sum(done, dtype=jnp.int32)
-
-        def learn(s):
-            def one(s, _):
-                key, k = jax.random.split(s.key)
-                s, loss = self._update(dataclasses.replace(s, key=key), k)
-                return s, loss
-
-            s, losses = jax.lax.scan(one, s, None, length=cfg.updates_per_collect)
-            return s, losses.mean()
-
-        s, loss = jax.lax.cond(cstate.frames >= cfg.learning_starts, learn, lambda s: (s, jnp.float32(jnp.nan)), s)
-        return s, (ep_sum, ep_n, loss)
-
-    def _chunk(self, s: DQNState):
-        """``log_every`` frames of training; returns the new state and the chunk's metrics."""
-        n = self.cfg.log_every // (self.cfg.num_envs * self.cfg.steps_per_collect)
-        s, (ep_sum, ep_n, loss) = jax.lax.scan(self._iteration, s, None, length=n)
-        n_ep = ep_n.sum()
-        return s, {
-            "return": ep_sum.sum() / jnp.maximum(n_ep, 1),
-            "episodes": n_ep,
-            "loss": jnp.nanmean(loss),
-        }
+        return self._step_done(s, params, opt, buf), loss
 
     def _evaluate(self, params, key):
         act = lambda c, obs: (jnp.argmax(self.q(params, obs), axis=-1).astype(jnp.int32), c)  # noqa: E731
@@ -284,37 +246,16 @@ def train(cfg: DQNConfig, *, quiet: bool = False, plot: str | None = None) -> di
     key = jax.random.key(cfg.seed)
     key, k_init = jax.random.split(key)
     state = agent.init(k_init)
-    n_chunks = -(-cfg.total_frames // cfg.log_every)
-    eval_chunks = max(1, cfg.eval_every // cfg.log_every)
-    frames_curve, returns_curve = [], []
-    recent = last_eval = best_eval = float("nan")
-    best_params = None
-    bar = _nets.progress_bar(n_chunks * cfg.log_every, quiet, "DQN " + cfg.env_name)
-    try:
-        for i in range(n_chunks):
-            tc = time.perf_counter()
-            state, m = agent.chunk(state)
-            m = jax.device_get(m)
-            dt = time.perf_counter() - tc
-            if m["episodes"] > 0:
-                recent = float(m["return"])
-            frames = (i + 1) * cfg.log_every
-            if (i + 1) % eval_chunks == 0 or i == n_chunks - 1:
-                key, k = jax.random.split(key)
-                last_eval = float(agent.evaluate(state.params, k))
-                frames_curve.append(frames)
-                returns_curve.append(last_eval)
-                if cfg.keep_best and not last_eval < best_eval:  # ties: the later params
-                    best_eval = last_eval
-                    best_params = jax.tree.map(jnp.copy, state.params)  # the state is donated next call
-                if not quiet:
-                    bar.write(f"frames {frames:>8d}  eval return {last_eval:6.1f}  train return {recent:6.1f}  "
-                              f"loss {float(m['loss']):.4f}")
-            bar.set_postfix({"fps": f"{cfg.log_every / dt:,.0f}", "return": f"{recent:.1f}",
-                             "eval": f"{last_eval:.1f}"}, refresh=False)
-            bar.update(cfg.log_every)
-    finally:
-        bar.close()
+    best_eval, best_params = float("nan"), None
+
+    def keep_best(state, last_eval):
+        nonlocal best_eval, best_params
+        if cfg.keep_best and not last_eval < best_eval:  # ties: the later params
+            best_eval = last_eval
+            best_params = jax.tree.map(jnp.copy, state.params)  # the state is donated next call
+
+    state, key, frames_curve, returns_curve, _ = _loop.run_chunks(agent, state, key, quiet=quiet,
+                                                                  desc="DQN " + cfg.env_name, on_eval=keep_best)
     # The reported number: a fresh greedy evaluation (new episodes) of the reported params.
     key, k_last, k_best = jax.random.split(key, 3)
     last = float(agent.evaluate(state.params, k_last))

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole
 
-from rlbuf.examples import _nets
+from rlbuf.examples import _loop, _nets
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.storage import LazyTensorStorage
 
@@ -209,7 +209,7 @@ def _select(batch: dict) -> dict:
     }
 
 
-class RecurrentDQN:
+class RecurrentDQN(_loop.QLearnerLoop):
     """Double-DQN on slices with stored-state + burn-in (R2D2-style), one jitted chunk per call."""
 
     def __init__(self, cfg: RecurrentConfig):
@@ -244,6 +244,7 @@ class RecurrentDQN:
         sampler = SliceSampler(slice_len=cfg.slice_len, traj_key=TRAJ_KEY, strict_length=False)
         self.rb = ReplayBuffer(storage=LazyTensorStorage(cfg.buffer_size, ndim=2), sampler=sampler,
                                batch_size=cfg.num_slices * cfg.slice_len)
+        self.select = _select
         self.total_updates = max(1, (cfg.total_frames - cfg.learning_starts) // per_collect * cfg.updates_per_collect)
         self.chunk = jax.jit(self._chunk, donate_argnums=0)
         self.evaluate = jax.jit(self._evaluate)
@@ -284,40 +285,7 @@ class RecurrentDQN:
         grads, _ = _nets.clip_by_global_norm(grads, cfg.max_grad_norm)
         lr = _nets.linear_schedule(cfg.lr, cfg.lr_end, self.total_updates, s.updates)
         params, opt = _nets.adam_update(grads, s.opt, s.params, lr)
-        updates = s.updates + 1
-        copy = updates % cfg.target_update_every == 0
-        target = jax.tree.map(lambda t, p: jnp.where(copy, p, t), s.target, params)
-        return dataclasses.replace(s, params=params, target=target, opt=opt, buffer=buf, updates=updates), loss
-
-    def epsilon(self, frames):
-        cfg = self.cfg
-        return _nets.linear_schedule(cfg.eps_start, cfg.eps_end, cfg.eps_fraction * cfg.total_frames, frames)
-
-    def _iteration(self, s: RecurrentState, _):
-        cfg = self.cfg
-        pp = {"q": s.params, "eps": self.epsilon(s.collector.frames)}
-        cstate, batch = self.collector.collect(s.collector, pp)
-        s = dataclasses.replace(s, collector=cstate, buffer=self.rb.add(s.buffer, _select(batch)))
-        done = batch["next"]["done"]
-        ep_sum = jnp.sum(jnp.where(done, batch["next"]["episode_reward"], 0.0))
-        ep_n = jnp.sum(done, dtype=jnp.int32)
-
-        def learn(s):
-            def one(s, _):
-                key, k = jax.random.split(s.key)
-                return self._update(dataclasses.replace(s, key=key), k)
-
-            s, losses = jax.lax.scan(one, s, None, length=cfg.updates_per_collect)
-            return s, losses.mean()
-
-        s, loss = jax.lax.cond(cstate.frames >= cfg.learning_starts, learn, lambda s: (s, jnp.float32(jnp.nan)), s)
-        return s, (ep_sum, ep_n, loss)
-
-    def _chunk(self, s: RecurrentState):
-        n = self.cfg.log_every // (self.cfg.num_envs * self.cfg.steps_per_collect)
-        s, (ep_sum, ep_n, loss) = jax.lax.scan(self._iteration, s, None, length=n)
-        n_ep = ep_n.sum()
-        return s, {"return": ep_sum.sum() / jnp.maximum(n_ep, 1), "episodes": n_ep, "loss": jnp.nanmean(loss)}
+        return self._step_done(s, params, opt, buf), loss
 
     def _evaluate(self, params, key):
         def act(h, obs):
@@ -339,34 +307,8 @@ def train(cfg: RecurrentConfig, *, quiet: bool = False, plot: str | None = None)
     key = jax.random.key(cfg.seed)
     key, k_init = jax.random.split(key)
     state = agent.init(k_init)
-    n_chunks = -(-cfg.total_frames // cfg.log_every)
-    eval_chunks = max(1, cfg.eval_every // cfg.log_every)
-    frames_curve, returns_curve, losses = [], [], []
-    recent = last_eval = float("nan")
-    bar = _nets.progress_bar(n_chunks * cfg.log_every, quiet, f"recurrent ({cfg.memory})")
-    try:
-        for i in range(n_chunks):
-            tc = time.perf_counter()
-            state, m = agent.chunk(state)
-            m = jax.device_get(m)
-            dt = time.perf_counter() - tc
-            losses.append(float(m["loss"]))
-            if m["episodes"] > 0:
-                recent = float(m["return"])
-            frames = (i + 1) * cfg.log_every
-            if (i + 1) % eval_chunks == 0 or i == n_chunks - 1:
-                key, k = jax.random.split(key)
-                last_eval = float(agent.evaluate(state.params, k))
-                frames_curve.append(frames)
-                returns_curve.append(last_eval)
-                if not quiet:
-                    bar.write(f"frames {frames:>8d}  eval return {last_eval:6.1f}  train return {recent:6.1f}  "
-                              f"loss {losses[-1]:.4f}")
-            bar.set_postfix({"fps": f"{cfg.log_every / dt:,.0f}", "return": f"{recent:.1f}",
-                             "eval": f"{last_eval:.1f}"}, refresh=False)
-            bar.update(cfg.log_every)
-    finally:
-        bar.close()
+    state, key, frames_curve, returns_curve, losses = _loop.run_chunks(agent, state, key, quiet=quiet,
+                                                                       desc=f"recurrent ({cfg.memory})")
     key, k = jax.random.split(key)
     final = float(agent.evaluate(state.params, k))
     wall = time.perf_counter() - t0
