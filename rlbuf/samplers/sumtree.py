@@ -3,8 +3,10 @@
 Layout: one flat array per level (a ``B``-ary tree, ``B = branching``), top-down: level 0 is
 the root ``[1]``, the last level holds the leaves. Every level except the root has a size
 that is a multiple of ``B``, so ``level.reshape(-1, B)[node]`` is the row of ``node``'s
-children in the level below. Leaves beyond ``n`` (padding) hold 0 in the sum tree and
-``+inf`` in the min tree.
+children in the level below. Leaves beyond ``n`` (padding) hold 0. The min tree (smallest
+*positive* leaf below each node, ``+inf`` if none) has the same internal levels but no leaf
+level of its own: its bottom level is reduced straight from the sum tree's leaves (zeros
+read as ``+inf``), which saves a scatter and a gather over an ``[n]`` array per update.
 
 Why this layout: on CPU the cost of a batched update or search is dominated by the number of
 sequential levels (one gather and one scatter each), not by the ``B`` values read per node, so
@@ -47,11 +49,33 @@ def last_wins(scratch, idx):
     return scratch, jnp.take(scratch, idx, mode="fill", fill_value=-1) == ar
 
 
+def _positive(x):
+    """Min-tree view of sum-tree leaves: zero (never sampled) leaves read as ``+inf``."""
+    return jnp.where(x > 0, x, jnp.inf).astype(x.dtype)
+
+
+def materialize(xs):
+    """``xs`` (a pytree of arrays), unchanged, but computed once into buffers.
+
+    Why: XLA:CPU fuses cheap elementwise producers into *every* consumer, recomputing them.
+    The descent's child choice (~70 elementwise ops per level) would otherwise be recomputed
+    inside each later level's gather (quadratic in depth) and inside every consumer of the
+    sampled indices (each storage leaf's gather, the weights, the update's scatters): measured
+    2-3x the whole sample + update step. ``lax.optimization_barrier`` does not prevent this on
+    CPU (it is removed before fusion); a ``cond`` is never fused through. Its predicate is
+    always true for the callers here (non-negative node indices), the other branch is dead.
+    """
+    first = jax.tree_util.tree_leaves(xs)[0]
+    pred = jnp.min(first, initial=0) >= 0
+    return jax.lax.cond(pred, lambda y: y, lambda y: jax.tree_util.tree_map(jnp.zeros_like, y), xs)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TreeState:
     """``sums`` / ``mins``: tuples of per-level arrays, top-down (``sums[0]`` is ``[1]``, the
-    root; ``sums[-1]`` the leaves, padded to a multiple of the branching factor).
+    root; ``sums[-1]`` the leaves, padded to a multiple of the branching factor). ``mins``
+    has no leaf level (``len(mins) == len(sums) - 1``): ``mins[-1]`` is reduced from ``sums[-1]``.
     ``scratch``: int32 ``[n]`` working memory for duplicate resolution (its content carries
     no meaning between updates)."""
 
@@ -103,10 +127,10 @@ class SumTree:
         return len(self.sizes) - 1
 
     def init(self) -> TreeState:
-        """All leaves 0 (sum) / ``+inf`` (min): an empty tree."""
+        """All leaves 0 (sums 0, mins ``+inf``): an empty tree."""
         dt = jnp.dtype(self.dtype)
         sums = tuple(jnp.zeros((s,), dt) for s in self.sizes)
-        mins = tuple(jnp.full((s,), jnp.inf, dt) for s in self.sizes)
+        mins = tuple(jnp.full((s,), jnp.inf, dt) for s in self.sizes[:-1])
         return TreeState(sums, mins, jnp.zeros((self.n,), jnp.int32))
 
     # ---------------------------------------------------------------- queries
@@ -156,13 +180,12 @@ class SumTree:
         sums = list(tree.sums)
         mins = list(tree.mins)
         sums[-1] = sums[-1].at[idx].set(values, mode="drop", unique_indices=True)
-        mins[-1] = mins[-1].at[idx].set(jnp.where(values > 0, values, jnp.inf), mode="drop", unique_indices=True)
         node = idx
         for lvl in range(self.depth - 1, -1, -1):
             if self.sizes[lvl] <= self.dense_levels or self.sizes[lvl] <= k:
                 # Small levels are recomputed whole: a dense reduction of a few thousand
                 # values is one fused loop, cheaper on CPU than a gather + scatter pair.
-                sums[lvl], mins[lvl] = self._reduce(sums[lvl + 1], mins[lvl + 1], self.sizes[lvl])
+                sums[lvl], mins[lvl] = self._reduce(sums, mins, lvl)
                 continue
             # Ignored entries map to the last parent that has children: recomputing a node
             # from its children is idempotent, so that is harmless and keeps shapes static.
@@ -170,16 +193,17 @@ class SumTree:
             # below), so the unordered scatter is deterministic.
             node = jnp.minimum(node // b, self.sizes[lvl + 1] // b - 1)
             ch_s = sums[lvl + 1].reshape(-1, b)[node]
-            ch_m = mins[lvl + 1].reshape(-1, b)[node]
+            ch_m = _positive(ch_s) if lvl == self.depth - 1 else mins[lvl + 1].reshape(-1, b)[node]
             sums[lvl] = sums[lvl].at[node].set(jnp.sum(ch_s, axis=1))
             mins[lvl] = mins[lvl].at[node].set(jnp.min(ch_m, axis=1))
         return TreeState(tuple(sums), tuple(mins), scratch)
 
-    def _reduce(self, child_s, child_m, size):
-        """A whole level (``size`` nodes, padded) from its child level."""
-        s = child_s.reshape(-1, self.branching).sum(axis=1)
+    def _reduce(self, sums, mins, lvl):
+        """Level ``lvl`` (sum and min, padded) reduced whole from level ``lvl + 1``."""
+        child_m = _positive(sums[-1]) if lvl == self.depth - 1 else mins[lvl + 1]
+        s = sums[lvl + 1].reshape(-1, self.branching).sum(axis=1)
         m = child_m.reshape(-1, self.branching).min(axis=1)
-        pad = size - s.shape[0]
+        pad = self.sizes[lvl] - s.shape[0]
         return (jnp.concatenate([s, jnp.zeros((pad,), s.dtype)]) if pad else s,
                 jnp.concatenate([m, jnp.full((pad,), jnp.inf, m.dtype)]) if pad else m)
 
@@ -193,9 +217,8 @@ class SumTree:
         """Recompute every internal node from the leaves (O(n); for tests and repairs)."""
         sums = list(tree.sums)
         mins = list(tree.mins)
-        mins[-1] = jnp.where(sums[-1] > 0, sums[-1], jnp.inf).astype(self.dtype)
         for lvl in range(self.depth - 1, -1, -1):
-            sums[lvl], mins[lvl] = self._reduce(sums[lvl + 1], mins[lvl + 1], self.sizes[lvl])
+            sums[lvl], mins[lvl] = self._reduce(sums, mins, lvl)
         return TreeState(tuple(sums), tuple(mins), tree.scratch)
 
     # ---------------------------------------------------------------- search
@@ -239,6 +262,11 @@ class SumTree:
             val = jnp.where(over, last_val, val)
             mass = jnp.maximum(mass - before, 0)
             node = node * b + c
+            # Computed once per level, not re-derived by every later use: see ``materialize``.
+            if lvl < self.depth:
+                node, mass = materialize((node, mass))
+            else:
+                node, val = materialize((node, val))
         return (node, val) if with_value else node
 
     def sample(self, tree: TreeState, key, k: int, stratified: bool = True, with_value: bool = False):
