@@ -3,7 +3,8 @@
 ``QLearnerLoop`` is a mixin for an agent with ``cfg`` (``eps_start``, ``eps_end``, ``eps_fraction``,
 ``total_frames``, ``learning_starts``, ``updates_per_collect``, ``target_update_every``, ``log_every``,
 ``num_envs``, ``steps_per_collect``), ``collector``, ``rb``, ``select`` (collected batch -> what is
-stored) and ``_update(state, key) -> (state, loss)``; its state is a dataclass with ``params``,
+stored) and ``init_params(key)``,
+``_update(state, key) -> (state, loss)``; its state is a ``QLearnerState``: ``params``,
 ``target``, ``opt``, ``buffer``, ``collector``, ``key``, ``updates``. ``run_chunks`` is the
 host-side progress/evaluation loop of ``train``.
 """
@@ -12,16 +13,42 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from rlbuf.examples import _nets
+from rlbuf.replay_buffer import BufferState
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QLearnerState:
+    """Everything the jitted training step carries (donated to it)."""
+
+    params: Any
+    target: Any
+    opt: _nets.AdamState
+    buffer: BufferState
+    collector: Any
+    key: jax.Array
+    updates: jax.Array
 
 
 class QLearnerLoop:
     """Epsilon schedule, target-network step, one collect+learn iteration and a jitted-chunk body."""
+
+    def init(self, key: jax.Array) -> QLearnerState:
+        """Fresh state: params from ``self.init_params``, target a copy, empty buffer."""
+        k_net, k_col, k_run = jax.random.split(key, 3)
+        params = self.init_params(k_net)
+        cstate = self.collector.init(k_col)
+        pp = {"q": params, "eps": jnp.float32(1.0)}
+        example = jax.eval_shape(lambda c: self.select(self.collector.collect(c, pp)[1]), cstate)
+        return QLearnerState(params=params, target=jax.tree.map(jnp.copy, params), opt=_nets.adam_init(params),
+                             buffer=self.rb.init(example), collector=cstate, key=k_run,
+                             updates=jnp.zeros((), jnp.int32))
 
     def epsilon(self, frames):
         cfg = self.cfg

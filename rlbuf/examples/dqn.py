@@ -37,14 +37,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlbuf.examples import _loop, _nets
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storage import LazyTensorStorage
 
@@ -86,18 +85,7 @@ class DQNConfig:
     eval_episodes: int = 32
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class DQNState:
-    """Everything the jitted training step carries (donated to it)."""
-
-    params: Any
-    target: Any
-    opt: _nets.AdamState
-    buffer: BufferState
-    collector: Any
-    key: jax.Array
-    updates: jax.Array
+DQNState = _loop.QLearnerState
 
 
 def _select(batch: dict) -> dict:
@@ -179,22 +167,6 @@ class DQN(_loop.QLearnerLoop):
         return {"torso": _nets.mlp_init(k1, (self.obs_dim, *cfg.hidden)),
                 "value": _nets.dense_init(k2, cfg.hidden[-1], 1),
                 "advantage": _nets.dense_init(k3, cfg.hidden[-1], self.n_actions)}
-
-    def init(self, key: jax.Array) -> DQNState:
-        k_net, k_col, k_run = jax.random.split(key, 3)
-        params = self.init_params(k_net)
-        cstate = self.collector.init(k_col)
-        pp = {"q": params, "eps": jnp.float32(1.0)}
-        example = jax.eval_shape(lambda c: _select(self.collector.collect(c, pp)[1]), cstate)
-        return DQNState(
-            params=params,
-            target=jax.tree.map(jnp.copy, params),
-            opt=_nets.adam_init(params),
-            buffer=self.rb.init(example),
-            collector=cstate,
-            key=k_run,
-            updates=jnp.zeros((), jnp.int32),
-        )
 
     # ------------------------------------------------------------------ learning
     def _loss(self, params, target, batch, weight):

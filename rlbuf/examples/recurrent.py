@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +43,7 @@ from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole
 
 from rlbuf.examples import _loop, _nets
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.storage import LazyTensorStorage
 
 TRAJ_KEY = ("collector", "traj_ids")
@@ -186,16 +185,7 @@ class RecurrentConfig:
     eval_episodes: int = 32
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class RecurrentState:
-    params: Any
-    target: Any
-    opt: _nets.AdamState
-    buffer: BufferState
-    collector: Any
-    key: jax.Array
-    updates: jax.Array
+RecurrentState = _loop.QLearnerState
 
 
 def _select(batch: dict) -> dict:
@@ -249,15 +239,8 @@ class RecurrentDQN(_loop.QLearnerLoop):
         self.chunk = jax.jit(self._chunk, donate_argnums=0)
         self.evaluate = jax.jit(self._evaluate)
 
-    def init(self, key) -> RecurrentState:
-        k_net, k_col, k_run = jax.random.split(key, 3)
-        params = self.net.init(k_net)
-        cstate = self.collector.init(k_col)
-        pp = {"q": params, "eps": jnp.float32(1.0)}
-        example = jax.eval_shape(lambda c: _select(self.collector.collect(c, pp)[1]), cstate)
-        return RecurrentState(params=params, target=jax.tree.map(jnp.copy, params), opt=_nets.adam_init(params),
-                              buffer=self.rb.init(example), collector=cstate, key=k_run,
-                              updates=jnp.zeros((), jnp.int32))
+    def init_params(self, key):
+        return self.net.init(key)
 
     def _loss(self, params, target, batch, mask):
         """Masked double-DQN Huber loss over ``[num_slices, slice_len]`` slices."""
