@@ -48,6 +48,14 @@ def physical(rank, cursor, count, capacity: int):
     return (oldest(cursor, count, capacity) + rank) % capacity
 
 
+def physical_near(rank, cursor, count, capacity: int):
+    """:func:`physical` for ``0 <= rank < capacity`` (e.g. any age rank of a stored step) with a
+    compare and subtract instead of ``%``: XLA:CPU fuses index math into gathers, where an
+    integer modulo per element does not vectorize."""
+    t = oldest(cursor, count, capacity) + rank
+    return jnp.where(t >= capacity, t - capacity, t)
+
+
 def window_fits(t, n, cursor, count, capacity: int):
     """True where the ``n`` steps starting at physical slot ``t`` are all written and
     contiguous in time (they do not cross the write head)."""

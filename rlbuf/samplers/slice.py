@@ -29,8 +29,13 @@ class SliceState:
     """State of :class:`SliceSampler` (inside ``BufferState.sampler``).
 
     - ``traj``: the boundary bookkeeping (``_trajectories.TrajectoryState``).
-    - ``queue``: ``[L, capacity]`` int32, per lane a ring of the numbers of the trajectories
-      that reached ``thr`` steps, in time order (entry ``k`` at ``k % capacity``).
+    - ``queue``: ``[L, capacity, 2]`` int32, per lane a ring of entries of the trajectories that
+      reached ``thr`` steps, in time order (entry ``k`` at ``k % capacity``): ``(start, end)``, the
+      stamp of the trajectory's first step (possibly no longer stored; the stored part begins at
+      ``max(start, oldest)``) and one past its newest step (the ongoing trajectory's end is
+      refreshed by every ``add``). Why not the trajectory number: a sample then reads one queue
+      entry and the data, instead of queue -> trajectory record -> data (each a cache miss at
+      large capacities).
     - ``queued``: ``[L]`` int32, entries ever appended per lane.
     - ``qrank``: ``[L, capacity]`` int32, beside the trajectory records of ``traj.start``:
       ``qrank[l, s % capacity]`` is the number of queue entries of lane ``l`` before
@@ -140,11 +145,10 @@ class _SliceBase(Sampler):
 
     # --- shared pieces ----------------------------------------------------------------------
 
-    def _slices(self, layout, ts, state, ranges, bits, lane, seq, ok, n: int):
-        """Index/mask of one slice per ``(lane, seq)`` (``[S]`` each; ``ok`` False gives an
-        all-padding slice): a start uniform over the trajectory's stored part (from the uint32
-        ``bits``), whole (padded) trajectory if it is shorter than ``n``."""
-        begin, end = trj.bounds(layout, ts, ranges, lane, seq)
+    def _slices(self, layout, state, ranges, bits, lane, begin, end, ok, n: int):
+        """Index/mask of one slice per trajectory of lane ``lane`` with stored stamps ``[begin,
+        end)`` (``[S]`` each; ``ok`` False gives an all-padding slice): a start uniform over the
+        stored part (from the uint32 ``bits``), whole (padded) trajectory if shorter than ``n``."""
         length = jnp.where(ok, end - begin, 0)
         n_starts = jnp.maximum(length - n + 1, 1)
         off = below(bits, n_starts)
@@ -153,7 +157,7 @@ class _SliceBase(Sampler):
         # Padding points at the slice's first step (a written slot when ok, slot 0 otherwise):
         # always a real storage location, zeroed by postprocess.
         rank = jnp.where(ok, begin + off - ranges.oldest, 0)[:, None] + jnp.where(mask, steps[None, :], 0)
-        t = _ring.physical(rank, state.cursor, state.count, layout.capacity).astype(jnp.int32)
+        t = _ring.physical_near(rank, state.cursor, state.count, layout.capacity).astype(jnp.int32)
         t = jnp.where(ok[:, None], t, 0)
         if layout.lanes:
             lane_idx = tuple(
@@ -185,15 +189,20 @@ class _SliceBase(Sampler):
             batch = _tree.set_in(batch, k, flag.astype(x.dtype))
         return batch
 
-    def _lengths_all(self, layout, ts, ranges):
-        """``[L, capacity]`` stored length of the lane's ``j``-th stored trajectory (0 past the
-        last) and the trajectory numbers; O(L × capacity)."""
+    def _bounds_all(self, layout, ts, ranges):
+        """``[L, capacity]`` each: stored ``[begin, end)`` stamps of the lane's ``j``-th stored
+        trajectory, its stored length (0 past the last) and its number; O(L × capacity)."""
         cap = layout.capacity
         j = jnp.arange(cap, dtype=jnp.int32)[None, :]
         seq = ranges.first[:, None] + j
         lane = jnp.broadcast_to(jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None], seq.shape)
         begin, end = trj.bounds(layout, ts, ranges, lane, seq)
-        return jnp.where(j < ranges.n_stored[:, None], end - begin, 0), seq
+        return begin, end, jnp.where(j < ranges.n_stored[:, None], end - begin, 0), seq
+
+    def _lengths_all(self, layout, ts, ranges):
+        """``[L, capacity]`` stored length of the lane's ``j``-th stored trajectory (0 past the
+        last) and the trajectory numbers; O(L × capacity)."""
+        return self._bounds_all(layout, ts, ranges)[2:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,8 +238,8 @@ class SliceSampler(_SliceBase):
     is kept for ``slice_len``: given as ``slice_len=``, from the start; derived from
     ``num_slices``, it is learnt from the first ``sample`` (which, like any sample before the
     next ``add``, takes an O(lanes × capacity) path) and built by the next ``add``, once.
-    Memory: four int32 per stored time slot and lane (trajectory number, record start, queue,
-    queue rank), i.e. 16 bytes per transition beside the data.
+    Memory: five int32 per stored time slot and lane (trajectory number, record start, queue
+    entry start and end, queue rank), i.e. 20 bytes per transition beside the data.
 
     Requires the round-robin writer (the bookkeeping assumes each ``add`` fills the next slots
     in time). Random draws map 32 random bits to ``[0, n)`` by multiply-shift (:func:`below`):
@@ -243,7 +252,7 @@ class SliceSampler(_SliceBase):
         thr = self.slice_len if self.slice_len is not None else 0
         return SliceState(
             traj=trj.init(layout, spec),
-            queue=jnp.zeros((n_l, cap), jnp.int32),
+            queue=jnp.zeros((n_l, cap, 2), jnp.int32),
             queued=jnp.zeros((n_l,), jnp.int32),
             qrank=jnp.zeros((n_l, cap), jnp.int32),
             thr=jnp.full((), thr, jnp.int32),
@@ -265,10 +274,19 @@ class SliceSampler(_SliceBase):
         reached_in_skip = first_kept & (off > thr - 1) & (w.start + thr - 1 - old_total >= 0)
         mark = (thr > 0) & ((off == thr - 1) | (reached_in_skip if write.skip else False))
         cap = layout.capacity
+        # Entry of the newest queued trajectory as of each step.
         pos = sstate.queued[:, None] + jnp.cumsum(mark, axis=1, dtype=jnp.int32) - 1
-        idx = jnp.where(mark, pos % cap, cap)
+        # (Re)write the entry of every queued trajectory this add extended, once, at its last step
+        # here: its start, and its end as of this add. A trajectory is queued iff it has reached
+        # thr steps (off >= thr - 1), and then it is the newest queued one, entry `pos`.
+        last_here = jnp.concatenate(
+            [w.seq[:, 1:] != w.seq[:, :-1], jnp.ones((off.shape[0], 1), jnp.bool_)], axis=1
+        )
+        live = (thr > 0) & (off - (thr - 1) >= 0) & last_here
+        idx = jnp.where(live, pos % cap, cap)
         lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
-        queue = sstate.queue.at[lanes, idx].set(w.seq, mode="drop", unique_indices=True)
+        entry = jnp.stack([w.start, w.stamp + 1], axis=-1)
+        queue = sstate.queue.at[lanes, idx].set(entry, mode="drop", unique_indices=True)
         queued = sstate.queued + jnp.sum(mark, axis=1, dtype=jnp.int32)
         # Queue rank of every trajectory with a record written by this add (the same slots as
         # trj.update's records): for one begun in this add, the entries appended before its
@@ -301,12 +319,14 @@ class SliceSampler(_SliceBase):
 
     def _rebuild(self, layout, s: SliceState, ranges, n) -> SliceState:
         """The queue for length ``n`` (traced int32) from scratch, O(L × capacity)."""
-        lengths, seq = self._lengths_all(layout, s.traj, ranges)
+        begin, end, lengths, seq = self._bounds_all(layout, s.traj, ranges)
         long = lengths >= n
         pos = jnp.cumsum(long, axis=1, dtype=jnp.int32) - 1
         idx = jnp.where(long, pos, layout.capacity)
         lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
-        queue = jnp.zeros_like(s.queue).at[lanes, idx].set(seq, mode="drop", unique_indices=True)
+        queue = jnp.zeros_like(s.queue).at[lanes, idx].set(
+            jnp.stack([begin, end], axis=-1), mode="drop", unique_indices=True
+        )
         stored = jnp.arange(layout.capacity)[None, :] < ranges.n_stored[:, None]
         qrank = s.qrank.at[lanes, jnp.where(stored, seq % layout.capacity, layout.capacity)].set(
             pos + 1 - long, mode="drop", unique_indices=True
@@ -321,16 +341,22 @@ class SliceSampler(_SliceBase):
         lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)
         hi = s.queued
         head = s.qrank[lanes, ranges.first % cap]
-        # Only the oldest stored trajectory can have shrunk below n (overwritten from its start).
-        h_seq = s.queue[lanes, head % cap]
-        begin, end = trj.bounds(layout, s.traj, ranges, lanes, h_seq)
-        shrunk = (head < hi) & (h_seq == ranges.first) & (end - begin < n)
+        # Only the oldest stored trajectory can have shrunk below n (overwritten from its start):
+        # every later queued one is whole, with at least thr = n steps.
+        begin, end = self._entry_bounds(s.queue[lanes, head % cap], ranges)
+        shrunk = (head < hi) & (end - begin < n)
         head = head + shrunk
         return head, jnp.where(ranges.n_stored > 0, hi - head, 0)
 
+    @staticmethod
+    def _entry_bounds(entry, ranges):
+        """Stored ``[begin, end)`` stamps of queue entries ``entry`` (``[..., 2]``)."""
+        return ranges.oldest + jnp.maximum(entry[..., 0] - ranges.oldest, 0), entry[..., 1]
+
     def _choose_fast(self, layout, s, ranges, n: int, bits):
-        """``(lane, seq, total)``: ``num_slices`` trajectories drawn uniformly among the ``total``
-        eligible ones. Strict: from the queue (needs ``s.thr == n``); else from every stored one."""
+        """``(lane, begin, end, total)``: ``num_slices`` trajectories (their lanes and stored
+        ``[begin, end)`` stamps) drawn uniformly among the ``total`` eligible ones. Strict: from the
+        queue (needs ``s.thr == n``); else from every stored one."""
         if self.strict_length:
             head, counts = self._eligible(layout, s, ranges, n)
         else:
@@ -344,10 +370,14 @@ class SliceSampler(_SliceBase):
         lane = jnp.minimum(lane, layout.n_lanes - 1).astype(jnp.int32)
         within = u - (cum[lane] - counts[lane])
         if self.strict_length:
-            seq = s.queue[lane, (head[lane] + within) % layout.capacity]
+            # within < counts <= capacity: one conditional subtract instead of a per-slice modulo.
+            cap = layout.capacity
+            k = (head % cap)[lane] + within
+            k = jnp.where(k >= cap, k - cap, k)
+            begin, end = self._entry_bounds(s.queue[lane, k], ranges)
         else:
-            seq = head[lane] + within
-        return lane, seq, total
+            begin, end = trj.bounds(layout, s.traj, ranges, lane, head[lane] + within)
+        return lane, begin, end, total
 
     def _choose_slow(self, layout, s, ranges, n: int, bits):
         """Same draw as :meth:`_choose_fast` without the queue, O(L × capacity)."""
@@ -357,7 +387,8 @@ class SliceSampler(_SliceBase):
         u = below(bits, jnp.maximum(total, 1))
         item = jnp.minimum(jnp.searchsorted(cum, u, side="right"), layout.size - 1).astype(jnp.int32)
         lane = item // layout.capacity
-        return lane, ranges.first[lane] + item % layout.capacity, total
+        begin, end = trj.bounds(layout, s.traj, ranges, lane, ranges.first[lane] + item % layout.capacity)
+        return lane, begin, end, total
 
     def sample(self, layout, state, key, batch_size: int):
         n_slices, n = self.shape(batch_size)
@@ -366,7 +397,7 @@ class SliceSampler(_SliceBase):
         # One threefry call for all the randomness of the batch.
         bits = jax.random.bits(key, (2, n_slices), jnp.uint32)
         if self.strict_length:
-            lane, seq, total = jax.lax.cond(
+            lane, begin, end, total = jax.lax.cond(
                 s.thr == n,
                 lambda: self._choose_fast(layout, s, ranges, n, bits[0]),
                 lambda: self._choose_slow(layout, s, ranges, n, bits[0]),
@@ -374,9 +405,9 @@ class SliceSampler(_SliceBase):
             # Ask the next add to keep the queue for this length (a scalar: no array is copied).
             s = dataclasses.replace(s, want=jnp.full((), n, jnp.int32))
         else:
-            lane, seq, total = self._choose_fast(layout, s, ranges, n, bits[0])
+            lane, begin, end, total = self._choose_fast(layout, s, ranges, n, bits[0])
         ok = jnp.broadcast_to(total > 0, (n_slices,))
-        index, mask = self._slices(layout, s.traj, state, ranges, bits[1], lane, seq, ok, n)
+        index, mask = self._slices(layout, state, ranges, bits[1], lane, begin, end, ok, n)
         return s, index, {"mask": mask}
 
     def can_sample(self, layout, state, batch_size: int):
@@ -500,7 +531,7 @@ class SliceSamplerWithoutReplacement(_SliceBase):
         begin, end = trj.bounds(layout, s.traj, ranges, lane, seq)
         ok = in_epoch & stored & (end - begin >= (n if self.strict_length else 1))
         bits = jax.random.bits(k_start, (n_slices,), jnp.uint32)
-        index, mask = self._slices(layout, s.traj, state, ranges, bits, lane, seq, ok, n)
+        index, mask = self._slices(layout, state, ranges, bits, lane, begin, end, ok, n)
         s = dataclasses.replace(s, pos=jnp.minimum(s.pos + n_slices, s.epoch_items))
         return s, index, {"mask": mask}
 

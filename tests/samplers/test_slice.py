@@ -229,6 +229,8 @@ def test_queue_rebuilt_for_a_new_slice_len_then_kept_incrementally(lengths, adds
         assert int(state.sampler.thr) == (3 if i == 0 else 2)
         (state, batch, info), can = _SAMPLE2(rb2)(state, jax.random.key(i))
         assert int(state.sampler.want) == 2
+        if i > 0:  # rebuilt for slice_len 2 by this add
+            check_queue(rb2, state, ref, 2)
         _, eligible = check_batch(ref, batch, info, 2, True)
         assert bool(can) == bool(eligible)
 
@@ -250,6 +252,59 @@ def _SAMPLE2(rb):
     if "fn" not in _CACHE2:
         _CACHE2["fn"] = jax.jit(lambda s, k: (rb.sample(s, k), rb.can_sample(s)))
     return _CACHE2["fn"]
+
+
+# --- the queue itself ---------------------------------------------------------------------------
+
+_QUEUE_FNS: dict = {}
+
+
+def check_queue(rb, state, ref, n):
+    """The queue's eligible entries (``head .. head + count - 1`` per lane) are exactly the stored
+    trajectories with at least ``n`` stored steps, in time order, each entry's ``[begin, end)``
+    their stored part (first step and length), against the numpy reference."""
+    key = (id(rb), n)
+    if key not in _QUEUE_FNS:
+
+        def f(state):
+            s, lay = state.sampler, state.layout
+            ranges = trj.lane_ranges(lay, s.traj, state.cursor, state.count)
+            head, counts = rb.sampler._eligible(lay, s, ranges, n)
+            k = (head[:, None] + jnp.arange(lay.capacity)) % lay.capacity
+            begin, end = rb.sampler._entry_bounds(s.queue[jnp.arange(lay.n_lanes)[:, None], k], ranges)
+            return counts, trj.stamp_to_slot(lay, s.traj, state.cursor, state.count, begin), end - begin
+
+        _QUEUE_FNS[key] = (rb, jax.jit(f))
+    counts, slot, length = (np.asarray(x) for x in _QUEUE_FNS[key][1](state))
+    n_l = n_lanes(ref.lanes)
+    ring_obs = ref.storage()["obs"].reshape(n_l, ref.capacity, 2) if ref.count else None
+    runs = ref_runs(ref)  # in lane, then time order
+    for lane in range(n_l):
+        want = [(ep, first, ln) for (lz, ep), (first, ln) in runs.items() if lz == lane and ln >= n]
+        assert int(counts[lane]) == len(want), (lane, counts, want)
+        for j, (ep, first, ln) in enumerate(want):
+            assert int(length[lane, j]) == ln, (lane, j, length[lane], want)
+            np.testing.assert_array_equal(ring_obs[lane, slot[lane, j]], [ep, first])
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(
+    mode=st.sampled_from(sorted(KEYS)),
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    adds=st.lists(st.sampled_from(ADD_T + (1,)), min_size=1, max_size=10),
+)
+def test_queue_entries_are_the_eligible_stored_trajectories(mode, lengths, adds):
+    """Kept incrementally over adds of 1 step, several steps (trajectories ending and reaching
+    slice_len inside one add) and more steps than the ring holds."""
+    strict_rb, _, add, _, _ = fns(2, mode)
+    gt = GroundTruth(LANES[2], lengths)
+    ref = NumpyRingBuffer(CAPS[2], LANES[2])
+    state = strict_rb.init(example(2))
+    for t_len in adds:
+        data = gt.batch(t_len)
+        ref.add(data)
+        state = add(state, jax.tree_util.tree_map(jnp.asarray, data))
+        check_queue(strict_rb, state, ref, N)
 
 
 # --- distribution -------------------------------------------------------------------------------
