@@ -52,6 +52,29 @@ def time_fn(fn: Callable, *args, repeats: int = 7, number: int = 1) -> float:
     return times[len(times) // 2]
 
 
+def threaded(fns: dict[str, Callable], states: dict, *args, repeats: int = 7) -> dict[str, tuple[float, float]]:
+    """``(median, min)`` seconds per ``state = fn(state, *args)`` of each fn, repeats interleaved.
+
+    Each fn carries (and may donate) its own state in ``states``, so an input is never reused;
+    ``states`` is updated in place. The min is the least load-dependent estimate on a shared
+    machine, where single calls vary by 2x.
+    """
+    for k, f in fns.items():  # compile + warm-up
+        states[k] = jax.block_until_ready(f(states[k], *args))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            states[k] = jax.block_until_ready(f(states[k], *args))
+            samples[k].append(time.perf_counter() - t0)
+    return {k: (sorted(v)[len(v) // 2], min(v)) for k, v in samples.items()}
+
+
+def medians(times: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The medians of :func:`threaded`'s ``(median, min)`` results."""
+    return {k: v[0] for k, v in times.items()}
+
+
 def interleaved(fns: dict[str, Callable], *args, repeats: int = 7) -> dict[str, float]:
     """Median seconds per call of each of ``fns`` with their repeats interleaved.
 

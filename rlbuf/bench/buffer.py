@@ -18,13 +18,10 @@ both alike. Times are medians; compile time never counts.
 
 from __future__ import annotations
 
-import time
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
-from rlbuf.bench._timing import Row, main_for
+from rlbuf.bench._timing import Row, main_for, medians, threaded
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.storage import LazyTensorStorage
 
@@ -42,22 +39,6 @@ def transitions(key, shape) -> dict:
         "reward": jax.random.normal(k3, shape, jnp.float32),
         "done": jnp.zeros(shape, jnp.bool_),
     }
-
-
-def _threaded(fns: dict[str, Callable], states: dict, *args, repeats: int) -> dict[str, float]:
-    """Median seconds per ``state = fn(state, *args)`` of each fn, repeats interleaved.
-
-    Each fn carries its own state (donated by the fn), so the input is never reused.
-    """
-    for k, f in fns.items():  # compile + warm-up
-        states[k] = jax.block_until_ready(f(states[k], *args))
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            states[k] = jax.block_until_ready(f(states[k], *args))
-            samples[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
 
 
 def _full_buffer(ndim: int):
@@ -111,7 +92,7 @@ def sample_rows(quick: bool) -> list[Row]:
         copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)  # noqa: E731
         carries = {k: (copy(state), jax.random.key(2), jnp.zeros((), jnp.float32)) for k in fns}
         del state
-        t = _threaded(fns, carries, adds, repeats=repeats)
+        t = medians(threaded(fns, carries, adds, repeats=repeats))
         lane_txt = "" if ndim == 1 else f" ({LANES} lanes)"
         rows.append(Row(
             "buffer", f"add {'x'.join(map(str, add_shape))} + uniform sample {SAMPLE} from {SIZE // 1000}k, "
@@ -144,9 +125,9 @@ def add_rows(quick: bool) -> list[Row]:
         k: jax.jit(lambda s, xs, f=f: jax.lax.scan(lambda s, x: (f(s, x), None), s, xs)[0], donate_argnums=0)
         for k, f in add_fns.items()
     }
-    t_scan = _threaded(scan_fns, states, stacked, repeats=repeats)
+    t_scan = medians(threaded(scan_fns, states, stacked, repeats=repeats))
     call_fns = {k: jax.jit(f, donate_argnums=0) for k, f in add_fns.items()}
-    t_call = _threaded(call_fns, states, batch, repeats=3 * repeats)
+    t_call = medians(threaded(call_fns, states, batch, repeats=3 * repeats))
     case = f"add [{LANES}, {t_len}] into {SIZE // 1000}k ndim=2, donated"
     return [
         Row("buffer", case + f", in scan of {n_scan}", "flashbax trajectory buffer add",

@@ -18,13 +18,12 @@ Compile time never counts; medians of interleaved repeats.
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from rlbuf.bench._timing import Row, main_for
+from rlbuf.bench._timing import Row, main_for, medians, threaded
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import BRANCHING, PrioritizedSampler
 from rlbuf.storage import LazyTensorStorage
@@ -97,18 +96,6 @@ def _flashbax(fbx, size: int):
     return state, step
 
 
-def _threaded(fns: dict, carries: dict, key, repeats: int) -> dict:
-    for k, f in fns.items():
-        carries[k] = jax.block_until_ready(f(carries[k], key))
-    samples = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            carries[k] = jax.block_until_ready(f(carries[k], key))
-            samples[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
-
-
 def run(quick: bool = False) -> list[Row]:
     iters = 100 if quick else 500
     repeats = 5 if quick else 11
@@ -128,7 +115,7 @@ def run(quick: bool = False) -> list[Row]:
             state, step = _flashbax(fbx, size)
             fns["flashbax"] = _loop(step, iters)
             carries["flashbax"] = (state, jnp.zeros((), jnp.float32))
-        t = _threaded(fns, carries, jax.random.key(1), repeats)
+        t = medians(threaded(fns, carries, jax.random.key(1), repeats=repeats))
         us = {k: v / iters * 1e6 for k, v in t.items()}
         case = f"sample {BATCH} + update_priority from {size // 1000}k, in scan"
         ours = us[f"b{BRANCHING}"]

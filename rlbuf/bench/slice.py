@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf.bench._timing import Row, main_for
+from rlbuf.bench._timing import Row, main_for, threaded
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSampler
 from rlbuf.storage import LazyTensorStorage
@@ -49,21 +49,6 @@ def transitions(key, shape) -> dict:
         "reward": jax.random.normal(k3, shape, jnp.float32),
         "next": {"done": done, "truncated": jnp.zeros(shape, jnp.bool_)},
     }
-
-
-def _threaded(fns: dict[str, Callable], states: dict, *args, repeats: int) -> dict[str, tuple[float, float]]:
-    """``(median, min)`` seconds per ``state = fn(state, *args)`` of each fn (each donates its own
-    state), repeats interleaved. The min is reported too: on a shared machine single calls vary
-    by 2x, and the min is the least load-dependent estimate."""
-    for k, f in fns.items():
-        states[k] = jax.block_until_ready(f(states[k], *args))
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            states[k] = jax.block_until_ready(f(states[k], *args))
-            samples[k].append(time.perf_counter() - t0)
-    return {k: (sorted(v)[len(v) // 2], min(v)) for k, v in samples.items()}
 
 
 def _loop(add: Callable, sample: Callable) -> Callable:
@@ -146,7 +131,7 @@ def scan_rows(quick: bool) -> list[Row]:
             fns["flashbax"] = _loop(fb.add, fb_sample)
             carries["flashbax"] = (fstate, jax.random.key(3), jnp.zeros((), jnp.float32))
         del state
-        t = _threaded(fns, carries, adds, repeats=repeats)
+        t = threaded(fns, carries, adds, repeats=repeats)
         case = f"add 4x1 + slice {NUM_SLICES}x{SLICE_LEN} from {size // 1000}k, ndim=2 (4 lanes), in scan"
         us = {k: v[0] / iters * 1e6 for k, v in t.items()}
         mins = {k: v[1] / iters * 1e6 for k, v in t.items()}
@@ -207,7 +192,7 @@ def torchrl_rows(quick: bool) -> list[Row]:
     ours_iters = 200
     fn = _loop(rb.add, _sample_ours(rb))
     jadds = transitions(jax.random.key(2), (ours_iters, LANES, 1))
-    t = _threaded({"rlbuf": fn}, {"rlbuf": (state, jax.random.key(3), jnp.zeros((), jnp.float32))}, jadds,
+    t = threaded({"rlbuf": fn}, {"rlbuf": (state, jax.random.key(3), jnp.zeros((), jnp.float32))}, jadds,
                   repeats=5 if quick else 11)
     return [Row("slice", f"add 4x1 + slice {NUM_SLICES}x{SLICE_LEN} from {size // 1000}k, ndim=2 (4 lanes)",
                 "TorchRL SliceSampler (eager extend + sample)", t["rlbuf"][0] / ours_iters * 1e6, t_torch * 1e6, "iter",

@@ -45,6 +45,16 @@ class PrioritizedState:
     count: jax.Array
 
 
+def check_capacity(sampler, layout) -> None:
+    """Raise unless ``sampler.max_capacity`` covers the whole storage of ``layout``."""
+    if layout.size > sampler.max_capacity:
+        raise ValueError(
+            f"{type(sampler).__name__}: max_capacity={sampler.max_capacity} is smaller than the storage "
+            f"({layout.size} transitions = {layout.n_lanes} lanes x {layout.capacity} steps); use "
+            f"max_capacity >= {layout.size}"
+        )
+
+
 def check_config(sampler) -> None:
     """Validate the shared prioritized fields of ``sampler`` (``max_capacity``, ``alpha``, ``beta``,
     ``eps``, ``dtype``) and normalise its ``dtype`` to a hashable, comparable name (frozen dataclass:
@@ -163,12 +173,7 @@ class PrioritizedSampler(Sampler):
 
     # ---------------------------------------------------------------- sampler interface
     def check(self, layout, batch_size: int) -> None:
-        if layout.size > self.max_capacity:
-            raise ValueError(
-                f"{type(self).__name__}: max_capacity={self.max_capacity} is smaller than the storage "
-                f"({layout.size} transitions = {layout.n_lanes} lanes x {layout.capacity} steps); use "
-                f"max_capacity >= {layout.size}"
-            )
+        check_capacity(self, layout)
 
     def init(self, layout):
         return PrioritizedState(

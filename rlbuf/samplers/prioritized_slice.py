@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from rlbuf import _ring
 from rlbuf.samplers import _trajectories as trj
 from rlbuf.samplers.base import Sampler
-from rlbuf.samplers.prioritized import BRANCHING, check_config, check_priority, sanitize
+from rlbuf.samplers.prioritized import BRANCHING, check_capacity, check_config, check_priority, sanitize
 from rlbuf.samplers.slice import SliceSampler, check_slice_config
 from rlbuf.samplers.sumtree import SumTree, TreeState, last_wins
 
@@ -146,12 +146,7 @@ class PrioritizedSliceSampler(Sampler):
     # ---------------------------------------------------------------- sampler interface
     def check(self, layout, batch_size: int) -> None:
         self._base.check(layout, batch_size)
-        if layout.size > self.max_capacity:
-            raise ValueError(
-                f"{type(self).__name__}: max_capacity={self.max_capacity} is smaller than the storage "
-                f"({layout.size} transitions = {layout.n_lanes} lanes x {layout.capacity} steps); use "
-                f"max_capacity >= {layout.size}"
-            )
+        check_capacity(self, layout)
 
     def init(self, layout):
         spec = trj.key_spec(layout, self.traj_key, self.end_key, owner=type(self).__name__)
