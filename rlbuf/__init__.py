@@ -1,6 +1,6 @@
 """rlbuf: JAX-functional collectors and replay buffers in TorchRL's layout, usable inside jit."""
 
-from rlbuf import checkpoint
+from rlbuf import checkpoint, returns
 from rlbuf.collectors import (
     Collector,
     CollectorIterator,
@@ -61,6 +61,7 @@ __all__ = [
     "TensorDictMaxValueWriter",
     "WriteInfo",
     "checkpoint",
+    "returns",
 ]
 
 

@@ -15,22 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree
-
-
-def _shift(x, i: int, axis: int, fill=0):
-    """``x`` moved ``i`` steps earlier along ``axis`` (``out[t] = x[t + i]``), ``fill`` past the end."""
-    if i == 0:
-        return x
-    n = x.shape[axis]
-    body = jax.lax.slice_in_dim(x, min(i, n), n, axis=axis)
-    pad_shape = list(x.shape)
-    pad_shape[axis] = min(i, n)
-    return jnp.concatenate([body, jnp.full(pad_shape, fill, x.dtype)], axis=axis)
-
-
-def _expand(m, x):
-    """Broadcast a ``[*B, T]`` array against ``x`` ``[*B, T, ...]``."""
-    return m.reshape(m.shape + (1,) * (x.ndim - m.ndim))
+from rlbuf.returns import _expand, n_step_return
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,19 +120,7 @@ class MultiStep:
             mask = self._flag(batch, self.mask_key, bshape)
         else:
             mask = jnp.ones(bshape, bool)
-        # A window may continue past step j iff j is real, does not end an episode, and the
-        # next step exists and is real.
-        cont = mask & ~end & _shift(mask, 1, ax, False)
-
-        rdt = reward.dtype if jnp.issubdtype(reward.dtype, jnp.floating) else jnp.float32
-        r = reward.astype(rdt)
-        alive = mask
-        k = mask.astype(jnp.int32)
-        ret = jnp.where(_expand(mask, r), r, 0)
-        for i in range(1, self.n_steps):
-            alive = alive & _shift(cont, i - 1, ax, False)
-            ret = ret + jnp.where(_expand(alive, r), _shift(r, i, ax) * (self.gamma ** i), 0)
-            k = k + alive.astype(jnp.int32)
+        ret, k = n_step_return(reward, end, n_steps=self.n_steps, gamma=self.gamma, mask=mask)
         t_idx = jax.lax.broadcasted_iota(jnp.int32, bshape, ax)
         last = jnp.where(mask, t_idx + k - 1, t_idx)
 
@@ -160,7 +133,7 @@ class MultiStep:
         out_next = {}
         rk = self.reward_key[1:]
         new_next = jax.tree_util.tree_map(gather, nxt)
-        new_next = _tree.set_in(new_next, rk, ret.astype(reward.dtype) if reward.dtype == rdt else ret)
+        new_next = _tree.set_in(new_next, rk, ret)
         out_next = _tree.set_in(new_next, ("original_reward",), reward)
         out = dict(batch)
         out["next"] = out_next
