@@ -13,6 +13,7 @@ from rlbuf.collectors import (
 )
 from rlbuf.collectors.async_ import MultiAsyncCollector, MultiaSyncDataCollector
 from rlbuf.collectors.sharded import ShardedCollector, shard_collector
+from rlbuf.ensemble import EnsembleState, ReplayBufferEnsemble
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers import RandomSampler, Sampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler
@@ -45,6 +46,9 @@ __all__ = [
     "shard",
     "PrioritizedSliceSampler",
     "BufferState",
+    "EnsembleState",
+    "ReplayBufferEnsemble",
+    "datasets",
     "Layout",
     "LazyTensorStorage",
     "MaxValueWriter",
@@ -68,8 +72,9 @@ __all__ = [
 def __getattr__(name):
     # rlbuf.envs imports gymnax, which runs JAX computations at import (starting the backend):
     # loaded on first use so `import rlbuf` leaves jax.distributed.initialize possible.
-    if name == "envs":
+    # rlbuf.datasets needs minari (optional extra rlbuf[offline]): imported on first use too.
+    if name in ("envs", "datasets"):
         import importlib
 
-        return importlib.import_module("rlbuf.envs")
+        return importlib.import_module(f"rlbuf.{name}")
     raise AttributeError(f"module 'rlbuf' has no attribute {name!r}")
