@@ -136,7 +136,72 @@ def test_errors():
     f = MultiStep(3, 0.9)
     with pytest.raises(KeyError, match="reward key"):
         f({"next": {"done": jnp.zeros((2, 3), bool)}})
-    with pytest.raises(KeyError, match="none of the end keys"):
+    with pytest.raises(KeyError, match="none of the done keys"):
         f({"next": {"reward": jnp.zeros((2, 3))}})
-    with pytest.raises(ValueError, match=r"key \('next', 'done'\) has shape \(2, 3, 2\)"):
+    # done flags with an extra per-step dim: the reward must carry it too
+    with pytest.raises(ValueError, match=r"key \('next', 'reward'\) has shape \(2, 3\); every 'next' leaf"):
         f({"next": {"reward": jnp.zeros((2, 3)), "done": jnp.zeros((2, 3, 2), bool)}})
+    with pytest.raises(ValueError, match=r"have different extra dims"):
+        f({"next": {"reward": jnp.zeros((2, 3, 2)), "done": jnp.zeros((2, 3, 2), bool),
+                    "truncated": jnp.zeros((2, 3, 4), bool)}})
+    with pytest.raises(ValueError, match=r"key \('collector', 'mask'\) has shape \(2, 4\)"):
+        f({"next": {"reward": jnp.zeros((2, 3)), "done": jnp.zeros((2, 3), bool)},
+           "collector": {"mask": jnp.zeros((2, 4), bool)}})
+    with pytest.raises(ValueError, match="must be distinct and not done keys"):
+        MultiStep(3, 0.9, reward_keys=["reward", ("next", "reward")])
+    with pytest.raises(ValueError, match="done_keys must name at least one key"):
+        MultiStep(3, 0.9, done_keys=[])
+
+
+def test_keys_as_torchrl_names_them():
+    """reward_keys/done_keys relative to "next", lists accepted (hashable, one jit entry per
+    configuration); every reward summed, each original kept as "original_<name>"; the
+    first-release names reward_key/end_keys still work."""
+    rng = np.random.default_rng(0)
+    b = make_batch(rng, False)
+    b["next"]["cost"] = rng.normal(size=(S, T)).astype(np.float32)
+    b["next"]["agent"] = {"reward": b["next"]["reward"] * 2}
+    f = MultiStep(3, 0.9, reward_keys=["reward", "cost", ("next", "agent", "reward")],
+                  done_keys=["terminated", ("next", "truncated")])
+    assert hash(f) == hash(MultiStep(3, 0.9, reward_keys=("reward", "cost", ("agent", "reward")),
+                                     done_keys=("terminated", "truncated")))
+    out = jax.jit(f)(jax.tree_util.tree_map(jnp.asarray, b))
+    ref = reference(b, 3, 0.9, False)
+    np.testing.assert_allclose(out["next"]["reward"], ref["ret"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["next"]["agent"]["reward"], 2 * ref["ret"], rtol=1e-5, atol=1e-6)
+    cost_only = dict(b, next={**b["next"], "reward": b["next"]["cost"]})
+    np.testing.assert_allclose(out["next"]["cost"], reference(cost_only, 3, 0.9, False)["ret"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["next"]["original_cost"], b["next"]["cost"])
+    np.testing.assert_array_equal(out["next"]["agent"]["original_reward"], b["next"]["agent"]["reward"])
+    old = MultiStep(3, 0.9, reward_key=("next", "cost"), end_keys=[("next", "done")])
+    np.testing.assert_allclose(old(b)["next"]["cost"], out["next"]["cost"], rtol=1e-6)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10**6), use_mask=st.booleans(), trailing_one=st.booleans())
+def test_done_with_extra_per_step_dims(seed, use_mask, trailing_one):
+    """Done flags [S, T, A] (one per agent, TorchRL's test_unusual_done): each agent's window is
+    that of the [S*A, T] batch of its own flags; flags [S, T] (the mask) are shared by agents."""
+    A = 3
+    rng = np.random.default_rng(seed)
+    per_agent = [make_batch(rng, use_mask) for _ in range(A)]
+    if use_mask:
+        for p in per_agent[1:]:
+            p["collector"] = per_agent[0]["collector"]
+    stack = lambda *xs: np.stack(xs, axis=2)  # noqa: E731  [S, T, A, ...]
+    b = jax.tree_util.tree_map(stack, *[{"next": p["next"]} for p in per_agent])
+    if trailing_one:
+        for k in ("terminated", "truncated", "done"):
+            b["next"][k] = b["next"][k][..., None]
+    if use_mask:
+        b["collector"] = per_agent[0]["collector"]
+    out = jax.jit(MultiStep(3, 0.9))(jax.tree_util.tree_map(jnp.asarray, b))
+    assert out["steps_to_next_obs"].shape == (S, T, A)
+    for a, p in enumerate(per_agent):
+        ref = reference(p, 3, 0.9, use_mask)
+        np.testing.assert_allclose(out["next"]["reward"][:, :, a], ref["ret"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(out["steps_to_next_obs"][:, :, a], ref["k"])
+        np.testing.assert_array_equal(out["nonterminal"][:, :, a], ref["nonterm"])
+        rows = np.arange(S)[:, None]
+        np.testing.assert_array_equal(out["next"]["observation"][:, :, a], p["next"]["observation"][rows, ref["last"]])
+        np.testing.assert_array_equal(out["next"]["done"][:, :, a].reshape(S, T), p["next"]["done"][rows, ref["last"]])

@@ -12,7 +12,8 @@ import torch
 from tensordict import TensorDict
 
 # TorchRL's done and reward entries with their trailing 1
-NEXT_FLAGS = (("next", "done"), ("next", "terminated"), ("next", "truncated"), ("next", "reward"))
+NEXT_FLAGS = (("next", "done"), ("next", "terminated"), ("next", "truncated"), ("next", "reward"),
+              ("next", "original_reward"))
 
 
 def _items(tree, prefix=()):
