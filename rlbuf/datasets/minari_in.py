@@ -1,0 +1,295 @@
+"""Minari datasets into rlbuf's batch layout: ``from_minari``, ``iter_minari``, ``fill_buffer``.
+
+A Minari episode of ``T`` steps stores ``T + 1`` observations (the reset observation, then the
+observation after each step), ``T`` actions, rewards, terminations and truncations. It becomes
+``T`` transitions in the layout of rlbuf's collectors (leaves ``[N, ...]``, episodes one after
+the other in the dataset's episode order):
+
+- ``"observation"``: ``observations[t]``; ``("next", "observation")``: ``observations[t + 1]``
+  (at the last step the episode's final observation, never a reset one). A ``Dict``
+  observation space gives nested dicts (``Tuple`` spaces: tuples).
+- ``"action"``: ``actions[t]`` (nested like the action space).
+- ``("next", "reward")``: float, ``("next", "terminated")`` / ``("next", "truncated")``: bool,
+  as stored; ``("next", "done")``: their ``or``.
+- ``("collector", "traj_ids")``: int32, the Minari episode id, constant over an episode; ids
+  are unique, so ``SliceSampler(traj_key=("collector", "traj_ids"))`` never crosses episodes.
+
+Dtypes are JAX's canonical ones (float64 -> float32, int64 -> int32 unless ``jax_enable_x64``),
+so the data goes into a buffer as is. Episode ``infos`` are not read.
+
+Memory: ``iter_minari`` reads episode by episode into chunks of ``chunk_size`` transitions
+(the last one shorter); ``fill_buffer`` adds each chunk to a buffer and drops it, so at most
+one chunk exists beside the buffer. ``from_minari`` writes straight into arrays of the
+dataset's size (no intermediate copy). HDF5 datasets (Minari's default format) are read with
+h5py directly, reading only the five arrays used (Minari's own iterator also decodes infos);
+other formats go through Minari's storage API.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+from typing import Any, Iterator, Optional, Sequence
+
+import jax
+import numpy as np
+
+__all__ = ["fill_buffer", "from_minari", "iter_minari", "load_minari_dataset"]
+
+TRAJ = ("collector", "traj_ids")
+DEFAULT_CHUNK = 1 << 16
+
+
+def minari_module():
+    try:
+        import minari
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "rlbuf.datasets needs minari with a storage backend, an optional dependency: "
+            "pip install 'rlbuf[offline]'"
+        ) from e
+    return minari
+
+
+def load_minari_dataset(dataset_or_id: Any):
+    """A ``minari.MinariDataset`` from a dataset, a local dataset directory (the dataset's
+    folder or its ``data`` folder), or an id in the local Minari root
+    (``MINARI_DATASETS_PATH``, default ``~/.minari/datasets``; never downloads)."""
+    minari = minari_module()
+    if isinstance(dataset_or_id, minari.MinariDataset):
+        return dataset_or_id
+    if isinstance(dataset_or_id, (str, os.PathLike)):
+        path = pathlib.Path(dataset_or_id)
+        for d in (path, path / "data"):
+            if (d / "metadata.json").is_file():
+                return minari.MinariDataset(d)
+        if isinstance(dataset_or_id, str) and not path.is_absolute():
+            return minari.load_dataset(dataset_or_id, download=False)
+        raise FileNotFoundError(f"rlbuf.datasets: no Minari dataset (metadata.json) in {path} or {path / 'data'}")
+    raise TypeError(
+        f"rlbuf.datasets: expected a MinariDataset, a dataset directory or a dataset id, got "
+        f"{type(dataset_or_id).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------- reading episodes
+
+
+def _is_image(space) -> bool:
+    from minari.dataset.minari_storage import is_image_space
+
+    return is_image_space(space)
+
+
+def _h5_readable(space) -> bool:
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Dict):
+        return all(_h5_readable(s) for s in space.spaces.values())
+    if isinstance(space, gym.spaces.Tuple):
+        return all(_h5_readable(s) for s in space.spaces)
+    return isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary))
+
+
+def _h5_space(node, space):
+    """A group/dataset of an HDF5 episode decoded as Minari writes it (dicts by key, tuples as
+    ``_index_i``, arrays read whole)."""
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Dict):
+        return {k: _h5_space(node[k], s) for k, s in space.spaces.items()}
+    if isinstance(space, gym.spaces.Tuple):
+        return tuple(_h5_space(node[f"_index_{i}"], s) for i, s in enumerate(space.spaces))
+    return node[()]
+
+
+def _h5_episodes(storage, indices) -> Iterator[tuple]:
+    import h5py
+
+    with h5py.File(storage.data_path / "main_data.hdf5", "r") as f:
+        for i in indices:
+            g = f[f"episode_{int(i)}"]
+            yield (
+                int(i),
+                _h5_space(g["observations"], storage.observation_space),
+                _h5_space(g["actions"], storage.action_space),
+                g["rewards"][()],
+                g["terminations"][()],
+                g["truncations"][()],
+            )
+
+
+def _episodes(dataset, indices) -> Iterator[tuple]:
+    """``(id, observations [T+1], actions [T], rewards, terminations, truncations)`` per episode."""
+    storage = dataset.storage
+    spaces = (storage.observation_space, storage.action_space)
+    jpeg = storage.jpeg_encoding and any(_is_image(s) for s in jax.tree.leaves(spaces, is_leaf=_is_image))
+    if storage.FORMAT == "hdf5" and not jpeg and all(map(_h5_readable, spaces)):
+        yield from _h5_episodes(storage, indices)
+        return
+    for ep in storage.get_episodes(indices):
+        yield ep["id"], ep["observations"], ep["actions"], ep["rewards"], ep["terminations"], ep["truncations"]
+
+
+def _transitions(episode) -> tuple[int, dict]:
+    """One episode as a batch of ``T`` transitions (numpy leaves ``[T, ...]``, stored dtypes)."""
+    eid, obs, act, rew, term, trunc = episode
+    t_len = len(rew)
+    for name, x in (("actions", act), ("terminations", term), ("truncations", trunc)):
+        for leaf in jax.tree.leaves(x):
+            if len(leaf) != t_len:
+                raise ValueError(f"rlbuf.datasets: episode {eid} has {len(leaf)} {name} for {t_len} rewards")
+    for leaf in jax.tree.leaves(obs):
+        if len(leaf) != t_len + 1:
+            raise ValueError(
+                f"rlbuf.datasets: episode {eid} has {len(leaf)} observations for {t_len} steps "
+                f"(Minari stores T + 1: the reset observation and one per step)"
+            )
+    term, trunc = np.asarray(term, bool), np.asarray(trunc, bool)
+    batch = {
+        "observation": jax.tree.map(lambda x: x[:-1], obs),
+        "action": act,
+        "next": {
+            "observation": jax.tree.map(lambda x: x[1:], obs),
+            "reward": np.asarray(rew),
+            "terminated": term,
+            "truncated": trunc,
+            "done": term | trunc,
+        },
+        "collector": {"traj_ids": np.full((t_len,), eid, np.int32)},
+    }
+    return t_len, batch
+
+
+def _alloc(example: dict, n: int) -> dict:
+    def leaf(x):
+        x = np.asarray(x)
+        return np.empty((n, *x.shape[1:]), jax.dtypes.canonicalize_dtype(x.dtype))
+
+    return jax.tree.map(leaf, example)
+
+
+def _episode_indices(dataset, episode_indices) -> np.ndarray:
+    if episode_indices is None:
+        return np.asarray(dataset.episode_indices)
+    idx = np.asarray(episode_indices, dtype=np.int64)
+    known = set(np.asarray(dataset.episode_indices).tolist())
+    bad = [int(i) for i in idx if int(i) not in known]
+    if bad:
+        raise ValueError(f"rlbuf.datasets: episode indices {bad[:5]} are not in the dataset")
+    return idx
+
+
+def _total_steps(dataset, indices) -> int:
+    if len(indices) == len(dataset.episode_indices) and np.array_equal(indices, dataset.episode_indices):
+        return int(dataset.total_steps)
+    return int(sum(m["total_steps"] for m in dataset.storage.get_episode_metadata(indices)))
+
+
+def iter_minari(
+    dataset_or_id: Any,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    episode_indices: Optional[Sequence[int]] = None,
+    progress: bool = False,
+) -> Iterator[dict]:
+    """Yield the dataset's transitions (layout in the module docstring) in chunks of
+    ``chunk_size`` (numpy leaves ``[chunk_size, ...]``; the last chunk holds the rest), episodes
+    in the order of ``episode_indices`` (default: the dataset's). An episode may span two
+    chunks; its traj id keeps them one trajectory in a buffer. ``progress``: a tqdm bar over
+    transitions."""
+    if not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"rlbuf.datasets: chunk_size must be a positive int, got {chunk_size!r}")
+    dataset = load_minari_dataset(dataset_or_id)
+    indices = _episode_indices(dataset, episode_indices)
+    total = _total_steps(dataset, indices)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="transitions", disable=not progress, desc=f"minari {dataset.id}")
+    chunk, leaves, treedef, fill, emitted, size = None, None, None, 0, 0, min(chunk_size, total)
+    try:
+        for episode in _episodes(dataset, indices):
+            t_len, batch = _transitions(episode)
+            src, tdef = jax.tree.flatten(batch)
+            if treedef is None:
+                treedef = tdef
+            elif tdef != treedef:
+                raise ValueError(f"rlbuf.datasets: episode {episode[0]} has another structure than the first episode")
+            done = 0
+            while done < t_len:
+                if chunk is None:
+                    if size <= 0:
+                        raise ValueError(f"rlbuf.datasets: the episodes hold more steps than the metadata's {total}")
+                    chunk = _alloc(batch, size)
+                    leaves = jax.tree.leaves(chunk)
+                k = min(t_len - done, size - fill)
+                for dst, x in zip(leaves, src):
+                    dst[fill : fill + k] = x[done : done + k]
+                fill, done = fill + k, done + k
+                if fill == size:
+                    yield chunk
+                    bar.update(fill)
+                    chunk, fill, emitted = None, 0, emitted + fill
+                    size = min(chunk_size, total - emitted)
+        if chunk is not None and fill:
+            yield jax.tree.map(lambda x: x[:fill], chunk)
+            bar.update(fill)
+    finally:
+        bar.close()
+
+
+def from_minari(
+    dataset_or_id: Any,
+    *,
+    episode_indices: Optional[Sequence[int]] = None,
+    progress: bool = False,
+) -> dict:
+    """The whole dataset as one batch of ``[N]`` numpy leaves (layout in the module docstring),
+    ready for ``ReplayBuffer(storage=LazyTensorStorage(N), ...)`` (``ndim=1``): ``rb.add(rb.init(
+    data), data)``. For datasets larger than memory allows twice, use :func:`fill_buffer`."""
+    dataset = load_minari_dataset(dataset_or_id)
+    indices = _episode_indices(dataset, episode_indices)
+    total = _total_steps(dataset, indices)
+    if total == 0:
+        raise ValueError(f"rlbuf.datasets: dataset {dataset.id} has no steps")
+    (data,) = iter_minari(dataset, chunk_size=total, episode_indices=indices, progress=progress)
+    return data
+
+
+def fill_buffer(
+    rb,
+    dataset_or_id: Any,
+    *,
+    state=None,
+    chunk_size: int = DEFAULT_CHUNK,
+    episode_indices: Optional[Sequence[int]] = None,
+    progress: bool = False,
+):
+    """Add the dataset to replay buffer ``rb`` (``LazyTensorStorage(..., ndim=1)``) chunk by chunk
+    with a jitted, donated ``rb.add``; returns the buffer state. ``state``: a state of ``rb`` to
+    add to (default: a new one, ``rb.init`` of the first chunk). If the dataset holds more
+    transitions than the buffer, a warning says so and the oldest are overwritten (ring order).
+    At most one chunk of ``chunk_size`` transitions is in host memory beside the buffer."""
+    if rb.storage.ndim != 1:
+        raise ValueError(
+            f"rlbuf.datasets.fill_buffer: the buffer's storage has ndim={rb.storage.ndim}; a dataset "
+            "is a flat sequence of transitions, use LazyTensorStorage(max_size, ndim=1)"
+        )
+    dataset = load_minari_dataset(dataset_or_id)
+    indices = _episode_indices(dataset, episode_indices)
+    add = jax.jit(rb.add, donate_argnums=0)
+    total = _total_steps(dataset, indices)
+    for chunk in iter_minari(dataset, chunk_size=chunk_size, episode_indices=indices, progress=progress):
+        if state is None:
+            state = rb.init(chunk)
+            if total > state.capacity:
+                warnings.warn(
+                    f"rlbuf.datasets.fill_buffer: dataset {dataset.id} has {total} transitions, the buffer "
+                    f"holds {state.capacity}: only the last {state.capacity} remain",
+                    stacklevel=2,
+                )
+        state = add(state, chunk)
+    if state is None:
+        raise ValueError(f"rlbuf.datasets: dataset {dataset.id} has no steps")
+    return state
