@@ -9,7 +9,6 @@ array they produce is compared byte for byte.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import pickle
@@ -27,14 +26,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlbuf import checkpoint
+from rlbuf import checkpoint, collectors
 from rlbuf.checkpoint import CheckpointMismatchError, Manager
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.base import Sampler
+from rlbuf.samplers.prioritized import PrioritizedSampler
+from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.random import RandomSampler
+from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
 from rlbuf.storage import LazyTensorStorage
 from rlbuf.writers import RoundRobinWriter
+from rlbuf.writers_max import MaxValueWriter
 
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_helpers")
 LANES, CAP, BATCH = 2, 12, 8
@@ -111,36 +114,19 @@ class Stream:
 
 
 def _slice():
-    mod = pytest.importorskip("rlbuf.samplers.slice")
-    return mod.SliceSampler(slice_len=2, traj_key=TRAJ, strict_length=False)
+    return SliceSampler(slice_len=2, traj_key=TRAJ, strict_length=False)
 
 
 def _slice_without_replacement():
-    cls = _guarded("rlbuf.samplers.slice", "SliceSamplerWithoutReplacement")
-    return cls(slice_len=2, traj_key=TRAJ, strict_length=False)
+    return SliceSamplerWithoutReplacement(slice_len=2, traj_key=TRAJ, strict_length=False)
 
 
 def _prioritized():
-    mod = pytest.importorskip("rlbuf.samplers.prioritized")
-    return mod.PrioritizedSampler(max_capacity=LANES * CAP, alpha=0.7, beta=0.5)
+    return PrioritizedSampler(max_capacity=LANES * CAP, alpha=0.7, beta=0.5)
 
 
 def _prioritized_slice():
-    cls = _guarded(("rlbuf.samplers.prioritized", "rlbuf.samplers.slice", "rlbuf.samplers.prioritized_slice"),
-                   "PrioritizedSliceSampler")
-    return cls(LANES * CAP, 0.7, 0.5, slice_len=2, traj_key=TRAJ, strict_length=False)
-
-
-def _guarded(modules, name):
-    """``name`` from the first of ``modules`` that has it; skip the test if none does (yet)."""
-    for m in (modules,) if isinstance(modules, str) else modules:
-        try:
-            obj = getattr(importlib.import_module(m), name, None)
-        except ImportError:
-            continue
-        if obj is not None:
-            return obj
-    pytest.skip(f"{name} is not on this branch yet")
+    return PrioritizedSliceSampler(LANES * CAP, 0.7, 0.5, slice_len=2, traj_key=TRAJ, strict_length=False)
 
 
 SAMPLERS = {
@@ -152,8 +138,7 @@ SAMPLERS = {
     "prioritized": _prioritized,
     "prioritized_slice": _prioritized_slice,
     # writers keep state too (MaxValueWriter: ndim=1 storage only, fed flattened [LANES * T] items)
-    "max_value_writer": lambda: (RandomSampler(), _guarded(("rlbuf.writers", "rlbuf.writers_max"),
-                                                           "MaxValueWriter")(rank_key=("next", "reward"))),
+    "max_value_writer": lambda: (RandomSampler(), MaxValueWriter(rank_key=("next", "reward"))),
 }
 _FNS: dict = {}
 
@@ -314,7 +299,6 @@ def test_typed_prng_keys(tmp_path):
 
 
 def test_collector_and_buffer_resume_bit_exactly(tmp_path):
-    collectors = pytest.importorskip("rlbuf.collectors")
     gymnax = pytest.importorskip("gymnax")
     env, params = gymnax.make("CartPole-v1")
 
@@ -561,8 +545,6 @@ def test_sharded_state_roundtrip(tmp_path):
 def test_multihost_roundtrip(tmp_path):
     """Two jax.distributed processes (2 CPU devices each) save one sharded buffer together, each
     writing its own shards, and restore and continue it bit-exactly."""
-    pytest.importorskip("rlbuf.distributed")
-    pytest.importorskip("rlbuf.sharding")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 from rlbuf import checkpoint
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
+from rlbuf.sharding import shard
 from rlbuf.storage import LazyTensorStorage
 
 LANES, CAP = 8, 6
@@ -97,31 +98,26 @@ def main(directory):
     for y in jax.tree.leaves(restored2):
         assert y.sharding.is_equivalent_to(other, y.ndim), y.sharding
 
-    # (c) rlbuf.sharding.shard (per-device buffers under shard_map), if present on this branch
-    try:
-        from rlbuf.sharding import shard
-    except ImportError:
-        print("rlbuf.sharding not available: skipped", flush=True)
-    else:
-        srb = shard(rb, Mesh(np.array(jax.devices()), ("data",)), "data")
-        sput = lambda d: jax.device_put(d, srb.sharding)  # noqa: E731
-        s_add, s_sample = jax.jit(srb.add), jax.jit(srb.sample)
-        state = srb.init(jax.tree.map(jnp.asarray, data(0)))
-        for i in range(2):
-            state = s_add(state, sput(data(i)))
-            state, _, _ = s_sample(state, jax.random.key(i))
-        checkpoint.save(directory, state)
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        restored = checkpoint.restore(directory, target)
-        assert_bit_equal(state, restored)
-        for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
-            assert y.sharding.is_equivalent_to(srb.sharding, y.ndim), y.sharding
-        outs = []
-        for s in (state, restored):
-            s = s_add(s, sput(data(7)))
-            outs.append(s_sample(s, jax.random.key(9)))
-        assert_bit_equal(outs[0], outs[1])
-        assert s_add._cache_size() == 1 and s_sample._cache_size() == 1
+    # (c) rlbuf.sharding.shard (per-device buffers under shard_map)
+    srb = shard(rb, Mesh(np.array(jax.devices()), ("data",)), "data")
+    sput = lambda d: jax.device_put(d, srb.sharding)  # noqa: E731
+    s_add, s_sample = jax.jit(srb.add), jax.jit(srb.sample)
+    state = srb.init(jax.tree.map(jnp.asarray, data(0)))
+    for i in range(2):
+        state = s_add(state, sput(data(i)))
+        state, _, _ = s_sample(state, jax.random.key(i))
+    checkpoint.save(directory, state)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = checkpoint.restore(directory, target)
+    assert_bit_equal(state, restored)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        assert y.sharding.is_equivalent_to(srb.sharding, y.ndim), y.sharding
+    outs = []
+    for s in (state, restored):
+        s = s_add(s, sput(data(7)))
+        outs.append(s_sample(s, jax.random.key(9)))
+    assert_bit_equal(outs[0], outs[1])
+    assert s_add._cache_size() == 1 and s_sample._cache_size() == 1
     print("OK", flush=True)
 
 

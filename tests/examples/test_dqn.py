@@ -104,7 +104,6 @@ def test_loss_matches_numpy(double):
 
 def test_prioritized_smoke():
     """``--prioritized``: PrioritizedSampler + update_priority compile and train (finite loss)."""
-    pytest.importorskip("rlbuf.samplers.prioritized")
     cfg = dataclasses.replace(dqn.DQNConfig(), prioritized=True, total_frames=2_048, learning_starts=1_024,
                               steps_per_collect=4, updates_per_collect=4, log_every=1_024, buffer_size=2_048,
                               batch_size=32, hidden=(16,))

@@ -20,28 +20,18 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from rlbuf.collectors.async_ import MultiAsyncCollector  # noqa: E402
 from rlbuf.collectors.collector import Collector  # noqa: E402
 from rlbuf.collectors.multi import MultiSyncCollector  # noqa: E402
 from rlbuf.collectors.sharded import shard_collector  # noqa: E402
 from rlbuf.envs import GroundTruthEnv  # noqa: E402
 from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
+from rlbuf.samplers.prioritized import PrioritizedSampler  # noqa: E402
 from rlbuf.samplers.random import RandomSampler  # noqa: E402
+from rlbuf.samplers.slice import SliceSampler  # noqa: E402
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement  # noqa: E402
 from rlbuf.sharding import PerWorkerReplayBuffer, shard  # noqa: E402
 from rlbuf.storage import LazyTensorStorage  # noqa: E402
-
-try:
-    from rlbuf.samplers.slice import SliceSampler
-except ImportError:  # pragma: no cover - landed concurrently
-    SliceSampler = None
-try:
-    from rlbuf.samplers.prioritized import PrioritizedSampler
-except ImportError:  # pragma: no cover
-    PrioritizedSampler = None
-try:
-    from rlbuf.collectors.async_ import MultiAsyncCollector
-except ImportError:  # pragma: no cover
-    MultiAsyncCollector = None
 
 D = 4
 assert jax.device_count() == D, jax.devices()
@@ -254,11 +244,8 @@ def hlo_no_storage_collectives():
     rng = np.random.default_rng(4)
     d = data(rng, 8, 4)
     d["traj"] = np.repeat(np.arange(8, dtype=np.int32)[:, None], 4, axis=1)
-    samplers = [RandomSampler(), SamplerWithoutReplacement()]
-    if SliceSampler is not None:
-        samplers.append(SliceSampler(slice_len=2, traj_key="traj"))
-    if PrioritizedSampler is not None:
-        samplers.append(PrioritizedSampler(max_capacity=8 * 16, alpha=0.7, beta=0.5))
+    samplers = [RandomSampler(), SamplerWithoutReplacement(), SliceSampler(slice_len=2, traj_key="traj"),
+                PrioritizedSampler(max_capacity=8 * 16, alpha=0.7, beta=0.5)]
     found = {}
     key = jax.random.key(0)
     for s in samplers:
@@ -269,7 +256,7 @@ def hlo_no_storage_collectives():
         fns = {"sample": (srb.sample, (state, key))}
         if isinstance(s, (RandomSampler,)) or type(s).__name__ == "SliceSampler":
             fns["add"] = (srb.add, (state, sharded(jax.eval_shape(lambda: d))))
-        if PrioritizedSampler is not None and isinstance(s, PrioritizedSampler):
+        if isinstance(s, PrioritizedSampler):
             index = sharded(jax.eval_shape(srb.sample, state, key)[2]["index"])
             prio = jax.ShapeDtypeStruct((16,), jnp.float32, sharding=srb.sharding)
             fns["update_priority"] = (srb.update_priority, (state, index, prio))
@@ -283,15 +270,13 @@ def hlo_no_storage_collectives():
     state = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=srb.sharding),
                                    jax.eval_shape(srb.init, d))
     assert collectives(jax.jit(srb.can_sample).lower(state).compile().as_text()), "collective detection is blind"
-    return "ok" if len(samplers) == 4 else f"ok (only {[type(s).__name__ for s in samplers]} landed)"
+    return "ok"
 
 
 @check
 def buffer_slice_sharded():
     """SliceSampler per shard: slices from a sharded collect are valid trajectories, and each
     shard's slices equal the plain buffer's on that shard."""
-    if SliceSampler is None:
-        return "skip: SliceSampler not landed"
     env = GroundTruthEnv()
     N, T = 8, 10
     col = shard_collector(Collector(env, None, frames_per_batch=N * T, num_envs=N,
@@ -321,8 +306,6 @@ def buffer_slice_sharded():
 def buffer_prioritized_sharded():
     """PrioritizedSampler per shard: samples == plain per shard; update_priority with the global
     info["index"] updates each shard as the plain buffer with the local index would."""
-    if PrioritizedSampler is None:
-        return "skip: PrioritizedSampler not landed"
     rb = ReplayBuffer(storage=LazyTensorStorage(8 * 8, ndim=2),
                       sampler=PrioritizedSampler(max_capacity=8 * 8, alpha=0.8, beta=0.6), batch_size=16)
     srb = shard(rb, MESH)
@@ -446,15 +429,13 @@ def async_collector_per_worker_buffer():
     into its worker's sub-buffer only (== a plain buffer fed that worker's batches); slices
     sampled after async collection are valid; ids unique across workers; new policy params
     reach every worker."""
-    if MultiAsyncCollector is None:
-        return "skip: async collector missing"
     env = GroundTruthEnv()
     W, B, T = 4, 2, 6
     params = jax.tree_util.tree_map(lambda x: x.reshape(W, B), env.make_params(W * B, min_length=2, max_length=5))
     policy = lambda p, obs, k: jnp.full(obs.shape[:1], p, jnp.int32)  # noqa: E731
     col = MultiAsyncCollector([env] * W, policy, frames_per_batch=B * T, num_envs=B, env_params=params,
                               storing_device=jax.devices()[0])
-    sampler = SliceSampler(slice_len=3, traj_key=TRAJ) if SliceSampler is not None else RandomSampler()
+    sampler = SliceSampler(slice_len=3, traj_key=TRAJ)
     rb = PerWorkerReplayBuffer(ReplayBuffer(storage=LazyTensorStorage(W * B * 16, ndim=2), sampler=sampler,
                                             batch_size=W * 2 * 3), W)
     add = jax.jit(rb.add_worker, donate_argnums=0)
@@ -493,15 +474,14 @@ def async_collector_per_worker_buffer():
     sample = jax.jit(rb.sample)
     state, s, info = sample(state, jax.random.key(3))
     assert sorted(set(np.asarray(info["index"][0]).reshape(-1).tolist())) == list(range(W))
-    if SliceSampler is not None:
-        obs = np.asarray(s["observation"])
-        assert np.asarray(info["mask"]).all()
-        for sl in obs:
-            assert (sl[:, :2] == sl[0, :2]).all() and (np.diff(sl[:, 2]) == 1).all(), sl
-        gathered = np.asarray(state.storage["observation"])[tuple(np.asarray(i) for i in info["index"])]
-        assert np.array_equal(gathered, obs)
+    obs = np.asarray(s["observation"])
+    assert np.asarray(info["mask"]).all()
+    for sl in obs:
+        assert (sl[:, :2] == sl[0, :2]).all() and (np.diff(sl[:, 2]) == 1).all(), sl
+    gathered = np.asarray(state.storage["observation"])[tuple(np.asarray(i) for i in info["index"])]
+    assert np.array_equal(gathered, obs)
     assert add._cache_size() == 1, add._cache_size()
-    return "ok" if SliceSampler is not None else "ok (RandomSampler: SliceSampler not landed)"
+    return "ok"
 
 
 print("TIMES " + json.dumps(TIMES))
