@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from rlbuf import _tree
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storage import Layout, LazyTensorStorage
@@ -85,6 +86,7 @@ class ReplayBuffer:
     def init(self, example: Any) -> BufferState:
         """An empty buffer shaped for batches like ``example`` (arrays or ShapeDtypeStructs with
         ``ndim`` leading batch dims; the time length of the example does not matter)."""
+        example = _tree.nest(example, "ReplayBuffer.init")  # TorchRL-style tuple keys, list leaves
         layout = self.storage.layout(example)
         self.sampler.check(layout, self.batch_size)
         # Distinct arrays: one buffer donated twice would be an error.
@@ -103,6 +105,7 @@ class ReplayBuffer:
         """Write ``data`` (leaves ``[*lanes, T, ...]``, any ``T``) at the cursor; returns the new
         state. Wrong keys, dtypes or shapes raise at trace time naming the key."""
         layout = state.layout
+        data = _tree.nest(data, "ReplayBuffer.add")  # TorchRL-style tuple keys, list leaves
         t_len = self.storage.check(layout, data)
         write, wstate, data = self.writer.write(layout, state, data)
         storage = self.storage.write(layout, state.storage, write.positions, data, write.skip)
@@ -129,6 +132,7 @@ class ReplayBuffer:
         padding. When ``can_sample`` is False the batch is padding (zeros, never unwritten or
         stale data) with ``info["mask"]`` False.
         """
+        _tree.check_prng_key(key, "ReplayBuffer.sample(state, key)")
         layout = state.layout
         sstate, index, info = self.sampler.sample(layout, state, key, self.batch_size)
         batch = self.storage.gather(layout, state.storage, index)

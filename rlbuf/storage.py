@@ -90,7 +90,7 @@ class LazyTensorStorage:
         lanes = None
         specs = []
         for key, x in items:
-            shape, dtype = _tree.leaf_spec(x)
+            shape, dtype = _tree.leaf_spec(x, key, "LazyTensorStorage")
             if len(shape) < self.ndim:
                 raise ValueError(
                     f"LazyTensorStorage(ndim={self.ndim}): leaf {_tree.key_str(key)} has shape "
@@ -107,6 +107,11 @@ class LazyTensorStorage:
                     f"the leading {self.ndim - 1} dims"
                 )
             specs.append((key, shape[self.ndim :], dtype.name))
+        if 0 in lanes:
+            raise ValueError(
+                f"LazyTensorStorage(ndim={self.ndim}): leaf {_tree.key_str(first)} has lane dims {lanes}; "
+                "a lane dim of size 0 holds no data"
+            )
         n = _ring.n_lanes(lanes)
         capacity = self.max_size // n
         if capacity < 1:
@@ -149,7 +154,7 @@ class LazyTensorStorage:
         t_len = None
         nd = layout.ndim
         for key, x in items:
-            shape, dtype = _tree.leaf_spec(x)
+            shape, dtype = _tree.leaf_spec(x, key, "ReplayBuffer.add")
             want_shape, want_dtype = layout.spec(key)
             if dtype != want_dtype:
                 raise TypeError(
