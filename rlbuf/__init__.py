@@ -12,6 +12,7 @@ from rlbuf.collectors import (
     split_trajectories,
 )
 from rlbuf.collectors.async_ import MultiAsyncCollector, MultiaSyncDataCollector
+from rlbuf.collectors.host import HostCollector, HostCollectorState
 from rlbuf.collectors.sharded import ShardedCollector, shard_collector
 from rlbuf.ensemble import EnsembleState, ReplayBufferEnsemble
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
@@ -37,6 +38,8 @@ __all__ = [
     "iterate",
     "split_trajectories",
     "envs",
+    "HostCollector",
+    "HostCollectorState",
     "MultiAsyncCollector",
     "MultiaSyncDataCollector",
     "ShardedCollector",

@@ -28,8 +28,10 @@ class CollectorIterator:
             # TorchRL rounds total_frames up to whole batches
             self._num_batches = math.ceil(total_frames / fpb)
         self.total_frames = -1 if self._num_batches is None else self._num_batches * fpb
-        self._collect = jax.jit(collector.collect)  # compiled once, reused for every batch
-        self.state = jax.jit(collector.init)(key)
+        # compiled once, reused for every batch (a HostCollector steps host envs: not jittable)
+        jittable = getattr(collector, "jittable", True)
+        self._collect = jax.jit(collector.collect) if jittable else collector.collect
+        self.state = (jax.jit(collector.init) if jittable else collector.init)(key)
         self.frames = 0
         self._batches = 0
         self._pbar = None

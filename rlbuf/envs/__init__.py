@@ -1,5 +1,29 @@
-"""Test environments (gymnax >= 1.0 protocol)."""
+"""Environments: the ground-truth test env and adapters for JAX env suites (gymnax >= 1.0 protocol).
 
+``make("SUITE:NAME")`` builds an env of gymnax, Brax, Jumanji, Craftax or Navix; each suite
+package is imported only when one of its envs is made.
+"""
+
+from rlbuf.envs._adapter import NO_LIMIT, MultiDiscrete, SuiteEnv, SuiteParams, SuiteState
+from rlbuf.envs.brax_env import BraxEnv
+from rlbuf.envs.craftax_env import CraftaxEnv
 from rlbuf.envs.ground_truth import GroundTruthEnv, GroundTruthParams, GroundTruthState
+from rlbuf.envs.jumanji_env import JumanjiEnv
+from rlbuf.envs.make import make
+from rlbuf.envs.navix_env import NavixEnv
 
-__all__ = ["GroundTruthEnv", "GroundTruthParams", "GroundTruthState"]
+__all__ = [
+    "NO_LIMIT",
+    "BraxEnv",
+    "CraftaxEnv",
+    "GroundTruthEnv",
+    "GroundTruthParams",
+    "GroundTruthState",
+    "JumanjiEnv",
+    "MultiDiscrete",
+    "NavixEnv",
+    "SuiteEnv",
+    "SuiteParams",
+    "SuiteState",
+    "make",
+]

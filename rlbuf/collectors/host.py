@@ -1,0 +1,430 @@
+"""``HostCollector``: host environments (gymnasium vector envs, EnvPool) into rlbuf's batch layout.
+
+The envs step on the host (Python, processes); the policy runs jitted on the device, once per
+step for all envs of a group; each batch is assembled in host memory and moved to the device
+once. Batches have exactly :class:`rlbuf.Collector`'s keys and semantics (``[B, T]`` time-last
+leaves, true final observation, ``terminated``/``truncated`` apart, TorchRL's trajectory ids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# keys a batch already has: policy extras may not use them
+RESERVED_KEYS = ("observation", "action", "step_count", "next", "collector")
+NEXT_STEP, SAME_STEP, DISABLED = "nextstep", "samestep", "disabled"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class HostCollectorState:
+    """What a :class:`HostCollector` carries between batches (a pytree of host/device arrays).
+
+    It does *not* hold the envs' own states (they live in the vector env's memory or worker
+    processes): a checkpoint of it keeps the key, counters, trajectory ids and the current
+    observations, and resuming from a restored one continues ids and frame counts but not the
+    episodes that were running (call :meth:`HostCollector.resume`).
+
+    Attributes:
+        observation: the observation each env will act on next, host arrays ``[B, ...]``.
+        key: PRNG key of the policy (and of env seeds at resets of every env).
+        traj_ids: int32 ``[B]`` current trajectory id of each env.
+        next_traj_id: int32 ``[]`` the id given to the next env that resets.
+        step_count: int32 ``[B]`` steps since each env's reset.
+        episode_reward: float32 ``[B]`` running return of each env's episode.
+        frames: int64 ``[]`` frames collected so far.
+    """
+
+    observation: Any
+    key: jax.Array
+    traj_ids: np.ndarray
+    next_traj_id: np.ndarray
+    step_count: np.ndarray
+    episode_reward: np.ndarray
+    frames: np.ndarray
+
+
+def _autoreset_mode(vec: Any) -> str:
+    mode = getattr(vec, "metadata", {}).get("autoreset_mode", None)
+    if mode is None:
+        mode = getattr(vec, "autoreset_mode", NEXT_STEP)
+    return str(getattr(mode, "value", mode)).lower().replace("_", "")
+
+
+class _Group:
+    """One vector env with the few operations the collector needs, whatever its autoreset mode.
+
+    Every end of episode is turned into an immediate reset of exactly the envs that ended
+    (``reset(options={"reset_mask": m})``), so with every mode each step is a real transition
+    and the next observation of a done step is its final one.
+    """
+
+    def __init__(self, vec: Any):
+        self.vec = vec
+        self.envpool = type(vec).__module__.split(".")[0] == "envpool"
+        self.num = int(vec.num_envs) if hasattr(vec, "num_envs") else len(vec)
+        self.mode = NEXT_STEP if self.envpool else _autoreset_mode(vec)
+        if self.mode not in (NEXT_STEP, SAME_STEP, DISABLED):
+            raise ValueError(f"unknown gymnasium autoreset mode {self.mode!r}")
+        self.action_space = getattr(vec, "single_action_space", None) or vec.action_space
+        self.async_ = hasattr(vec, "step_async") and hasattr(vec, "step_wait")
+        self._pending = None
+
+    def reset_all(self, seed: int):
+        if self.envpool:
+            return self.vec.reset()[0]
+        self.vec.action_space.seed(seed)
+        return self.vec.reset(seed=seed)[0]
+
+    def reset_some(self, mask: np.ndarray, obs: Any):
+        if self.envpool:  # EnvPool resets by env id and returns only those envs' observations
+            ids = np.nonzero(mask)[0].astype(np.int32)
+            new = self.vec.reset(ids)[0]
+
+            def put(o, n):
+                o = np.array(o, copy=True)
+                o[ids] = n
+                return o
+            return jax.tree.map(put, obs, new)
+        return self.vec.reset(options={"reset_mask": mask})[0]
+
+    def step_async(self, action: np.ndarray):
+        if self.async_ and not self.envpool:
+            self.vec.step_async(action)
+        else:
+            self._pending = action
+
+    def step_wait(self):
+        if self.async_ and not self.envpool:
+            out = self.vec.step_wait()
+        else:
+            out = self.vec.step(self._pending)
+        obs, rew, term, trunc, info = out
+        return obs, np.asarray(rew, np.float32), np.asarray(term, bool), np.asarray(trunc, bool), info
+
+    def random_actions(self):
+        return self.vec.action_space.sample()
+
+    def close(self):
+        self.vec.close()
+
+
+def _as_groups(env: Any) -> list[_Group]:
+    if isinstance(env, (list, tuple)):
+        envs = list(env)
+    else:
+        envs = [env]
+    groups = []
+    for e in envs:
+        if callable(e) and not hasattr(e, "step"):
+            e = e()
+        if not hasattr(e, "step") or not hasattr(e, "reset"):
+            raise TypeError(f"HostCollector needs a gymnasium VectorEnv (or a callable making one, or an "
+                            f"EnvPool pool), got {type(e).__name__}")
+        groups.append(_Group(e))
+    return groups
+
+
+def _final_obs(info: dict, i: int) -> Any:
+    final = info.get("final_obs", info.get("final_observation"))
+    if final is None:
+        raise KeyError("same-step autoreset env returned a done step without info['final_obs']")
+    return final[i]
+
+
+class HostCollector:
+    """TorchRL's ``SyncDataCollector`` over host environments: gymnasium vector envs or EnvPool.
+
+    .. code-block:: python
+
+        envs = gymnasium.make_vec("CartPole-v1", num_envs=8, vectorization_mode="async")
+        hc = rlbuf.HostCollector(envs, policy, frames_per_batch=256)
+        cstate = hc.init(key)
+        cstate, batch = hc.collect(cstate, policy_params)   # device arrays [8, 32, ...]
+        rb_state = rb.add(rb_state, batch)
+
+    **Not jittable**: the envs are host state, stepped by ``collect`` in Python. ``collect``
+    mutates them, so a state may be passed to ``collect`` only once (a stale one raises).
+    Works with :func:`rlbuf.iterate`.
+
+    Args:
+        env: a ``gymnasium.vector.VectorEnv`` (``SyncVectorEnv``/``AsyncVectorEnv``, any
+            ``autoreset_mode``: next-step, same-step or disabled), a callable returning one, an
+            EnvPool pool (``envpool.make_gymnasium``), or a list of these: *groups* stepped
+            alternately, so that while one group's (async) envs step, the policy runs on the
+            other's observations (Sebulba / EnvPool-async style). Envs are numbered group after
+            group.
+        policy: ``policy(params, observation, key) -> action`` or ``-> (action, extras)``,
+            jitted and called once per step on a group's observations (leading ``[B_g]`` axis).
+            ``None``: random actions from the env's action space.
+        frames_per_batch: frames per ``collect`` over all envs; ``T = frames_per_batch // B``.
+        max_frames_per_traj, init_random_frames, reset_at_each_iter, postproc: as
+            :class:`rlbuf.Collector` (``postproc`` is applied to the device batch).
+
+    Batch: exactly :class:`rlbuf.Collector`'s keys and semantics, leaves ``[B, T, ...]`` as
+    device arrays. The next observation of a done step is the env's final observation (taken
+    from ``info["final_obs"]`` in same-step mode; in next-step and disabled modes the envs that
+    ended are reset right away with ``reset_mask``, so no step is ever a reset step).
+    Trajectory ids: env ``i`` starts with ``i``; done envs take the next ids in env order.
+
+    Checkpoints hold :class:`HostCollectorState` (key, counters, ids, current observations),
+    never the envs' internal states: after a restore, :meth:`resume` resets the envs and
+    starts new trajectories with fresh ids.
+    """
+
+    jittable = False
+
+    def __init__(self, env: Any, policy: Callable | None = None, *, frames_per_batch: int,
+                 max_frames_per_traj: int | None = None, init_random_frames: int = 0,
+                 reset_at_each_iter: bool = False, postproc: Callable | None = None):
+        self.groups = _as_groups(env)
+        self.num_envs = sum(g.num for g in self.groups)
+        fpb = frames_per_batch
+        if not isinstance(fpb, (int, np.integer)) or isinstance(fpb, bool) or fpb <= 0:
+            raise ValueError(f"frames_per_batch must be a positive int, got {fpb!r}")
+        if fpb % self.num_envs:
+            raise ValueError(f"frames_per_batch={fpb} is not divisible by the number of envs "
+                             f"{self.num_envs} ({fpb} % {self.num_envs} = {fpb % self.num_envs})")
+        self.frames_per_batch = int(fpb)
+        self.T = int(fpb) // self.num_envs
+        mf = max_frames_per_traj
+        self.max_frames_per_traj = None if mf is None or mf <= 0 else int(mf)
+        self.init_random_frames = int(init_random_frames or 0)
+        self.reset_at_each_iter = bool(reset_at_each_iter)
+        self.postproc = postproc
+        self.policy = policy
+        self._policy_step = None if policy is None else jax.jit(self._policy_fn)
+        self._frames = None  # frames of the state the envs are in (stale-state check)
+        self._extras_spec = None
+
+    # ------------------------------------------------------------------ policy on the device
+    def _policy_fn(self, params, obs, key):
+        key, k = jax.random.split(key)
+        out = self.policy(params, obs, k)
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+            action, extras = out
+        else:
+            action, extras = out, {}
+        return action, dict(extras), key
+
+    def _check_policy(self, action, extras, group: _Group):
+        for k in extras:
+            if k in RESERVED_KEYS:
+                raise ValueError(f"policy extra {k!r} collides with a batch key (reserved: "
+                                 f"{RESERVED_KEYS})")
+        space = group.action_space
+        want = (group.num,) + tuple(getattr(space, "shape", None) or ())
+        if hasattr(space, "shape") and tuple(np.shape(action)) != want:
+            raise ValueError(f"policy returned an action of shape {tuple(np.shape(action))}, expected "
+                             f"{want} ({group.num} envs, action space {space})")
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        return (self.num_envs, self.T)
+
+    def init(self, key: jax.Array) -> HostCollectorState:
+        """Reset every env (seeded from ``key``); returns the initial state."""
+        key, k_seed = jax.random.split(key)
+        obs = self._reset_groups(k_seed)
+        B = self.num_envs
+        self._frames = 0
+        return HostCollectorState(
+            observation=obs, key=key, traj_ids=np.arange(B, dtype=np.int32),
+            next_traj_id=np.asarray(B, np.int32), step_count=np.zeros(B, np.int32),
+            episode_reward=np.zeros(B, np.float32), frames=np.asarray(0, np.int64))
+
+    def resume(self, state: HostCollectorState) -> HostCollectorState:
+        """Continue from a restored state: the envs reset (their states were not saved) and
+        start new trajectories with fresh ids; key and counters continue."""
+        key, k_seed = jax.random.split(state.key)
+        obs = self._reset_groups(k_seed)
+        B = self.num_envs
+        nxt = int(state.next_traj_id)
+        self._frames = int(state.frames)
+        return dataclasses.replace(
+            state, observation=obs, key=key, traj_ids=np.arange(nxt, nxt + B, dtype=np.int32),
+            next_traj_id=np.asarray(nxt + B, np.int32), step_count=np.zeros(B, np.int32),
+            episode_reward=np.zeros(B, np.float32))
+
+    def collect(self, state: HostCollectorState, policy_params: Any = None):
+        """Step the envs ``T`` times; returns ``(new_state, batch)`` with device-array leaves
+        ``[B, T, ...]``. Not jittable (see the class docstring)."""
+        if self._frames is None or int(state.frames) != self._frames:
+            raise ValueError(
+                f"HostCollector.collect got a state at frame {int(state.frames)} but its envs are at "
+                f"frame {self._frames}: the envs live on the host, so each state can be used once "
+                "(after a checkpoint restore, call resume(state) first)")
+        if self.reset_at_each_iter and int(state.frames) > 0:
+            state = self.resume(state)
+        random = self.policy is None or int(state.frames) < self.init_random_frames
+        state, host, extras = self._rollout(state, policy_params, random)
+        batch = jax.device_put(host)  # one transfer per batch
+        if extras:
+            batch.update(extras)
+        if self.postproc is not None:
+            batch = self.postproc(batch)
+        self._frames = int(state.frames)
+        return state, batch
+
+    def close(self):
+        for g in self.groups:
+            g.close()
+
+    # ------------------------------------------------------------------ internals
+    def _reset_groups(self, key):
+        seeds = np.asarray(jax.random.randint(key, (len(self.groups),), 0, 2**31 - 1))
+        obs = [g.reset_all(int(s)) for g, s in zip(self.groups, seeds)]
+        return self._cat(obs)
+
+    def _cat(self, parts):
+        return parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: np.concatenate(x), *parts)
+
+    def _policy_spec(self, params, obs, key):
+        """(action, extras) shapes of the policy on one group's observations (traced once)."""
+        if self._extras_spec is None:
+            o = jax.tree.map(lambda x: np.asarray(x)[: self.groups[0].num], obs)
+            self._extras_spec = jax.eval_shape(lambda p, o, k: self._policy_fn(p, o, k)[:2],
+                                               params, o, key)
+        return self._extras_spec
+
+    def _rollout(self, state, params, random):
+        groups, T, B = self.groups, self.T, self.num_envs
+        starts = np.cumsum([0] + [g.num for g in groups])
+        mf = self.max_frames_per_traj
+        obs = [jax.tree.map(lambda x, a=a, b=b: np.asarray(x[a:b]), state.observation)
+               for a, b in zip(starts[:-1], starts[1:])]
+        key = state.key
+        ids, next_id = state.traj_ids.copy(), int(state.next_traj_id)
+        count, ret = state.step_count.copy(), state.episode_reward.copy()
+        buf = None
+        extras = [[] for _ in groups]
+        if self.policy is not None:
+            a_spec, ex_spec = self._policy_spec(params, state.observation, key)
+            act_dtype = a_spec.dtype
+        else:
+            ex_spec = {}
+            act_dtype = jax.dtypes.canonicalize_dtype(np.asarray(groups[0].random_actions()).dtype)
+        checked = [False] * len(groups)
+
+        def act(gi):
+            nonlocal key
+            g = groups[gi]
+            if random:
+                return np.asarray(g.random_actions()).astype(act_dtype)
+            a_dev, ex, key = self._policy_step(params, obs[gi], key)
+            if not checked[gi]:
+                self._check_policy(a_dev, ex, g)
+                checked[gi] = True
+            extras[gi].append(ex)
+            return np.asarray(a_dev)
+
+        def launch(gi, a):
+            space = groups[gi].action_space
+            dtype = getattr(space, "dtype", None)
+            groups[gi].step_async(a.astype(dtype) if dtype is not None else a)
+
+        actions = [None] * len(groups)
+        for gi in range(len(groups)):
+            actions[gi] = act(gi)
+            launch(gi, actions[gi])
+        for t in range(T):
+            for gi, g in enumerate(groups):
+                a, b = starts[gi], starts[gi + 1]
+                nobs, rew, term, trunc, info = g.step_wait()
+                if buf is None:
+                    buf = _alloc(obs[gi], actions[gi], B, T)
+                cur = obs[gi]
+                done_env = term | trunc
+                nxt = jax.tree.map(np.array, nobs)  # own copy: final observations go in below
+                if g.mode == SAME_STEP and done_env.any():
+                    for i in np.nonzero(done_env)[0]:
+                        fin = _final_obs(info, i)
+                        jax.tree.map(lambda n, f, i=i: n.__setitem__(i, f), nxt, fin)
+                c = count[a:b] + 1
+                if mf is not None:
+                    trunc = trunc | (c >= mf)
+                done = term | trunc
+                r = ret[a:b] + rew
+                _put(buf["observation"], a, b, t, cur)
+                _put(buf["next"]["observation"], a, b, t, nxt)
+                buf["action"][a:b, t] = actions[gi]
+                buf["step_count"][a:b, t] = count[a:b]
+                buf["collector"]["traj_ids"][a:b, t] = ids[a:b]
+                n = buf["next"]
+                n["reward"][a:b, t], n["terminated"][a:b, t], n["truncated"][a:b, t] = rew, term, trunc
+                n["done"][a:b, t], n["episode_reward"][a:b, t] = done, r
+                # envs that ended start over: new ids in env order, counters from zero
+                k = int(done.sum())
+                if k:
+                    ids[a:b][done] = next_id + np.arange(k, dtype=np.int32)
+                    next_id += k
+                count[a:b] = np.where(done, 0, c)
+                ret[a:b] = np.where(done, 0.0, r)
+                # the observation acted on next: reset ones where an episode ended (a same-step
+                # env already reset itself unless only max_frames_per_traj ended it)
+                need = done & ~done_env if g.mode == SAME_STEP else done
+                if need.any():
+                    nobs = g.reset_some(need, nobs)
+                obs[gi] = nobs
+                if t + 1 < T:
+                    actions[gi] = act(gi)
+                    launch(gi, actions[gi])
+        ex = {}
+        if random and ex_spec:  # TorchRL: policy extras are zeros in random batches
+            ex = jax.tree.map(lambda sp: jnp.zeros((B, T) + sp.shape[1:], sp.dtype), ex_spec)
+        elif extras[0] and extras[0][0]:
+            # [T] lists of [B_g, ...] per group -> [B, T, ...] on the device, without a host trip
+            per_group = [jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *e) for e in extras]
+            ex = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *per_group)
+        new = HostCollectorState(
+            observation=self._cat(obs), key=key, traj_ids=ids,
+            next_traj_id=np.asarray(next_id, np.int32), step_count=count, episode_reward=ret,
+            frames=np.asarray(int(state.frames) + B * T, np.int64))
+        return new, buf, ex
+
+
+def _alloc(obs, action, B, T):
+    """Host buffers ``[B, T, ...]`` for one batch (observations keep their dtype and structure;
+    float64 is stored as float32, as JAX would)."""
+
+    def like(x):
+        x = np.asarray(x)
+        dtype = jax.dtypes.canonicalize_dtype(x.dtype)
+        return np.empty((B, T) + x.shape[1:], dtype)
+
+    a = np.asarray(action)
+    return {
+        "observation": jax.tree.map(like, obs),
+        "action": np.empty((B, T) + a.shape[1:], jax.dtypes.canonicalize_dtype(a.dtype)),
+        "step_count": np.empty((B, T), np.int32),
+        "next": {
+            "observation": jax.tree.map(like, obs),
+            "reward": np.empty((B, T), np.float32),
+            "terminated": np.empty((B, T), bool),
+            "truncated": np.empty((B, T), bool),
+            "done": np.empty((B, T), bool),
+            "episode_reward": np.empty((B, T), np.float32),
+        },
+        "collector": {"traj_ids": np.empty((B, T), np.int32)},
+    }
+
+
+def _put(buf, a, b, t, value):
+    jax.tree.map(lambda dst, src: dst.__setitem__((slice(a, b), t), src), buf, value)
+
+
+def make_groups(make_env: Callable[[int], Any], num_envs: int, num_groups: int = 2) -> list:
+    """``num_groups`` vector envs of ``num_envs // num_groups`` envs each, from
+    ``make_env(n) -> VectorEnv``: the ``env=`` of a :class:`HostCollector` that alternates them."""
+    if num_envs % num_groups:
+        raise ValueError(f"num_envs={num_envs} is not divisible by num_groups={num_groups}")
+    return [make_env(num_envs // num_groups) for _ in range(num_groups)]
+
+
+__all__: Sequence[str] = ("HostCollector", "HostCollectorState", "make_groups")

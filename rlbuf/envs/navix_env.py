@@ -1,0 +1,49 @@
+"""Navix (``navix.make``) as a gymnax-protocol env for rlbuf's collectors.
+
+Navix's ``Environment.step`` resets lazily: the step *after* a done ``Timestep`` returns the
+reset one (an auto-reset where the done step keeps its own observation but the following step
+ignores the action). :class:`NavixEnv` steps with Navix's transition (``_step``) and resets
+itself, so every stored step is a real transition. ``Timestep.step_type`` gives
+``TERMINATION`` / ``TRUNCATION`` (the env's ``max_steps``) apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from gymnax.environments import spaces
+
+from rlbuf.envs._adapter import SuiteEnv
+
+
+class NavixEnv(SuiteEnv):
+    """A Navix env with rlbuf's env protocol.
+
+    Args:
+        env: ``navix.make(name, ...)``.
+        max_steps_in_episode: an extra time limit on top of Navix's ``max_steps``.
+
+    Observations are Navix's (``observation_fn``: symbolic ``uint8 [H, W, 3]`` by default);
+    actions are int32 ``[]`` in ``[0, len(env.action_set))``.
+    """
+
+    suite = "navix"
+
+    def _reset(self, key, inner_params):
+        ts = self._env.reset(key)
+        return ts.observation, ts
+
+    def _step(self, key, ts, action, inner_params):
+        ts = self._env._step(ts, action)
+        return ts.observation, ts, ts.reward, ts.is_termination(), ts.is_truncation()
+
+    def action_space(self, params=None) -> spaces.Discrete:
+        return spaces.Discrete(len(self._env.action_set), dtype=jnp.int32)
+
+
+def make_navix(name: str, *, max_steps_in_episode: int | None = None, **kwargs: Any) -> NavixEnv:
+    """``navix.make(name, **kwargs)`` (e.g. ``max_steps=50``) as a :class:`NavixEnv`."""
+    import navix
+
+    return NavixEnv(navix.make(name, **kwargs), max_steps_in_episode=max_steps_in_episode)

@@ -1,0 +1,223 @@
+"""``HostCollector`` on gymnasium vector envs (sync and async, every autoreset mode): the batch
+contract of ``Collector``, checked row by row against a gymnasium env whose observations encode
+``[env_id, episode, step, length]``."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rlbuf
+from rlbuf.collectors.host import HostCollector, HostCollectorState, make_groups
+from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.samplers.slice import SliceSampler
+from rlbuf.storage import LazyTensorStorage
+
+B, T, LIMIT = 4, 6, 5  # envs, steps per batch, TimeLimit of every episode
+ENV_ID, EPISODE, STEP, LENGTH = range(4)
+
+
+class CountingEnv(gym.Env):
+    """Observation ``int32 [env_id, episode, step, length]``: ``episode`` is drawn at reset,
+    ``length`` in ``[2, 7]``; the episode terminates when ``step == length`` (so a length above
+    ``LIMIT`` ends by ``TimeLimit`` truncation). Reward ``1 + action``."""
+
+    observation_space = gym.spaces.Box(0, np.iinfo(np.int32).max, (4,), np.int32)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, env_id=0):
+        self.env_id = env_id
+
+    def _obs(self):
+        return np.array([self.env_id, self.episode, self.t, self.length], np.int32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode = int(self.np_random.integers(1, 2**31 - 1))
+        self.length = int(self.np_random.integers(2, 8))
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0 + float(action), self.t >= self.length, False, {}
+
+
+def make_vec(mode="sync", autoreset="NextStep", num=B, first_id=0):
+    fns = [lambda i=i: gym.wrappers.TimeLimit(CountingEnv(first_id + i), LIMIT) for i in range(num)]
+    cls = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
+    return cls(fns, autoreset_mode=gym.vector.AutoresetMode(autoreset))
+
+
+def policy(params, obs, key):
+    # depends on the observation, so a wrong observation shows in actions and rewards
+    action = ((obs[:, STEP] + obs[:, ENV_ID] + params) % 3).astype(jnp.int32)
+    return action, {"log_prob": -jnp.ones(obs.shape[0], jnp.float32)}
+
+
+def ids_shape(r):
+    return r["collector"]["traj_ids"].shape
+
+
+def check_host(r, max_frames_per_traj=None, first_id=0, fresh_start=True):
+    """Every invariant of the Collector tests on rows ``r`` of the counting env."""
+    CHECKS.generic(r, first_id)
+    obs, nobs, nxt = r["observation"], r["next"]["observation"], r["next"]
+    done, term, trunc = nxt["done"], nxt["terminated"], nxt["truncated"]
+    # the next observation is the true successor, also at done steps (final observation)
+    np.testing.assert_array_equal(nobs[..., [ENV_ID, EPISODE, LENGTH]], obs[..., [ENV_ID, EPISODE, LENGTH]])
+    np.testing.assert_array_equal(nobs[..., STEP], obs[..., STEP] + 1)
+    # after a done step: a reset observation of a new episode
+    after = done[:, :-1]
+    assert (obs[:, 1:][after][:, STEP] == 0).all()
+    assert (obs[:, 1:][after][:, EPISODE] != obs[:, :-1][after][:, EPISODE]).all()
+    if fresh_start:
+        np.testing.assert_array_equal(r["step_count"], obs[..., STEP])
+    np.testing.assert_array_equal(term, nobs[..., STEP] == nobs[..., LENGTH])
+    limit = nobs[..., STEP] == LIMIT
+    if max_frames_per_traj is not None:
+        limit |= r["step_count"] + 1 == max_frames_per_traj
+        assert r["step_count"].max() < max_frames_per_traj
+    np.testing.assert_array_equal(trunc, limit)
+    np.testing.assert_array_equal(nxt["reward"], 1.0 + r["action"])
+    # each row is one env; one trajectory id per episode and vice versa
+    np.testing.assert_array_equal(obs[..., ENV_ID], np.broadcast_to(np.arange(obs.shape[0])[:, None], ids_shape(r)))
+    ids = r["collector"]["traj_ids"]
+    key = obs[..., ENV_ID].astype(np.int64) * (1 << 32) + obs[..., EPISODE]
+    pairs = set(zip(ids.ravel().tolist(), key.ravel().tolist()))
+    assert len(pairs) == len(np.unique(ids)) == len(np.unique(key))
+    assert term.any() and trunc.any()
+
+
+def run(hc, n, params=None, key=0):
+    state = hc.init(jax.random.key(key))
+    batches = []
+    for _ in range(n):
+        state, b = hc.collect(state, params)
+        batches.append(jax.tree.map(np.asarray, b))
+    return state, batches
+
+
+CHECKS = None
+
+
+@pytest.fixture(autouse=True)
+def _checks(checks):
+    """The Collector tests' invariant checkers (a fixture of tests/collectors/conftest.py)."""
+    global CHECKS
+    CHECKS = checks
+
+
+MODES = [(m, a) for m in ("sync", "async") for a in ("NextStep", "SameStep", "Disabled")]
+
+
+@pytest.mark.parametrize("mode, autoreset", MODES)
+def test_invariants_every_vector_env(mode, autoreset):
+    hc = HostCollector(make_vec(mode, autoreset), policy, frames_per_batch=B * T)
+    try:
+        state, batches = run(hc, 4, params=1)
+    finally:
+        hc.close()
+    for b in batches:
+        assert b["observation"].shape == (B, T, 4) and b["observation"].dtype == np.int32
+        assert set(b) == {"observation", "action", "step_count", "next", "collector", "log_prob"}
+        assert set(b["next"]) == {"observation", "reward", "terminated", "truncated", "done",
+                                  "episode_reward"}
+        assert b["action"].dtype == np.int32 and b["log_prob"].shape == (B, T)
+    r = CHECKS.rows(batches, 2)
+    check_host(r)
+    np.testing.assert_array_equal(r["action"], (r["observation"][..., STEP] + r["observation"][..., ENV_ID] + 1) % 3)
+    # a trajectory running over a batch boundary keeps its id
+    for x, y in zip(batches[:-1], batches[1:]):
+        cont = ~x["next"]["done"][:, -1]
+        np.testing.assert_array_equal(y["collector"]["traj_ids"][:, 0][cont], x["collector"]["traj_ids"][:, -1][cont])
+    assert isinstance(state, HostCollectorState)
+    assert int(state.frames) == 4 * B * T
+    assert int(state.next_traj_id) == B + r["next"]["done"].sum()  # one id per reset
+
+
+def test_same_data_as_collector_semantics_with_options():
+    """max_frames_per_traj, random policy, init_random_frames (zero extras), postproc."""
+    hc = HostCollector(make_vec(), policy, frames_per_batch=B * T, max_frames_per_traj=3,
+                       init_random_frames=2 * B * T, postproc=lambda b: {**b, "seen": b["step_count"] * 0 + 1})
+    _, batches = run(hc, 4, params=0)
+    r = CHECKS.rows(batches, 2)
+    check_host(r, max_frames_per_traj=3)
+    for i, b in enumerate(batches):
+        assert (b["seen"] == 1).all()
+        np.testing.assert_array_equal(b["log_prob"], 0.0 if i < 2 else -1.0)
+    hc = HostCollector(make_vec(), frames_per_batch=B * T)
+    _, batches = run(hc, 3)
+    check_host(CHECKS.rows(batches, 2))
+    assert "log_prob" not in batches[0]
+
+
+def test_reset_at_each_iter():
+    hc = HostCollector(make_vec(), policy, frames_per_batch=B * T, reset_at_each_iter=True)
+    _, batches = run(hc, 3, params=0)
+    first = 0
+    for b in batches:
+        CHECKS.generic(CHECKS.rows([b], 2), first)
+        assert (b["step_count"][:, 0] == 0).all()
+        np.testing.assert_array_equal(b["collector"]["traj_ids"][:, 0], first + np.arange(B))
+        first = int(b["collector"]["traj_ids"].max()) + 1
+
+
+def test_groups_alternate_and_number_envs_in_order():
+    groups = make_groups(lambda n: make_vec("async", "SameStep", num=n), B, 2)
+    # the second group's envs are numbered after the first's
+    groups[1].close()
+    groups[1] = make_vec("async", "SameStep", num=B // 2, first_id=B // 2)
+    hc = HostCollector(groups, policy, frames_per_batch=B * T)
+    try:
+        _, batches = run(hc, 3, params=2)
+    finally:
+        hc.close()
+    check_host(CHECKS.rows(batches, 2))
+
+
+def test_iterate_and_stale_state():
+    hc = HostCollector(make_vec(), policy, frames_per_batch=B * T)
+    it = rlbuf.iterate(hc, jax.random.key(0), 0, total_frames=3 * B * T)
+    batches = [jax.tree.map(np.asarray, b) for b in it]
+    assert len(batches) == 3 and it.frames == 3 * B * T
+    check_host(CHECKS.rows(batches, 2))
+    stale = hc.init(jax.random.key(1))
+    hc.collect(stale, 0)
+    with pytest.raises(ValueError, match="each state can be used once"):
+        hc.collect(stale, 0)
+    # a restored state resumes: counters and ids continue, new episodes start
+    state = hc.resume(stale)
+    state, b = hc.collect(state, 0)
+    assert b["collector"]["traj_ids"].min() >= int(stale.next_traj_id)
+    assert (np.asarray(b["step_count"])[:, 0] == 0).all()
+
+
+def test_bad_policies_and_sizes():
+    with pytest.raises(ValueError, match="not divisible"):
+        HostCollector(make_vec(), policy, frames_per_batch=B * T + 1)
+    bad = HostCollector(make_vec(), lambda p, o, k: (jnp.zeros(B, jnp.int32), {"next": o}), frames_per_batch=B * T)
+    with pytest.raises(ValueError, match="'next' collides"):
+        bad.collect(bad.init(jax.random.key(0)))
+    bad = HostCollector(make_vec(), lambda p, o, k: jnp.zeros((B, 2), jnp.int32), frames_per_batch=B * T)
+    with pytest.raises(ValueError, match="shape"):
+        bad.collect(bad.init(jax.random.key(0)))
+
+
+def test_slices_from_ndim2_storage():
+    hc = HostCollector(make_vec("sync", "SameStep"), policy, frames_per_batch=B * T)
+    _, batches = run(hc, 4, params=0)
+    rb = ReplayBuffer(storage=LazyTensorStorage(B * T * 4, ndim=2),
+                      sampler=SliceSampler(num_slices=4, traj_key=("collector", "traj_ids")), batch_size=8)
+    state = rb.init(batches[0])
+    for b in batches:
+        state = rb.add(state, b)
+    for s in range(5):
+        state, sample, info = rb.sample(state, jax.random.key(s))
+        obs = np.asarray(sample["observation"])
+        assert (obs[..., EPISODE] == obs[:, :1, EPISODE]).all()
+        assert (np.diff(obs[..., STEP], axis=1) == 1).all()
+        np.testing.assert_array_equal(np.asarray(state.storage["observation"][info["index"]]), obs)
