@@ -22,6 +22,7 @@ into that worker's own lanes with :meth:`rlbuf.sharding.PerWorkerReplayBuffer.ad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import queue
 import threading
@@ -30,8 +31,9 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from rlbuf.collectors._counters import global_traj_ids
 from rlbuf.collectors.multi import MultiSyncCollector
-from rlbuf.collectors.sharded import global_traj_ids, split_collector, split_init
+from rlbuf.collectors.sharded import Split, split_collector, split_init
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,10 +58,12 @@ class MultiAsyncCollector:
         init_random_frames: random actions while the frames collected so far (over all
             workers) are fewer; each worker applies ``ceil(init_random_frames / W)`` to its own
             frames, as workers do not communicate.
+        policy_carry, store_carry: as for ``Collector``; each worker's carry lives in its own
+            state, and ``init_fn`` gets the number of envs of one worker (``B``, or 1).
 
     Trajectory ids are unique across workers without communication: worker ``w``'s env ``j``
     starts with id ``w * B + j``; later ids are ``W * B + k * W + w`` for its ``k``-th reset
-    (see :mod:`rlbuf.collectors.sharded`). Iterate with :meth:`iterate`; ``init``/
+    (see :func:`rlbuf.collectors._counters.global_traj_ids`). Iterate with :meth:`iterate`; ``init``/
     ``collect_worker`` are the pure pieces it drives (usable under ``jit``).
     """
 
@@ -76,26 +80,47 @@ class MultiAsyncCollector:
     reset_at_each_iter: bool = False
     postproc: Callable | None = None
 
+    policy_carry: Callable | None = None
+    store_carry: bool = False
+
     def __post_init__(self):
-        W = len(tuple(self.envs))
-        sync = MultiSyncCollector(
+        self._split  # noqa: B018 -- builds (and checks) the workers' collectors now
+
+    @functools.cached_property
+    def _W(self) -> int:
+        return len(tuple(self.envs))
+
+    @functools.cached_property
+    def _sync(self) -> MultiSyncCollector:
+        """All workers as one synchronous collector (``init`` resets envs exactly as it does)."""
+        return MultiSyncCollector(
             self.envs,
             self.policy,
-            frames_per_batch=self.frames_per_batch * W,
+            frames_per_batch=self.frames_per_batch * self._W,
             num_envs=self.num_envs,
             env_params=self.env_params,
             max_frames_per_traj=self.max_frames_per_traj,
             init_random_frames=self.init_random_frames,
             reset_at_each_iter=self.reset_at_each_iter,
+            policy_carry=self.policy_carry,
+            store_carry=self.store_carry,
         )
-        split = split_collector(sync, W, "MultiAsyncCollector")
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        set_("_W", W)
-        set_("_sync", sync)
-        set_("_split", split)
-        set_("_local", split.local)
-        set_("_n_local", split.n_local)
-        set_("_collect", jax.jit(self.collect_worker))
+
+    @functools.cached_property
+    def _split(self) -> Split:
+        return split_collector(self._sync, self._W, "MultiAsyncCollector")
+
+    @property
+    def _local(self):
+        return self._split.local
+
+    @property
+    def _n_local(self) -> int:
+        return self._split.n_local
+
+    @functools.cached_property
+    def _collect(self):
+        return jax.jit(self.collect_worker)
 
     @property
     def num_workers(self) -> int:

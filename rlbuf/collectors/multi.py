@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf.collectors.collector import Collector, CollectorState, _default_params, _param_axis
-
-
-def _flat_params(reference: Any, params: Any, W: int, B: int) -> Any:
-    """Env params as one set per flat (worker-major) env, ``[W * B, ...]``, or shared."""
-    if isinstance(params, (list, tuple)):
-        if len(params) != W:
-            raise ValueError(f"got {len(params)} per-worker env_params for {W} workers")
-        params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *params)
-        naxes = 1
-    else:
-        naxes = _param_axis(reference, params)
-        if naxes is None:
-            raise ValueError(
-                "cannot tell whether env_params carry per-worker axes (the env has no "
-                "default_params); pass a list of one parameter set per worker"
-            )
-    if naxes == 0:
-        return params
-    want = [(W,), (W, B)][naxes - 1] if naxes in (1, 2) else None
-    sizes = {tuple(np.shape(x)[:naxes]) for x in jax.tree.leaves(params)}
-    if want is None or sizes != {want}:
-        raise ValueError(
-            f"env_params leading axes {sorted(sizes)} match neither [W]={W} (per worker) nor "
-            f"[W, B]=({W}, {B}) (per env)"
-        )
-    if naxes == 1:  # per worker: each of its B envs shares it
-        return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), B, axis=0), params)
-    return jax.tree.map(lambda x: jnp.reshape(jnp.asarray(x), (W * B,) + np.shape(x)[2:]), params)
+from rlbuf.collectors._params import worker_params
+from rlbuf.collectors.collector import Collector, CollectorState
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,6 +37,8 @@ class MultiSyncCollector:
         max_frames_per_traj, init_random_frames, reset_at_each_iter: as for
             :class:`Collector` (``init_random_frames`` counts frames over all workers).
         postproc: applied to the final (stacked or concatenated) batch.
+        policy_carry, store_carry: as for :class:`Collector`; ``init_fn`` is called with the
+            number of envs the policy sees, ``W * B`` (``W`` for single-env workers).
 
     The state is a :class:`CollectorState` over the flat ``W * B`` envs (worker-major, so a
     leading-axis sharding splits it into whole workers).
@@ -80,6 +56,9 @@ class MultiSyncCollector:
     reset_at_each_iter: bool = False
     postproc: Callable | None = None
 
+    policy_carry: Callable | None = None
+    store_carry: bool = False
+
     def __post_init__(self):
         envs = tuple(self.envs)
         if not envs:
@@ -87,9 +66,7 @@ class MultiSyncCollector:
         kinds = {type(e) for e in envs}
         if len(kinds) != 1:
             raise ValueError(f"all envs must be of one type, got {sorted(k.__name__ for k in kinds)}")
-        object.__setattr__(self, "envs", envs)
-        W = len(envs)
-        B = 1 if self.num_envs is None else int(self.num_envs)
+        W, B = self._W, self._B
         fpb = self.frames_per_batch
         if not isinstance(fpb, (int, np.integer)) or fpb <= 0 or fpb % (W * B):
             raise ValueError(
@@ -104,23 +81,36 @@ class MultiSyncCollector:
                     f"cat_results must be 'stack' or an int in [{-nb}, {nb}) (the workers' "
                     f"batch dims), got {cat!r}"
                 )
-            object.__setattr__(self, "_cat_dim", int(cat) % nb)
-        params = self.env_params
-        if params is not None:
-            params = _flat_params(_default_params(envs[0]), params, W, B)
-        inner = Collector(
-            envs[0],
+        self._inner  # noqa: B018 -- builds (and checks) the flat collector now
+
+    @functools.cached_property
+    def _W(self) -> int:
+        return len(tuple(self.envs))
+
+    @functools.cached_property
+    def _B(self) -> int:
+        return 1 if self.num_envs is None else int(self.num_envs)
+
+    @functools.cached_property
+    def _cat_dim(self) -> int:
+        return int(self.cat_results) % (1 if self.num_envs is None else 2)
+
+    @functools.cached_property
+    def _inner(self) -> Collector:
+        """The plain collector of all ``W * B`` envs (worker-major), which does the work."""
+        env = tuple(self.envs)[0]
+        return Collector(
+            env,
             self.policy,
-            frames_per_batch=fpb,
-            env_params=params,
-            num_envs=W * B,
+            frames_per_batch=self.frames_per_batch,
+            env_params=worker_params(env, self.env_params, self._W, self.num_envs),
+            num_envs=self._W * self._B,
             max_frames_per_traj=self.max_frames_per_traj,
             init_random_frames=self.init_random_frames,
             reset_at_each_iter=self.reset_at_each_iter,
+            policy_carry=self.policy_carry,
+            store_carry=self.store_carry,
         )
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "_W", W)
-        object.__setattr__(self, "_B", B)
 
     @property
     def num_workers(self) -> int:

@@ -17,6 +17,7 @@ single-device counter, ids issued after the first ones are not ordered by env ac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -26,48 +27,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rlbuf.collectors._counters import global_traj_ids
+from rlbuf.collectors._params import group_params
 from rlbuf.collectors.collector import Collector
 from rlbuf.collectors.multi import MultiSyncCollector
 from rlbuf.sharding import _shard_map
 
 TRAJ_KEY = ("collector", "traj_ids")
-
-
-def global_traj_ids(local_ids, g, n_local: int, n_shards: int):
-    """Map shard ``g``'s local trajectory ids to global ones (see the module docstring)."""
-    local_ids = jnp.asarray(local_ids)
-    return jnp.where(
-        local_ids < n_local,
-        g * n_local + local_ids,
-        n_local * n_shards + (local_ids - n_local) * n_shards + g,
-    ).astype(local_ids.dtype)
-
-
-def _default_params(env):
-    try:
-        return env.default_params
-    except (AttributeError, NotImplementedError):
-        return None
-
-
-def _group_params(params: Any, reference: Any, lead: int, G: int):
-    """``env_params`` split into ``G`` groups: ``(grouped, is_list)``. Per-env / per-worker
-    params (a list, or leaves with a leading ``[lead]`` axis beyond ``reference``) become leaves
-    ``[G, lead / G, ...]``; shared params (or None) give ``grouped=None``."""
-    if params is None:
-        return None, False
-    if isinstance(params, (list, tuple)):
-        stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *params)
-        return jax.tree_util.tree_map(lambda x: x.reshape(G, lead // G, *x.shape[1:]), stacked), True
-    leaves = jax.tree_util.tree_leaves(params)
-    if reference is not None and jax.tree_util.tree_structure(reference) == jax.tree_util.tree_structure(params):
-        extra = {np.ndim(p) - np.ndim(r) for p, r in zip(leaves, jax.tree_util.tree_leaves(reference))}
-        batched = extra != {0}
-    else:
-        batched = bool(leaves) and all(np.ndim(x) >= 1 and np.shape(x)[0] == lead for x in leaves)
-    if not batched:
-        return None, False
-    return jax.tree_util.tree_map(lambda x: np.reshape(np.asarray(x), (G, lead // G, *np.shape(x)[1:])), params), False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,31 +73,32 @@ def split_collector(c: Any, G: int, who: str) -> Split:
                 "collection needs 'stack' or 0 (workers on the leading axis)"
             )
         Wl = W // G
-        grouped, is_list = _group_params(c.env_params, _default_params(c.envs[0]), W, G)
+        flat = c._inner  # per-env params resolved once, in worker-major env order
+        per_group = (Wl,) if c.num_envs is None else (Wl, B)
+        grouped = group_params(flat._params, G, per_group) if flat._params_batched else None
 
         def make(p):
-            if p is not None and is_list:
-                p = [jax.tree_util.tree_map(lambda x: x[i], p) for i in range(Wl)]
             return dataclasses.replace(c, envs=tuple(c.envs)[:Wl], frames_per_batch=c.frames_per_batch // G,
                                        env_params=p, init_random_frames=irf, postproc=None)
 
-        first = None if grouped is None else jax.tree_util.tree_map(lambda x: x[0], grouped)
-        return Split(make(first if grouped is not None else c.env_params), W * B // G, grouped, make)
-    if isinstance(c, Collector):
+        n_local = W * B // G
+    elif isinstance(c, Collector):
         if c.num_envs is None or c.num_envs % G:
             raise ValueError(
                 f"{who}: num_envs={c.num_envs} must be an int divisible by {G} groups (a single env cannot be split)"
             )
         N = int(c.num_envs)
-        grouped, _ = _group_params(c.env_params, _default_params(c.env), N, G)
+        grouped = group_params(c._params, G, (N // G,)) if c._params_batched else None
 
         def make(p):
             return dataclasses.replace(c, frames_per_batch=c.frames_per_batch // G, num_envs=N // G, env_params=p,
                                        init_random_frames=irf, postproc=None)
 
-        first = None if grouped is None else jax.tree_util.tree_map(lambda x: x[0], grouped)
-        return Split(make(first if grouped is not None else c.env_params), N // G, grouped, make)
-    raise TypeError(f"{who}: expected a Collector or MultiSyncCollector, got {type(c).__name__}")
+        n_local = N // G
+    else:
+        raise TypeError(f"{who}: expected a Collector or MultiSyncCollector, got {type(c).__name__}")
+    first = c.env_params if grouped is None else jax.tree_util.tree_map(lambda x: x[0], grouped)
+    return Split(make(first), n_local, grouped, make)
 
 
 def split_init(collector: Any, local: Any, G: int, n_local: int, key: jax.Array):
@@ -179,18 +146,34 @@ class ShardedCollector:
     axis_name: Any = "data"
 
     def __post_init__(self):
-        names = self.axis_name if isinstance(self.axis_name, tuple) else (self.axis_name,)
-        for a in names:
+        for a in self._axis_names:
             if a not in self.mesh.shape:
                 raise ValueError(f"shard_collector: axis_name {a!r} is not an axis of the mesh {dict(self.mesh.shape)}")
-        G = int(np.prod([self.mesh.shape[a] for a in names]))
-        split = split_collector(self.collector, G, "shard_collector")
-        object.__setattr__(self, "_G", G)
-        object.__setattr__(self, "_split", split)
-        object.__setattr__(self, "_local", split.local)
-        object.__setattr__(self, "_n_local", split.n_local)
-        sharding = NamedSharding(self.mesh, P(self.axis_name))
-        object.__setattr__(self, "_init", jax.jit(self._init_impl, out_shardings=sharding))
+        self._split  # noqa: B018 -- splits (and checks) the collector now
+
+    @functools.cached_property
+    def _axis_names(self) -> tuple:
+        return self.axis_name if isinstance(self.axis_name, tuple) else (self.axis_name,)
+
+    @functools.cached_property
+    def _G(self) -> int:
+        return int(np.prod([self.mesh.shape[a] for a in self._axis_names]))
+
+    @functools.cached_property
+    def _split(self) -> Split:
+        return split_collector(self.collector, self._G, "shard_collector")
+
+    @property
+    def _local(self):
+        return self._split.local
+
+    @property
+    def _n_local(self) -> int:
+        return self._split.n_local
+
+    @functools.cached_property
+    def _init(self):
+        return jax.jit(self._init_impl, out_shardings=NamedSharding(self.mesh, P(self.axis_name)))
 
     @property
     def local_collector(self):
