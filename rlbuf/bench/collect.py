@@ -7,6 +7,11 @@ truncated, done and the true next observation. The collector additionally tracks
 ids, step counts and episode returns and emits TorchRL's ``[B, T]`` layout (the reference
 keeps scan's time-major ``[T, B]``). Times are per batch, compile excluded.
 
+The GRU rows run a recurrent policy (flax ``nn.GRUCell``, 64 units, and a linear head)
+whose state the collector carries (``policy_carry``, reset at episode starts, stored with
+``store_carry=True``) against a hand-written scan doing the same (carry reset where done,
+the received carry stored).
+
 Run: ``python -m rlbuf.bench.collect`` (``--quick`` for a smoke run).
 """
 
@@ -78,6 +83,103 @@ def _reference(env, env_params, num_envs, T):
     return init, rollout
 
 
+GRU_HIDDEN = 64
+GRU_CASES = [(1, 1000), (64, 128)]
+GRU_QUICK_CASES = [(16, 32)]
+
+
+def _gru_net():
+    import flax.linen as nn
+
+    class GRUPolicyNet(nn.Module):
+        @nn.compact
+        def __call__(self, h, obs):
+            h, y = nn.GRUCell(features=GRU_HIDDEN)(h, obs)
+            return h, nn.Dense(2)(y)
+
+    return GRUPolicyNet()
+
+
+def _gru_policy(net):
+    def policy(params, obs, key, h):
+        h, logits = net.apply(params, h, obs)
+        action = jax.random.categorical(key, logits).astype(jnp.int32)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], -1)[..., 0]
+        return action, {"sample_log_prob": logp}, h
+
+    return policy
+
+
+def _gru_reference(env, env_params, policy, num_envs, T):
+    """Hand-written recurrent rollout: the same GRU policy, carry reset where done, the carry
+    the policy received stored; auto-reset env, time-major."""
+    single = num_envs == 1
+
+    def step_fn(k, s, a):
+        return env.step(k, s, a, env_params)
+
+    def rollout(carry, policy_params):
+        def body(c, _):
+            env_state, obs, h, key = c
+            key, k_pol, k_env = jax.random.split(key, 3)
+            action, extras, h_new = policy(policy_params, obs, k_pol, h)
+            if single:
+                out = step_fn(k_env, env_state, action)
+            else:
+                out = jax.vmap(step_fn)(jax.random.split(k_env, num_envs), env_state, action)
+            nobs, env_state, reward, term, trunc, info = out
+            done = term | trunc
+            tr = dict(observation=obs, action=action, reward=reward, terminated=term, truncated=trunc, done=done,
+                      next_observation=info["final_observation"], carry=h, **extras)
+            h_next = jnp.where(done[..., None], jnp.zeros_like(h_new), h_new)
+            return (env_state, nobs, h_next, key), tr
+
+        return jax.lax.scan(body, carry, None, length=T)
+
+    def init(key):
+        k0, k1 = jax.random.split(key)
+        lead = () if single else (num_envs,)
+        if single:
+            obs, st = env.reset(k1, env_params)
+        else:
+            obs, st = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k1, num_envs), env_params)
+        return st, obs, jnp.zeros(lead + (GRU_HIDDEN,)), k0
+
+    return init, rollout
+
+
+def gru_rows(quick: bool = False) -> list[Row]:
+    """Collector with a GRU carry vs a hand-written recurrent scan (issue 15: target <= 1.1x)."""
+    import gymnax
+
+    env, env_params = gymnax.make("CartPole-v1")
+    net = _gru_net()
+    policy = _gru_policy(net)
+    params = net.init(jax.random.key(1), jnp.zeros((GRU_HIDDEN,)), jnp.zeros((4,)))
+    rows = []
+    for num_envs, T in GRU_QUICK_CASES if quick else GRU_CASES:
+        n = None if num_envs == 1 else num_envs
+
+        def init_fn(b):
+            return jnp.zeros((() if b is None else (b,)) + (GRU_HIDDEN,))
+
+        c = Collector(env, policy, frames_per_batch=num_envs * T, env_params=env_params, num_envs=n,
+                      policy_carry=init_fn, store_carry=True)
+        ours = jax.jit(c.collect)
+        ref_init, ref_rollout = _gru_reference(env, env_params, policy, num_envs, T)
+        ref = jax.jit(ref_rollout)
+        fns = {"ours": lambda s, p: ours(s[0], p), "ref": lambda s, p: ref(s[1], p)}
+        state = (c.init(jax.random.key(0)), ref_init(jax.random.key(0)))
+        t = interleaved(fns, state, params, repeats=3 if quick else 21)
+        frames = num_envs * T
+        rows.append(Row(
+            "collect", f"CartPole-v1 GRU-64 carry {num_envs}x{T} (envs x steps)", "hand-written recurrent scan",
+            t["ours"] * 1e6, t["ref"] * 1e6, "batch",
+            f"ours {frames / t['ours'] / 1e6:.2f} Mframes/s, ref {frames / t['ref'] / 1e6:.2f}",
+        ))
+    return rows
+
+
 def _torchrl_rows(quick: bool) -> list[Row]:
     """Random-policy CartPole: rlbuf's jitted ``Collector`` (gymnax) against TorchRL's
     ``Collector`` (gymnasium through ``GymEnv``, its usual use), frames per second."""
@@ -134,6 +236,7 @@ def run(quick: bool = False) -> list[Row]:
             t["ours"] * 1e6, t["ref"] * 1e6, "batch",
             f"ours {frames / t['ours'] / 1e6:.2f} Mframes/s, ref {frames / t['ref'] / 1e6:.2f}",
         ))
+    rows.extend(gru_rows(quick))
     rows.extend(_torchrl_rows(quick))
     return rows
 
