@@ -21,12 +21,14 @@ Memory: ``iter_minari`` reads episode by episode into chunks of ``chunk_size`` t
 (the last one shorter); ``fill_buffer`` adds each chunk to a buffer and drops it, so at most
 one chunk exists beside the buffer. ``from_minari`` writes straight into arrays of the
 dataset's size (no intermediate copy). HDF5 datasets (Minari's default format) are read with
-h5py directly, reading only the five arrays used (Minari's own iterator also decodes infos);
-other formats go through Minari's storage API.
+h5py's low-level API, only the five arrays used (Minari's own iterator also decodes infos and
+goes through h5py's high-level wrappers, which cost more than the reads for short episodes);
+other formats and JPEG-encoded image spaces go through Minari's storage API.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import warnings
@@ -92,16 +94,23 @@ def _h5_readable(space) -> bool:
     return isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary))
 
 
-def _h5_space(node, space):
-    """A group/dataset of an HDF5 episode decoded as Minari writes it (dicts by key, tuples as
-    ``_index_i``, arrays read whole)."""
+def _h5_read(gid, name: bytes, space):
+    """Dataset (or group, for ``Dict``/``Tuple`` spaces) ``name`` under HDF5 group id ``gid``, as
+    Minari writes it (dicts by key, tuples as ``_index_i``), with h5py's low-level API: the
+    high-level ``Group[...]``/``Dataset[()]`` wrappers cost more than the read itself for the
+    short arrays of one episode."""
     import gymnasium as gym
+    import h5py
 
-    if isinstance(space, gym.spaces.Dict):
-        return {k: _h5_space(node[k], s) for k, s in space.spaces.items()}
-    if isinstance(space, gym.spaces.Tuple):
-        return tuple(_h5_space(node[f"_index_{i}"], s) for i, s in enumerate(space.spaces))
-    return node[()]
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        sub = h5py.h5g.open(gid, name)
+        if isinstance(space, gym.spaces.Dict):
+            return {k: _h5_read(sub, k.encode(), s) for k, s in space.spaces.items()}
+        return tuple(_h5_read(sub, f"_index_{i}".encode(), s) for i, s in enumerate(space.spaces))
+    d = h5py.h5d.open(gid, name)
+    out = np.empty(d.shape, d.dtype)
+    d.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+    return out
 
 
 def _h5_episodes(storage, indices) -> Iterator[tuple]:
@@ -109,14 +118,14 @@ def _h5_episodes(storage, indices) -> Iterator[tuple]:
 
     with h5py.File(storage.data_path / "main_data.hdf5", "r") as f:
         for i in indices:
-            g = f[f"episode_{int(i)}"]
+            g = h5py.h5g.open(f.id, f"episode_{int(i)}".encode())
             yield (
                 int(i),
-                _h5_space(g["observations"], storage.observation_space),
-                _h5_space(g["actions"], storage.action_space),
-                g["rewards"][()],
-                g["terminations"][()],
-                g["truncations"][()],
+                _h5_read(g, b"observations", storage.observation_space),
+                _h5_read(g, b"actions", storage.action_space),
+                _h5_read(g, b"rewards", None),
+                _h5_read(g, b"terminations", None),
+                _h5_read(g, b"truncations", None),
             )
 
 
@@ -257,6 +266,13 @@ def from_minari(
     return data
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_add(rb):
+    # One jitted add per buffer config, so filling again (or another dataset of the same
+    # structure) does not compile again.
+    return jax.jit(rb.add, donate_argnums=0)
+
+
 def fill_buffer(
     rb,
     dataset_or_id: Any,
@@ -278,7 +294,7 @@ def fill_buffer(
         )
     dataset = load_minari_dataset(dataset_or_id)
     indices = _episode_indices(dataset, episode_indices)
-    add = jax.jit(rb.add, donate_argnums=0)
+    add = _jitted_add(rb)
     total = _total_steps(dataset, indices)
     for chunk in iter_minari(dataset, chunk_size=chunk_size, episode_indices=indices, progress=progress):
         if state is None:

@@ -146,3 +146,22 @@ def test_fill_buffer_smaller_than_dataset_warns_and_keeps_newest(small_dataset):
     np.testing.assert_array_equal(stored[order], whole["observation"][-40:])
     with pytest.raises(ValueError, match="ndim=1"):
         datasets.fill_buffer(rlbuf.ReplayBuffer(storage=rlbuf.LazyTensorStorage(40, ndim=2), batch_size=4), ds)
+
+
+def test_jpeg_image_observations_go_through_minari_decoder(minari_root):
+    """Image spaces are JPEG-encoded by Minari: read through its own decoder (the generic path),
+    so the transitions equal what its episode iterator returns."""
+    import gymnasium as gym
+    from minari.data_collector import EpisodeBuffer
+
+    rng = np.random.default_rng(0)
+    eps = [EpisodeBuffer(observations=rng.integers(0, 256, (t + 1, 32, 32, 3), dtype=np.uint8),
+                         actions=rng.integers(0, 2, t), rewards=np.ones(t),
+                         terminations=np.arange(t) == t - 1, truncations=np.zeros(t, bool)) for t in (3, 4)]
+    with pytest.warns(UserWarning):
+        ds = minari.create_dataset_from_buffers(
+            "img/test-v0", eps, observation_space=gym.spaces.Box(0, 255, (32, 32, 3), np.uint8),
+            action_space=gym.spaces.Discrete(2))
+    data = datasets.from_minari(ds)
+    assert data["observation"].shape == (7, 32, 32, 3) and data["observation"].dtype == np.uint8
+    assert_same(data, reference(ds))
