@@ -1,148 +1,62 @@
-"""Pure-JAX building blocks shared by the examples: a tiny MLP, a GRU cell, Adam, and the
-progress/plot helpers of the command-line jobs.
+"""Building blocks shared by the examples: flax networks, the optax optimizer, and the
+progress/plot/compilation-cache helpers of the command-line jobs.
 
-Deliberately dependency-free (no flax/optax): parameters are plain dicts/lists of arrays,
-every function is pure and jittable.
+The examples use the JAX ecosystem as a JAX user would: networks are ``flax.linen`` modules,
+optimizers and schedules come from ``optax`` (both in the ``examples`` extra:
+``pip install -e ".[examples]"``). Every function here is pure and jittable except the CLI
+helpers at the bottom.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any, Sequence
+import os
+from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
-# ---------------------------------------------------------------------------- layers
-
-
-def dense_init(key: jax.Array, fan_in: int, fan_out: int, scale: float = 1.0) -> dict:
-    """``{"w": [fan_in, fan_out], "b": [fan_out]}``, uniform in ``±scale/sqrt(fan_in)`` (PyTorch's
-    default ``Linear`` init, which trains well for these small value networks)."""
-    bound = scale / math.sqrt(fan_in)
-    kw, kb = jax.random.split(key)
-    return {
-        "w": jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound),
-        "b": jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound),
-    }
+# ---------------------------------------------------------------------------- networks
 
 
-def mlp_init(key: jax.Array, sizes: Sequence[int]) -> list:
-    """Parameters of an MLP with layer widths ``sizes = (in, hidden..., out)``."""
-    keys = jax.random.split(key, len(sizes) - 1)
-    return [dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+def torch_uniform(fan_in: int):
+    """PyTorch's default ``Linear`` init, uniform in ``±1/sqrt(fan_in)`` for weights and biases
+    (these small value networks train well with it; flax's default zero bias does too, but the
+    examples' hyper-parameters were tuned with this one)."""
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
-def mlp_apply(params: list, x: jax.Array) -> jax.Array:
-    """``x``: ``[..., in]`` -> ``[..., out]``; ReLU between layers, linear output."""
-    for i, layer in enumerate(params):
-        x = x @ layer["w"] + layer["b"]
-        if i < len(params) - 1:
-            x = jax.nn.relu(x)
-    return x
+class MLP(nn.Module):
+    """``x [..., in] -> [..., features[-1]]``: Dense layers with ReLU between them, linear output."""
+
+    features: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x):
+        for i, f in enumerate(self.features):
+            init = torch_uniform(x.shape[-1])
+            x = nn.Dense(f, kernel_init=init, bias_init=init)(x)
+            if i < len(self.features) - 1:
+                x = nn.relu(x)
+        return x
 
 
-def gru_init(key: jax.Array, in_dim: int, hidden: int) -> dict:
-    """GRU cell parameters: input weights ``[in, 3H]``, recurrent weights ``[H, 3H]`` (gates in
-    the order reset, update, candidate) and biases ``[3H]`` for both."""
-    k1, k2 = jax.random.split(key)
-    x = dense_init(k1, in_dim, 3 * hidden, scale=math.sqrt(in_dim / hidden))
-    h = dense_init(k2, hidden, 3 * hidden)
-    return {"wx": x["w"], "bx": x["b"], "wh": h["w"], "bh": h["b"]}
+def adam(lr: float, lr_end: float, decay_steps: int, max_grad_norm: float) -> optax.GradientTransformation:
+    """Adam whose learning rate decays linearly from ``lr`` to ``lr_end`` over ``decay_steps``
+    updates (then stays), after clipping the gradients' global norm to ``max_grad_norm``."""
+    schedule = optax.linear_schedule(lr, lr_end, max(1, int(decay_steps)))
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(schedule))
 
 
-def gru_cell(params: dict, h: jax.Array, x: jax.Array) -> jax.Array:
-    """One GRU step (PyTorch's formulation): ``h``: ``[..., H]``, ``x``: ``[..., in]`` -> ``[..., H]``."""
-    gx = x @ params["wx"] + params["bx"]
-    gh = h @ params["wh"] + params["bh"]
-    xr, xz, xn = jnp.split(gx, 3, axis=-1)
-    hr, hz, hn = jnp.split(gh, 3, axis=-1)
-    r = jax.nn.sigmoid(xr + hr)
-    z = jax.nn.sigmoid(xz + hz)
-    n = jnp.tanh(xn + r * hn)
-    return (1.0 - z) * n + z * h
-
-
-# ---------------------------------------------------------------------------- optimizer
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class AdamState:
-    """First/second moment estimates (pytrees like the params) and the int32 step count."""
-
-    mu: Any
-    nu: Any
-    count: jax.Array
-
-
-def adam_init(params: Any) -> AdamState:
-    zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-    return AdamState(mu=zeros(), nu=zeros(), count=jnp.zeros((), jnp.int32))
-
-
-def clip_by_global_norm(grads: Any, max_norm: float) -> tuple[Any, jax.Array]:
-    """Scale ``grads`` so that their global L2 norm is at most ``max_norm``; also returns the norm."""
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-    scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
-    return jax.tree.map(lambda g: g * scale, grads), norm
-
-
-def adam_update(grads: Any, state: AdamState, params: Any, lr, b1: float = 0.9, b2: float = 0.999,
-                eps: float = 1e-8) -> tuple[Any, AdamState]:
-    """One Adam step with bias correction; ``lr`` may be a traced scalar (schedules)."""
-    count = state.count + 1
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, grads)
-    t = count.astype(jnp.float32)
-    c1 = 1 - b1**t
-    c2 = 1 - b2**t
-    params = jax.tree.map(lambda p, m, v: p - lr * (m / c1) / (jnp.sqrt(v / c2) + eps), params, mu, nu)
-    return params, AdamState(mu=mu, nu=nu, count=count)
-
-
-def linear_schedule(start: float, end: float, steps: float, t) -> jax.Array:
-    """``start`` at ``t = 0`` moving linearly to ``end`` at ``t = steps``, constant after."""
-    frac = jnp.clip(jnp.asarray(t, jnp.float32) / max(float(steps), 1.0), 0.0, 1.0)
-    return start + frac * (end - start)
-
-
-# ---------------------------------------------------------------------------- CLI helpers
-
-
-def progress_bar(total: int, quiet: bool, desc: str):
-    """A tqdm bar counting frames (disabled with ``quiet``)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="frame", unit_scale=True, desc=desc, disable=quiet, dynamic_ncols=True)
-
-
-def save_curve(path: str, curves: dict, title: str, quiet: bool = False) -> bool:
-    """Plot ``{label: (frames, returns)}`` to a PNG; returns False when matplotlib is missing
-    (an optional dependency: ``pip install rlbuf[plots]``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        if not quiet:
-            print("matplotlib is not installed: skipping the plot (pip install matplotlib)")
-        return False
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (xs, ys) in curves.items():
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xlabel("frames")
-    ax.set_ylabel("greedy eval return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if len(curves) > 1:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+def huber(td: jax.Array) -> jax.Array:
+    """Elementwise Huber loss (delta 1) of TD errors: ``optax.huber_loss`` against zero."""
+    return optax.huber_loss(td, jnp.zeros_like(td), delta=1.0)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -172,3 +86,57 @@ def greedy_returns(env, env_params, act, carry0, key: jax.Array, n_episodes: int
     c0 = (obs, state, carry0, jnp.zeros((n_episodes,), jnp.float32), jnp.ones((n_episodes,), bool))
     (_, _, _, ret, _), _ = jax.lax.scan(body, c0, jax.random.split(k_steps, max_steps))
     return ret
+
+
+# ---------------------------------------------------------------------------- CLI helpers
+
+#: Where the command-line jobs keep JAX's persistent compilation cache (``RLBUF_JAX_CACHE``
+#: overrides it; an empty value disables the cache).
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "rlbuf", "jax")
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache, so that a second run of a job loads its
+    compiled programs from disk instead of compiling them again. Returns the directory (None
+    when disabled with ``RLBUF_JAX_CACHE=""``). Called by the examples' ``main`` only: a
+    library import never changes JAX's global configuration."""
+    path = os.environ.get("RLBUF_JAX_CACHE", DEFAULT_CACHE_DIR) if path is None else path
+    if not path:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    # The training step takes seconds to compile; tiny helper programs are not worth a file.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
+def progress_bar(total: int, quiet: bool, desc: str):
+    """A tqdm bar counting frames (disabled with ``quiet``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="frame", unit_scale=True, desc=desc, disable=quiet, dynamic_ncols=True)
+
+
+def save_curve(path: str, curves: dict, title: str) -> str:
+    """Plot ``{label: (frames, returns)}`` to the PNG ``path``; returns its absolute path.
+    matplotlib is in the ``examples`` extra; without it this raises ``ImportError`` naming it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError(f"plotting the learning curve needs matplotlib: pip install -e \".[examples]\" ({e}); "
+                          "or pass --no-plot") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel("frames")
+    ax.set_ylabel("greedy eval return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return os.path.abspath(path)

@@ -9,7 +9,7 @@ The task: gymnax CartPole-v1 with the velocities hidden (observation ``[x, theta
 policy has to infer them from the history. Both agents share everything (collector, buffer,
 slice sampling, double-DQN loss, schedules) except the network:
 
-- ``gru``: ``obs -> dense(H) -> relu -> GRU(H) -> MLP -> Q``;
+- ``gru``: ``obs -> dense(H) -> relu -> flax.linen.GRUCell(H) -> MLP -> Q``;
 - ``none``: ``obs -> MLP -> Q`` (its "recurrent state" is a constant dummy).
 
 How the pieces fit (R2D2's recipe with rlbuf's parts):
@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from gymnax.environments import spaces
@@ -102,10 +103,32 @@ class RecurrentStatePrimer:
     # exploration is the policy's epsilon-greedy.
 
 
+class _QModule(nn.Module):
+    """The flax network behind :class:`QNet`: ``(carry, obs) -> (q, carry)``."""
+
+    memory: str
+    n_actions: int
+    hidden: int
+    obs_scale: tuple
+
+    @nn.compact
+    def __call__(self, carry, obs):
+        # Velocities must be inferred from differences of consecutive positions (~0.02 * v per
+        # step), so inputs are scaled to O(1) first.
+        obs = obs * jnp.asarray(self.obs_scale, jnp.float32)
+        h = self.hidden
+        if self.memory == "gru":
+            x = nn.relu(_nets.MLP((h,), name="enc")(obs))
+            carry, _ = nn.GRUCell(features=h, name="gru")(carry, x)
+            return _nets.MLP((h, self.n_actions), name="head")(carry), carry
+        return _nets.MLP((h, h, self.n_actions), name="head")(obs), carry
+
+
 @dataclasses.dataclass(frozen=True)
 class QNet:
-    """Q-network with an explicit carry. ``memory="gru"``: GRU of width ``hidden``; ``"none"``:
-    an MLP whose carry is a constant ``[..., 1]`` dummy (so both agents share one code path)."""
+    """Q-network with an explicit carry. ``memory="gru"``: ``flax.linen.GRUCell`` of width
+    ``hidden``; ``"none"``: an MLP whose carry is a constant ``[..., 1]`` dummy (so both agents
+    share one code path)."""
 
     memory: str
     obs_dim: int
@@ -117,24 +140,16 @@ class QNet:
     def carry_size(self) -> int:
         return self.hidden if self.memory == "gru" else 1
 
+    @property
+    def module(self) -> _QModule:
+        return _QModule(self.memory, self.n_actions, self.hidden, self.obs_scale)
+
     def init(self, key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        h = self.hidden
-        if self.memory == "gru":
-            return {"enc": _nets.dense_init(k1, self.obs_dim, h), "gru": _nets.gru_init(k2, h, h),
-                    "head": _nets.mlp_init(k3, (h, h, self.n_actions))}
-        return {"head": _nets.mlp_init(k3, (self.obs_dim, h, h, self.n_actions))}
+        return self.module.init(key, jnp.zeros((1, self.carry_size)), jnp.zeros((1, self.obs_dim)))
 
     def step(self, params, carry, obs):
         """``carry [..., carry_size]``, ``obs [..., obs_dim]`` -> ``(q [..., n_actions], carry)``."""
-        # Velocities must be inferred from differences of consecutive positions (~0.02 * v per
-        # step), so inputs are scaled to O(1) first.
-        obs = obs * jnp.asarray(self.obs_scale, jnp.float32)
-        if self.memory == "gru":
-            x = jax.nn.relu(obs @ params["enc"]["w"] + params["enc"]["b"])
-            carry = _nets.gru_cell(params["gru"], carry, x)
-            return _nets.mlp_apply(params["head"], carry), carry
-        return _nets.mlp_apply(params["head"], obs), carry
+        return self.module.apply(params, carry, obs)
 
     def unroll(self, params, carry0, obs_seq, next_obs_seq):
         """Q-values along slices: ``carry0 [N, C]``, ``obs_seq``/``next_obs_seq [N, L, obs_dim]``
@@ -175,6 +190,7 @@ class RecurrentConfig:
     lr_end: float = 5e-5
     gamma: float = 0.99
     max_grad_norm: float = 10.0
+    target_tau: float = 1.0  # 1: hard target copy every target_update_every updates; < 1: Polyak rate
     target_update_every: int = 250
     eps_start: float = 1.0
     eps_end: float = 0.05
@@ -236,6 +252,7 @@ class RecurrentDQN(_loop.QLearnerLoop):
                                batch_size=cfg.num_slices * cfg.slice_len)
         self.select = _select
         self.total_updates = max(1, (cfg.total_frames - cfg.learning_starts) // per_collect * cfg.updates_per_collect)
+        self.tx = _nets.adam(cfg.lr, cfg.lr_end, self.total_updates, cfg.max_grad_norm)
         self.chunk = jax.jit(self._chunk, donate_argnums=0)
         self.evaluate = jax.jit(self._evaluate)
 
@@ -257,18 +274,14 @@ class RecurrentDQN(_loop.QLearnerLoop):
         not_term = 1.0 - batch["next"]["terminated"].astype(jnp.float32)
         y = batch["next"]["reward"] + cfg.gamma * not_term * jax.lax.stop_gradient(q_next)
         td = q_a - y
-        huber = jnp.where(jnp.abs(td) < 1.0, 0.5 * td**2, jnp.abs(td) - 0.5)
+        huber = _nets.huber(td)
         w = (mask & (jnp.arange(cfg.slice_len) >= cfg.burn_in)[None, :]).astype(jnp.float32)
         return jnp.sum(w * huber) / jnp.maximum(jnp.sum(w), 1.0)
 
     def _update(self, s: RecurrentState, key):
-        cfg = self.cfg
         buf, batch, info = self.rb.sample(s.buffer, key)
         loss, grads = jax.value_and_grad(self._loss)(s.params, s.target, batch, info["mask"])
-        grads, _ = _nets.clip_by_global_norm(grads, cfg.max_grad_norm)
-        lr = _nets.linear_schedule(cfg.lr, cfg.lr_end, self.total_updates, s.updates)
-        params, opt = _nets.adam_update(grads, s.opt, s.params, lr)
-        return self._step_done(s, params, opt, buf), loss
+        return self._apply_grads(s, grads, buf), loss
 
     def _evaluate(self, params, key):
         def act(h, obs):
@@ -295,11 +308,14 @@ def train(cfg: RecurrentConfig, *, quiet: bool = False, plot: str | None = None)
     key, k = jax.random.split(key)
     final = float(agent.evaluate(state.params, k))
     wall = time.perf_counter() - t0
+    png = None
     if plot:
-        _nets.save_curve(plot, {f"memory={cfg.memory}": (frames_curve, returns_curve)},
-                         f"Q-learning on CartPole, velocities hidden (seed {cfg.seed})", quiet=quiet)
+        png = _nets.save_curve(plot, {f"memory={cfg.memory}": (frames_curve, returns_curve)},
+                               f"Q-learning on CartPole, velocities hidden (seed {cfg.seed})")
     if not quiet:
-        print(f"wall time {wall:.1f}s ({cfg.total_frames / wall:,.0f} frames/s incl. compile)")
+        print(f"wall time {wall:.1f}s ({cfg.total_frames / wall:,.0f} frames/s incl. compilation)")
+    if png:
+        print(f"learning curve: {png}")
     print(f"final eval return: {final:.1f}")
     return {"final_return": final, "curve": (frames_curve, returns_curve), "losses": losses, "wall_time": wall,
             "state": state, "agent": agent}
@@ -311,11 +327,12 @@ def main(argv=None) -> dict:
     p.add_argument("--memory", choices=("gru", "none"), default=d.memory, help="GRU agent or memoryless MLP")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--total-frames", type=int, default=d.total_frames)
-    p.add_argument("--plot", default=None, metavar="PATH", help="save the learning curve as a PNG (needs matplotlib)")
+    p.add_argument("--plot", default=None, metavar="PATH", help="save the learning curve as a PNG")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="frames between greedy evaluations")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     a = p.parse_args(argv)
     cfg = dataclasses.replace(d, memory=a.memory, seed=a.seed, total_frames=a.total_frames, eval_every=a.eval_every)
+    _nets.enable_compilation_cache()
     return train(cfg, quiet=a.quiet, plot=a.plot)
 
 

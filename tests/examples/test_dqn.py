@@ -1,84 +1,52 @@
-"""The DQN example (``python -m rlbuf.examples.dqn``) and the pure-JAX pieces it is made of.
+"""The DQN example (``python -m rlbuf.examples.dqn``).
 
-Reference models: numpy Adam, numpy MLP/GRU and a numpy double-DQN Huber loss; the slow test
-trains the real CLI job on a short budget and checks it learns (random CartPole ≈ 22).
+Reference models: a numpy MLP (the flax Q-network, plain and dueling), a numpy double-DQN
+Huber loss and numpy target updates (Polyak and hard copy); the vmapped multi-seed trainer
+against single-seed runs; the command line in a subprocess (last line, PNG, persistent
+compilation cache); the slow test trains on a short budget and checks it learns (random
+CartPole ≈ 22).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlbuf.examples import _nets, dqn
+from rlbuf.examples import _loop, dqn
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TINY = dataclasses.replace(dqn.DQNConfig(), total_frames=2_048, learning_starts=1_024, steps_per_collect=4,
+                           updates_per_collect=4, log_every=1_024, eval_every=1_024, buffer_size=2_048,
+                           batch_size=32, hidden=(16,), eval_episodes=4)
 
 # ---------------------------------------------------------------------------- numpy references
 
 
-def np_mlp(params, x):
-    for i, layer in enumerate(params):
-        x = x @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64)
-        if i < len(params) - 1:
+def np_mlp(layers, x):
+    """``layers``: a flax ``MLP``'s params (``Dense_i`` -> kernel, bias)."""
+    n = len(layers)
+    for i in range(n):
+        d = layers[f"Dense_{i}"]
+        x = x @ np.asarray(d["kernel"], np.float64) + np.asarray(d["bias"], np.float64)
+        if i < n - 1:
             x = np.maximum(x, 0)
     return x
 
 
-def np_gru(p, h, x):
-    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
-    gx = x @ np.asarray(p["wx"], np.float64) + np.asarray(p["bx"], np.float64)
-    gh = h @ np.asarray(p["wh"], np.float64) + np.asarray(p["bh"], np.float64)
-    H = h.shape[-1]
-    r = sig(gx[..., :H] + gh[..., :H])
-    z = sig(gx[..., H : 2 * H] + gh[..., H : 2 * H])
-    n = np.tanh(gx[..., 2 * H :] + r * gh[..., 2 * H :])
-    return (1 - z) * n + z * h
-
-
-def test_mlp_and_gru_match_numpy():
-    k1, k2 = jax.random.split(jax.random.key(0))
-    params = _nets.mlp_init(k1, (4, 16, 8, 2))
-    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    np.testing.assert_allclose(jax.jit(_nets.mlp_apply)(params, x), np_mlp(params, x), rtol=1e-5, atol=1e-5)
-    g = _nets.gru_init(k2, 3, 6)
-    h = np.tanh(np.random.default_rng(1).normal(size=(5, 6))).astype(np.float32)
-    xs = np.random.default_rng(2).normal(size=(5, 3)).astype(np.float32)
-    np.testing.assert_allclose(jax.jit(_nets.gru_cell)(g, h, xs), np_gru(g, h, xs), rtol=1e-5, atol=1e-5)
-
-
-def test_adam_and_clipping_match_numpy():
-    rng = np.random.default_rng(0)
-    params = {"a": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=(2,)).astype(np.float32)}
-    state = _nets.adam_init(params)
-    step = jax.jit(lambda g, s, p, lr: _nets.adam_update(_nets.clip_by_global_norm(g, 1.0)[0], s, p, lr))
-    ref_p = {k: v.astype(np.float64) for k, v in params.items()}
-    m = {k: np.zeros_like(v) for k, v in ref_p.items()}
-    v = {k: np.zeros_like(x) for k, x in ref_p.items()}
-    p = params
-    for t in range(1, 6):
-        grads = {k: rng.normal(size=x.shape).astype(np.float32) * 3 for k, x in params.items()}
-        norm = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in grads.values()))
-        lr = 0.1 / t
-        p, state = step(grads, state, p, jnp.float32(lr))
-        for k in ref_p:
-            g = grads[k] * min(1.0, 1.0 / norm)
-            m[k] = 0.9 * m[k] + 0.1 * g
-            v[k] = 0.999 * v[k] + 0.001 * g**2
-            ref_p[k] = ref_p[k] - lr * (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
-    for k in ref_p:
-        np.testing.assert_allclose(p[k], ref_p[k], rtol=1e-4, atol=1e-5)
-    assert int(state.count) == 5
-
-
 @pytest.mark.parametrize("double", [True, False])
 def test_loss_matches_numpy(double):
-    cfg = dataclasses.replace(dqn.DQNConfig(), double=double)
+    cfg = dataclasses.replace(dqn.DQNConfig(), double=double, hidden=(32, 32))
     agent = dqn.DQN(cfg)
     kp, kt = jax.random.split(jax.random.key(1))
-    params = _nets.mlp_init(kp, (4, *cfg.hidden, 2))
-    target = _nets.mlp_init(kt, (4, *cfg.hidden, 2))
+    params, target = agent.init_params(kp), agent.init_params(kt)
     rng = np.random.default_rng(3)
     n = 16
     batch = {
@@ -92,9 +60,10 @@ def test_loss_matches_numpy(double):
     }
     weight = rng.random(n).astype(np.float32)
     loss, td = jax.jit(agent._loss)(params, target, batch, weight)
-    q = np_mlp(params, batch["observation"])[np.arange(n), batch["action"]]
-    qt = np_mlp(target, batch["next"]["observation"])
-    a_star = np_mlp(params, batch["next"]["observation"]).argmax(-1) if double else qt.argmax(-1)
+    mlp = lambda p, x: np_mlp(p["params"]["MLP_0"], x)  # noqa: E731
+    q = mlp(params, batch["observation"])[np.arange(n), batch["action"]]
+    qt = mlp(target, batch["next"]["observation"])
+    a_star = mlp(params, batch["next"]["observation"]).argmax(-1) if double else qt.argmax(-1)
     y = 1.0 + cfg.gamma * (~batch["next"]["terminated"]) * qt[np.arange(n), a_star]
     d = q - y
     huber = np.where(np.abs(d) < 1, 0.5 * d**2, np.abs(d) - 0.5)
@@ -102,11 +71,41 @@ def test_loss_matches_numpy(double):
     np.testing.assert_allclose(loss, np.mean(weight * huber), rtol=1e-4, atol=1e-5)
 
 
+def test_dueling_q_matches_numpy():
+    agent = dqn.DQN(dataclasses.replace(dqn.DQNConfig(), dueling=True, hidden=(8, 8)))
+    params = agent.init_params(jax.random.key(4))
+    p = params["params"]
+    obs = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
+    h = np.maximum(np_mlp(p["torso"], obs), 0)
+    v, a = np_mlp(p["value"], h), np_mlp(p["advantage"], h)
+    np.testing.assert_allclose(jax.jit(agent.q)(params, obs), v + a - a.mean(-1, keepdims=True), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.25])
+def test_target_update_matches_numpy(tau):
+    """``target_tau < 1``: Polyak ``tau * params + (1 - tau) * target`` after every update;
+    ``target_tau = 1``: a hard copy after every ``target_update_every``-th update only."""
+    cfg = dataclasses.replace(TINY, target_tau=tau, target_update_every=3, lr=0.1, lr_end=0.1)
+    agent = dqn.DQN(cfg)
+    s = agent.init(jax.random.key(0))
+    step = jax.jit(lambda s, g: agent._apply_grads(s, g, s.buffer))
+    target = jax.tree.map(np.asarray, s.target)
+    for n in range(1, 7):
+        grads = jax.tree.map(lambda x: jnp.full_like(x, 0.1 * n), s.params)
+        s = step(s, grads)
+        params = jax.tree.map(np.asarray, s.params)
+        if tau < 1:
+            target = jax.tree.map(lambda p, t: tau * p + (1 - tau) * t, params, target)
+        elif n % 3 == 0:
+            target = params
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s.target, target)
+        assert int(s.updates) == n
+
+
 def test_prioritized_smoke():
     """``--prioritized``: PrioritizedSampler + update_priority compile and train (finite loss)."""
-    cfg = dataclasses.replace(dqn.DQNConfig(), prioritized=True, total_frames=2_048, learning_starts=1_024,
-                              steps_per_collect=4, updates_per_collect=4, log_every=1_024, buffer_size=2_048,
-                              batch_size=32, hidden=(16,))
+    cfg = dataclasses.replace(TINY, prioritized=True)
     agent = dqn.DQN(cfg)
     state = agent.init(jax.random.key(0))
     for _ in range(2):
@@ -119,14 +118,67 @@ def test_prioritized_smoke():
     assert np.ptp(leaf_priorities) > 0  # update_priority wrote TD-error priorities
 
 
+def test_seeds_vmapped_match_single_runs():
+    """``train(cfg, seeds=[...])`` computes, per seed, what ``train`` computes for that seed
+    alone (same keys, same updates): parameters and eval curves agree."""
+    many = dqn.train(TINY, seeds=[0, 3], quiet=True)
+    for i, seed in enumerate([0, 3]):
+        one = dqn.train(dataclasses.replace(TINY, seed=seed), quiet=True)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-3, atol=1e-4),
+                     many["params"], one["params"])
+        np.testing.assert_allclose([r[i] for r in many["curve"][1]], one["curve"][1], atol=1.0)
+        np.testing.assert_allclose(many["final_return"][i], one["final_return"], atol=1.0)
+
+
+def test_split_matches_per_seed_split():
+    keys = jax.vmap(jax.random.key)(jnp.arange(3))
+    got = _loop.split(keys, 3)
+    assert got.shape == (3, 3)
+    for s in range(3):
+        want = jax.random.split(jax.random.key(s), 3)
+        np.testing.assert_array_equal(jax.random.key_data(got[:, s]), jax.random.key_data(want))
+
+
+def test_set_override_parses_and_rejects_unknown_fields():
+    cfg = dqn._override(dqn.DQNConfig(), ["target_tau=0.01", "hidden=(64, 64)", "double=False"])
+    assert (cfg.target_tau, cfg.hidden, cfg.double) == (0.01, (64, 64), False)
+    with pytest.raises(SystemExit, match="'nope' is not a DQNConfig field"):
+        dqn._override(dqn.DQNConfig(), ["nope=1"])
+
+
 @pytest.mark.slow
-def test_cli_trains_cartpole(capsys):
+def test_cli_subprocess_png_last_line_and_compilation_cache(tmp_path):
+    """The command line as a user runs it: the learning curve PNG is written by default and its
+    path printed, the last line is the last params' return, and JAX's persistent compilation
+    cache is filled (so the next run loads instead of compiling)."""
+    cache = tmp_path / "jax-cache"
+    env = dict(os.environ, RLBUF_JAX_CACHE=str(cache), PYTHONPATH=str(ROOT))
+    args = [sys.executable, "-m", "rlbuf.examples.dqn", "--total-frames", "1024", "--eval-every", "512",
+            "--learning-starts", "256", "--quiet", "--set", "hidden=(16,)", "--set", "steps_per_collect=8",
+            "--set", "updates_per_collect=2", "--set", "eval_episodes=2"]
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1].startswith("final eval return: "), lines
+    float(lines[-1].split(":")[1])
+    png = tmp_path / "dqn_cartpole_seed0.png"
+    assert f"learning curve: {png}" in lines
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(cache.iterdir()), "the persistent compilation cache stayed empty"
+
+
+@pytest.mark.slow
+def test_cli_trains_cartpole(capsys, monkeypatch):
     """``python -m rlbuf.examples.dqn`` on a short budget: learns well above random (≈ 22), the
-    last printed line is the final return, the jitted step compiles once and donates its state."""
-    r = dqn.main(["--total-frames", "40960", "--eval-every", "10240", "--quiet", "--seed", "0"])
+    last printed line is the last params' fresh evaluation, ``--keep-best`` adds its own labelled
+    line before it, the jitted step compiles once and donates its state."""
+    monkeypatch.setenv("RLBUF_JAX_CACHE", "")  # do not turn on the persistent cache in the test process
+    r = dqn.main(["--total-frames", "40960", "--eval-every", "10240", "--quiet", "--no-plot", "--keep-best"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("final eval return: ")
     assert float(lines[-1].split(":")[1]) == pytest.approx(r["final_return"], abs=0.06)
+    assert lines[-2].startswith("best checkpoint (params of the best periodic eval")
+    assert float(lines[-2].rsplit(":", 1)[1]) == pytest.approx(float(r["best_return"]), abs=0.06)
     frames, returns = r["curve"]
     assert frames == [10_240, 20_480, 30_720, 40_960]
     assert max(returns) > 100 and r["final_return"] > 50, (returns, r["final_return"])
@@ -138,14 +190,3 @@ def test_cli_trains_cartpole(capsys):
     assert old.is_deleted()  # the buffer was donated: updated in place
     assert int(new.buffer.added) == (frames + agent.cfg.log_every) // agent.cfg.num_envs
     assert agent.chunk._cache_size() == 1
-
-
-def test_dueling_q_matches_numpy():
-    agent = dqn.DQN(dataclasses.replace(dqn.DQNConfig(), dueling=True, hidden=(8, 8)))
-    params = agent.init_params(jax.random.key(4))
-    obs = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
-    h = np.maximum(np_mlp(params["torso"], obs), 0)
-    v = h @ np.asarray(params["value"]["w"], np.float64) + np.asarray(params["value"]["b"], np.float64)
-    a = h @ np.asarray(params["advantage"]["w"], np.float64) + np.asarray(params["advantage"]["b"], np.float64)
-    np.testing.assert_allclose(jax.jit(dqn.q_values)(params, obs), v + a - a.mean(-1, keepdims=True), rtol=1e-5,
-                               atol=1e-5)
