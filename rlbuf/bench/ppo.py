@@ -52,7 +52,10 @@ class Reference(ppo.PPO):
         return RefState(params=params, opt=self.tx.init(params), env_state=env_state, obs=obs,
                         ep_return=jnp.zeros((self.cfg.num_envs,), jnp.float32), key=k_run)
 
-    def _iteration(self, s: RefState, _):
+    def _iteration(self, s: RefState, x):
+        return jax.vmap(self._iteration_one, in_axes=(0, None))(s, x)  # seeds vmapped, no conds to lose
+
+    def _iteration_one(self, s: RefState, _):
         cfg = self.cfg
         B = cfg.num_envs
 

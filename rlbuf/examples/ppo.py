@@ -21,7 +21,9 @@ minibatches, Adam 2.5e-4 annealed to 0, clip 0.2, GAE gamma 0.99 / lambda 0.95):
    bonus), optax Adam with global-norm clipping.
 
 Iterations run in a ``lax.scan`` inside one ``jax.jit`` (state donated); ``--num-seeds S``
-``vmap``s the whole training state over ``S`` seeds. The reported number (last line,
+trains ``S`` seeds at once: every leaf of the state has a leading ``[S]`` axis, collection,
+GAE, ``add`` and the gradient steps are ``vmap``ped over it and the minibatch ``sample`` is a
+``lax.map`` (keeping the sampler's ``lax.cond``). The reported number (last line,
 ``final eval return: X``) is a fresh greedy (argmax) evaluation of the LAST parameters, no
 best-checkpoint choice; with several seeds, one value per seed.
 """
@@ -152,8 +154,8 @@ def ppo_loss(net, cfg: PPOConfig, params, mb: dict):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PPOState:
-    """Everything the jitted training chunk carries (donated to it); a leading ``[S]`` seed axis
-    on every leaf when seeds are vmapped."""
+    """Everything the jitted training chunk carries (donated to it); every leaf has a leading
+    ``[S]`` seed axis (``init_one`` builds one seed's state without it)."""
 
     params: Any
     opt: Any
@@ -192,7 +194,7 @@ class PPO:
         # SamplerWithoutReplacement is num_minibatches samples.
         self.rb = ReplayBuffer(storage=LazyTensorStorage(cfg.frames_per_iter, ndim=2),
                                sampler=SamplerWithoutReplacement(), batch_size=cfg.minibatch_size)
-        self.chunk = jax.jit(jax.vmap(self._chunk), donate_argnums=0)
+        self.chunk = jax.jit(self._chunk, donate_argnums=0)
         self.evaluate = jax.jit(jax.vmap(self._evaluate))
 
     # ------------------------------------------------------------------ state
@@ -221,33 +223,43 @@ class PPO:
                 "value": batch["value"], "advantage": adv, "value_target": target}
 
     def _iteration(self, s: PPOState, _):
+        """One collect + GAE + add + ``update_epochs * num_minibatches`` updates of every seed
+        (leaves ``[S, ...]``); returns per-seed ``(episode return sum, episodes, mean loss)``."""
         cfg = self.cfg
-        cstate, batch = self.collector.collect(s.collector, s.params)
-        buffer = self.rb.add(s.buffer, self.learner_batch(s.params, batch))
-        grad_fn = jax.value_and_grad(lambda p, mb: ppo_loss(self.net, cfg, p, mb), has_aux=True)
+        cstate, batch = jax.vmap(self.collector.collect)(s.collector, s.params)
+        buffer = jax.vmap(self.rb.add)(s.buffer, jax.vmap(self.learner_batch)(s.params, batch))
+        grad_fn = jax.vmap(jax.value_and_grad(lambda p, mb: ppo_loss(self.net, cfg, p, mb), has_aux=True))
+
+        def sample(buffer_key):
+            buffer, mb, _ = self.rb.sample(*buffer_key)
+            return buffer, mb
 
         def update(c, k):
             params, opt, buffer = c
-            buffer, mb, _ = self.rb.sample(buffer, k)
+            # lax.map, not vmap, over seeds: the sampler's new-epoch lax.cond then stays a branch;
+            # under vmap it becomes a select that reshuffles at every sample (8x slower here).
+            buffer, mb = jax.lax.map(sample, (buffer, k))
             (loss, _), grads = grad_fn(params, mb)
-            upd, opt = self.tx.update(grads, opt, params)
+            upd, opt = jax.vmap(self.tx.update)(grads, opt, params)
             params = jax.tree.map(lambda p, u: p + u, params, upd)
             return (params, opt, buffer), loss
 
-        key, k = jax.random.split(s.key)
         n = cfg.update_epochs * cfg.num_minibatches
-        (params, opt, buffer), losses = jax.lax.scan(update, (s.params, s.opt, buffer), jax.random.split(k, n))
-        done = batch["next"]["done"]
-        ep_sum = jnp.sum(jnp.where(done, batch["next"]["episode_reward"], 0.0))
-        s = PPOState(params=params, opt=opt, buffer=buffer, collector=cstate, key=key)
-        return s, (ep_sum, jnp.sum(done, dtype=jnp.int32), losses.mean())
+        keys = jax.vmap(lambda k: jax.random.split(k, n + 1))(s.key)  # [S, n + 1]
+        (params, opt, buffer), losses = jax.lax.scan(update, (s.params, s.opt, buffer),
+                                                     jnp.swapaxes(keys[:, 1:], 0, 1))
+        nxt = batch["next"]
+        ep_sum = jnp.sum(jnp.where(nxt["done"], nxt["episode_reward"], 0.0), axis=(1, 2))
+        s = PPOState(params=params, opt=opt, buffer=buffer, collector=cstate, key=keys[:, 0])
+        return s, (ep_sum, jnp.sum(nxt["done"], axis=(1, 2), dtype=jnp.int32), losses.mean(0))
 
     def _chunk(self, s: PPOState):
-        """``log_every`` frames of training (one seed); returns the new state and metrics."""
+        """``log_every`` frames of training of every seed; returns the new state and per-seed
+        metrics ``[S]``."""
         n = self.cfg.log_every // self.cfg.frames_per_iter
-        s, (ep_sum, ep_n, loss) = jax.lax.scan(self._iteration, s, None, length=n)
-        n_ep = ep_n.sum()
-        return s, {"return": ep_sum.sum() / jnp.maximum(n_ep, 1), "episodes": n_ep, "loss": loss.mean()}
+        s, (ep_sum, ep_n, loss) = jax.lax.scan(self._iteration, s, None, length=n)  # metrics [n, S]
+        n_ep = ep_n.sum(0)
+        return s, {"return": ep_sum.sum(0) / jnp.maximum(n_ep, 1), "episodes": n_ep, "loss": loss.mean(0)}
 
     def _evaluate(self, params, key):
         """Mean greedy (argmax) return over ``eval_episodes`` fresh episodes."""
