@@ -138,12 +138,17 @@ def solve(num_seeds: int = 5, total_frames: int | None = None) -> None:
     for name, cls in [("rlbuf", ppo.PPO), ("reference", Reference)]:
         out = ppo.train(cfg, quiet=True, agent_cls=cls)
         frames, curve = out["curve"]
-        solved = [ppo.frames_to_solve(frames, curve[:, j]) for j in range(num_seeds)]
+        first = [ppo.frames_to_solve(frames, curve[:, j]) for j in range(num_seeds)]
+        stay = [ppo.frames_to_solve(frames, curve[:, j], stay=True) for j in range(num_seeds)]
         final = out["final_returns"]
         print(f"{name}: last params greedy return {np.round(final, 1).tolist()} "
-              f"({int((final >= ppo.SOLVED).sum())}/{num_seeds} >= {ppo.SOLVED:.0f}); first eval >= "
-              f"{ppo.SOLVED:.0f} at frames {solved}; wall {out['wall_time']:.1f} s incl. compile; "
-              f"training {out['frames_per_s']:,.0f} frames/s over {num_seeds} seeds")
+              f"({int((final >= ppo.SOLVED).sum())}/{num_seeds} >= {ppo.SOLVED:.0f}); eval >= {ppo.SOLVED:.0f} "
+              f"first at frames {first}, from then on at {stay}; wall {out['wall_time']:.1f} s incl. compile; "
+              f"training {out['frames_per_s']:,.0f} frames/s over {num_seeds} seeds", flush=True)
+        step = max(1, len(frames) // 16)
+        print("  frames " + " ".join(f"{f // 1000:>4d}k" for f in frames[step - 1::step]))
+        for j in range(num_seeds):
+            print(f"  seed {j} " + " ".join(f"{r:>5.0f}" for r in curve[step - 1::step, j]), flush=True)
 
 
 def main(argv=None) -> None:

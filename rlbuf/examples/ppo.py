@@ -4,7 +4,7 @@ drawn by ``SamplerWithoutReplacement``.
 Run it::
 
     python -m rlbuf.examples.ppo                        # one seed, prints ~500 at the end
-    python -m rlbuf.examples.ppo --num-seeds 5 --plot ppo.png   # 5 seeds vmapped in one process
+    python -m rlbuf.examples.ppo --num-seeds 5 --plot ppo.png   # seeds 0-4 at once, one process
 
 One iteration (PureJaxRL's CartPole configuration: 4 envs x 128 steps, 4 epochs of 4
 minibatches, Adam 2.5e-4 annealed to 0, clip 0.2, GAE gamma 0.99 / lambda 0.95):
@@ -269,16 +269,20 @@ class PPO:
         return ret.mean()
 
 
-def frames_to_solve(frames, curve, threshold: float = SOLVED):
-    """First evaluation frame count whose return is >= ``threshold`` (None if never)."""
-    for f, r in zip(frames, curve):
-        if r >= threshold:
-            return f
-    return None
+def frames_to_solve(frames, curve, threshold: float = SOLVED, *, stay: bool = False):
+    """Frames of the first evaluation whose return is >= ``threshold`` (None if never); with
+    ``stay``, of the first one from which every later evaluation is >= ``threshold`` too."""
+    ok = np.asarray(curve) >= threshold
+    if stay:
+        bad = np.flatnonzero(~ok)
+        i = 0 if bad.size == 0 else bad[-1] + 1
+        return frames[i] if i < len(frames) else None
+    return frames[int(np.argmax(ok))] if ok.any() else None
 
 
-def train(cfg: PPOConfig, *, quiet: bool = False, plot: str | None = None, agent_cls=None) -> dict:
-    """Train ``cfg.num_seeds`` agents (vmapped); returns ``{"final_returns" [S], "curve": (frames,
+def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None = None, agent_cls=None) -> dict:
+    """Train one agent per seed of ``seeds`` (default ``cfg.seed, cfg.seed + 1, ...``,
+    ``cfg.num_seeds`` of them) at once; returns ``{"final_returns" [S], "curve": (frames,
     returns [n_evals, S]), "wall_time", "train_time" (seconds, first chunk and its compile
     excluded), "frames_per_s" (over all seeds, same exclusion), "state", "agent"}``.
 
@@ -288,8 +292,9 @@ def train(cfg: PPOConfig, *, quiet: bool = False, plot: str | None = None, agent
     last, ``final eval return: X`` (one value per seed).
     """
     t0 = time.perf_counter()
+    seeds = list(seeds) if seeds is not None else [cfg.seed + i for i in range(cfg.num_seeds)]
+    cfg = dataclasses.replace(cfg, num_seeds=len(seeds))
     agent = (agent_cls or PPO)(cfg)
-    seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
     state = agent.init(seeds)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1_000_003)
     n_chunks = -(-cfg.total_frames // cfg.log_every)
@@ -328,17 +333,21 @@ def train(cfg: PPOConfig, *, quiet: bool = False, plot: str | None = None, agent
     timed_frames = (n_chunks - 1) * cfg.log_every * cfg.num_seeds
     fps = timed_frames / train_time if train_time > 0 else float("nan")
     curve = (frames_curve, np.stack(returns_curve))
+    png = None
     if plot:
-        _nets.save_curve(plot, {f"seed {s}": (frames_curve, curve[1][:, j]) for j, s in enumerate(seeds)},
-                         f"PPO on {cfg.env_name} (last params, greedy)", quiet=quiet)
+        png = _nets.save_curve(plot, {f"seed {s}": (frames_curve, curve[1][:, j]) for j, s in enumerate(seeds)},
+                               f"PPO on {cfg.env_name}, greedy eval of the current params")
     if not quiet:
-        solved = [frames_to_solve(frames_curve, curve[1][:, j]) for j in range(cfg.num_seeds)]
+        first = [frames_to_solve(frames_curve, curve[1][:, j]) for j in range(cfg.num_seeds)]
+        stay = [frames_to_solve(frames_curve, curve[1][:, j], stay=True) for j in range(cfg.num_seeds)]
         print(f"wall time {wall:.1f}s incl. compile; training {fps:,.0f} frames/s over {cfg.num_seeds} seed(s)")
-        print(f"first eval >= {SOLVED:.0f} at frames {solved}; last params >= {SOLVED:.0f} on "
-              f"{int((final >= SOLVED).sum())}/{cfg.num_seeds} seeds")
+        print(f"eval >= {SOLVED:.0f} first at frames {first}, from then on at {stay}; last params >= "
+              f"{SOLVED:.0f} on {int((final >= SOLVED).sum())}/{cfg.num_seeds} seeds")
+        if png:
+            print(f"learning curve: {png}")
     print(f"final eval return: {_fmt(final)}")
     return {"final_returns": final, "curve": curve, "wall_time": wall, "train_time": train_time,
-            "frames_per_s": fps, "state": state, "agent": agent}
+            "frames_per_s": fps, "state": state, "agent": agent, "seeds": seeds, "plot": png}
 
 
 def _fmt(x) -> str:
@@ -350,12 +359,13 @@ def main(argv=None) -> dict:
     d = PPOConfig()
     p = argparse.ArgumentParser(prog="python -m rlbuf.examples.ppo", description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-seeds", type=int, default=d.num_seeds, help="seeds trained together (vmapped)")
+    p.add_argument("--num-seeds", type=int, default=d.num_seeds, help="train seeds seed, seed+1, ... at once")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="train one agent per seed at once")
     p.add_argument("--total-frames", type=int, default=d.total_frames, help="frames per seed")
     p.add_argument("--num-envs", type=int, default=d.num_envs)
     p.add_argument("--steps-per-collect", type=int, default=d.steps_per_collect, help="T of each [B, T] batch")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="frames between greedy evaluations")
-    p.add_argument("--plot", default=None, metavar="PATH", help="save the learning curves as a PNG (needs matplotlib)")
+    p.add_argument("--plot", default=None, metavar="PATH", help="write the learning curves to this PNG (matplotlib)")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     a = p.parse_args(argv)
     per = a.num_envs * a.steps_per_collect
@@ -363,7 +373,8 @@ def main(argv=None) -> dict:
     cfg = dataclasses.replace(d, seed=a.seed, num_seeds=a.num_seeds, total_frames=a.total_frames,
                               num_envs=a.num_envs, steps_per_collect=a.steps_per_collect,
                               eval_every=a.eval_every, log_every=log_every)
-    return train(cfg, quiet=a.quiet, plot=a.plot)
+    _nets.enable_compilation_cache()
+    return train(cfg, seeds=a.seeds, quiet=a.quiet, plot=a.plot)
 
 
 if __name__ == "__main__":

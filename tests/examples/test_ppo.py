@@ -84,9 +84,12 @@ def test_learner_batch_and_minibatch_epochs(agent):
         np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(np.asarray(lb["log_prob"]).ravel()))
 
 
-def test_cli_tiny_run_two_seeds(capsys):
-    out = ppo.main(["--num-seeds", "2", "--num-envs", "2", "--steps-per-collect", "16", "--total-frames", "128",
-                    "--eval-every", "64", "--quiet"])
+def test_cli_tiny_run_two_seeds(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curve.png"
+    out = ppo.main(["--seeds", "3", "7", "--num-envs", "2", "--steps-per-collect", "16", "--total-frames", "128",
+                    "--eval-every", "64", "--quiet", "--plot", str(png)])
+    assert png.stat().st_size > 0 and out["plot"] == str(png.resolve()) and out["seeds"] == [3, 7]
     assert capsys.readouterr().out.strip().startswith("final eval return:")
     assert out["final_returns"].shape == (2,)
     assert np.all((out["final_returns"] >= 1) & (out["final_returns"] <= 500))
@@ -106,3 +109,11 @@ def test_config_errors():
         dataclasses.replace(CFG, log_every=100).check()
     with pytest.raises(ValueError, match="less than one iteration"):
         dataclasses.replace(CFG, total_frames=16).check()
+
+
+def test_frames_to_solve():
+    frames = [10, 20, 30, 40]
+    assert ppo.frames_to_solve(frames, [0, 500, 100, 480]) == 20
+    assert ppo.frames_to_solve(frames, [0, 500, 100, 480], stay=True) == 40
+    assert ppo.frames_to_solve(frames, [500, 500, 500, 0], stay=True) is None
+    assert ppo.frames_to_solve(frames, [0, 0, 0, 0]) is None
