@@ -67,7 +67,14 @@ class EnsembleState:
 class _VarargsConstructor(type):
     # ``ReplayBufferEnsemble(rb_1, ..., rb_k, num_per_buffer=...)`` (TorchRL's signature) onto the
     # fields of a frozen dataclass: the dataclass stays truly frozen (no __setattr__ tricks).
-    def __call__(cls, *buffers, num_per_buffer=None):
+    # ``buffers=`` as a keyword is what ``dataclasses.replace`` passes.
+    def __call__(cls, *buffers, num_per_buffer=None, **kw):
+        if "buffers" in kw:
+            if buffers:
+                raise TypeError("ReplayBufferEnsemble: give the buffers positionally or as buffers=, not both")
+            buffers = kw.pop("buffers")
+        if kw:
+            raise TypeError(f"ReplayBufferEnsemble: unexpected keyword arguments {sorted(kw)}")
         return super().__call__(tuple(buffers), None if num_per_buffer is None else tuple(num_per_buffer))
 
 

@@ -181,6 +181,11 @@ def test_num_per_buffer_rebuilds_members_and_shares_states():
     assert batch["observation"].shape == (5, 3)
     assert len(state) == 20
     assert hash(ens) == hash(ReplayBufferEnsemble(rb, rb, num_per_buffer=(2, 3)))
+    import dataclasses
+
+    assert dataclasses.replace(ens, num_per_buffer=(4, 4)).batch_size == 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ens.num_per_buffer = (1, 1)
 
 
 def test_bad_configurations_raise():
