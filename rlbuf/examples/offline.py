@@ -340,6 +340,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quiet", action="store_true")
     args = vars(p.parse_args(argv))
     quiet, keep = args.pop("quiet"), args.pop("keep_dataset")
+    _nets.enable_compilation_cache()
     return train(OfflineConfig(**args), quiet=quiet, keep_dataset=keep)
 
 
