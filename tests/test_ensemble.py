@@ -111,7 +111,7 @@ def test_flat_members(names):
     ens = make([FLAT[n]() for n in names], ndims, sizes)
     state = fill(ens, ndims)
     assert bool(ens.can_sample(state))
-    sample = jax.jit(ens.sample)
+    sample = jax.jit(ens.sample, donate_argnums=0)  # the whole ensemble state donated
     for k in range(3):
         state, batch, info = sample(state, jax.random.key(k))
         check_batch(ens, state, batch, info, slices=False)

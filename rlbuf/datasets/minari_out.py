@@ -25,6 +25,10 @@ wrapped, the oldest trajectory whose beginning was overwritten):
 - ``partial="drop"``: only complete episodes are written: ending with a done step and, when
   ``"step_count"`` or ``"is_init"`` is in the data, starting at a reset.
 - ``partial="keep"``: kept unchanged (episodes may end with neither flag set).
+
+A buffer state is read from its storage as stored: a buffer with ``compact_next=True`` or
+``keys=`` that does not store a key above raises naming it, and a ``MaxValueWriter`` buffer
+(not in time order) gives no meaningful episodes.
 """
 
 from __future__ import annotations

@@ -165,3 +165,11 @@ def test_jpeg_image_observations_go_through_minari_decoder(minari_root):
     data = datasets.from_minari(ds)
     assert data["observation"].shape == (7, 32, 32, 3) and data["observation"].dtype == np.uint8
     assert_same(data, reference(ds))
+
+
+def test_import_rlbuf_does_not_import_minari():
+    import subprocess
+    import sys
+
+    code = "import sys, rlbuf, rlbuf.datasets; assert 'minari' not in sys.modules and 'h5py' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
