@@ -78,6 +78,32 @@ def test_colab_install_cell_first(path):
     )
 
 
+@pytest.mark.parametrize("source", ["local checkout", "git+https://github.com/example/rlbuf"])
+def test_install_cell_builds_a_valid_requirement(source):
+    """The install cell's pip requirement, when rlbuf is missing, is valid for a git URL and for
+    a local path (``rlbuf @ /path`` is not: a path must become a ``file://`` URL)."""
+    from packaging.requirements import Requirement
+
+    root = NOTEBOOKS.parent
+    src = source if source.startswith("git+") else str(root)
+    for path in PATHS:
+        cell = next(c.source for c in nbformat.read(path, as_version=4).cells
+                    if c.cell_type == "code" and "RLBUF_SOURCE" in c.source)
+        lines = cell.splitlines()
+        first_import = lines.index("    import rlbuf")
+        lines[first_import] = "    raise ImportError"  # as on a machine without rlbuf
+        pip = next(i for i, line in enumerate(lines) if line.lstrip().startswith("%pip install"))
+        del lines[pip:]  # stop before pip runs
+        code = "\n".join(lines).replace('RLBUF_SOURCE = "git+https://github.com/<org>/rlbuf"',
+                                        f"RLBUF_SOURCE = {src!r}")
+        assert f"RLBUF_SOURCE = {src!r}" in code, f"{path.name}: the RLBUF_SOURCE placeholder line changed"
+        ns: dict = {}
+        exec(code, ns)
+        req = Requirement(ns["RLBUF_REQUIREMENT"])
+        assert req.name == "rlbuf" and "examples" in req.extras
+        assert req.url == (src if src.startswith("git+") else root.resolve().as_uri()), path.name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_notebook_runs(path, kernel_env, monkeypatch, tmp_path):
