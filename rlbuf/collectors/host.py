@@ -341,11 +341,12 @@ class HostCollector:
                     buf = _alloc(obs[gi], actions[gi], B, T)
                 cur = obs[gi]
                 done_env = term | trunc
-                nxt = jax.tree.map(np.array, nobs)  # own copy: final observations go in below
+                nxt = nobs
                 if g.mode == SAME_STEP and done_env.any():
+                    nxt = _tmap(np.array, nobs)  # own copy: the final observations go in
                     for i in np.nonzero(done_env)[0]:
                         fin = _final_obs(info, i)
-                        jax.tree.map(lambda n, f, i=i: n.__setitem__(i, f), nxt, fin)
+                        _tmap(lambda n, f, i=i: n.__setitem__(i, f), nxt, fin)
                 c = count[a:b] + 1
                 if mf is not None:
                     trunc = trunc | (c >= mf)
@@ -415,8 +416,16 @@ def _alloc(obs, action, B, T):
     }
 
 
+def _tmap(fn, *trees):
+    """``jax.tree.map`` with a fast path for plain arrays (the common observation), since the
+    collector's per-step host work is part of every frame's cost."""
+    if isinstance(trees[0], np.ndarray):
+        return fn(*trees)
+    return jax.tree.map(fn, *trees)
+
+
 def _put(buf, a, b, t, value):
-    jax.tree.map(lambda dst, src: dst.__setitem__((slice(a, b), t), src), buf, value)
+    _tmap(lambda dst, src: dst.__setitem__((slice(a, b), t), src), buf, value)
 
 
 def make_groups(make_env: Callable[[int], Any], num_envs: int, num_groups: int = 2) -> list:
