@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# keys a batch already has: policy extras may not use them
-RESERVED_KEYS = ("observation", "action", "step_count", "next", "collector")
+from rlbuf.collectors._policy import call_policy, check_carry, check_extras, init_carry
+
 NEXT_STEP, SAME_STEP, DISABLED = "nextstep", "samestep", "disabled"
 
 
@@ -38,6 +38,8 @@ class HostCollectorState:
         step_count: int32 ``[B]`` steps since each env's reset.
         episode_reward: float32 ``[B]`` running return of each env's episode.
         frames: int64 ``[]`` frames collected so far.
+        policy_carry: the policy's carry (device leaves ``[B, ...]``), None without
+            ``policy_carry``.
     """
 
     observation: Any
@@ -47,6 +49,7 @@ class HostCollectorState:
     step_count: np.ndarray
     episode_reward: np.ndarray
     frames: np.ndarray
+    policy_carry: Any = None
 
 
 def _autoreset_mode(vec: Any) -> str:
@@ -163,8 +166,12 @@ class HostCollector:
             jitted and called once per step on a group's observations (leading ``[B_g]`` axis).
             ``None``: random actions from the env's action space.
         frames_per_batch: frames per ``collect`` over all envs; ``T = frames_per_batch // B``.
-        max_frames_per_traj, init_random_frames, reset_at_each_iter, postproc: as
-            :class:`rlbuf.Collector` (``postproc`` is applied to the device batch).
+        max_frames_per_traj, init_random_frames, reset_at_each_iter, postproc, policy_carry,
+            store_carry: as :class:`rlbuf.Collector` (``postproc`` is applied to the device
+            batch; with ``policy_carry=init_fn`` the policy is
+            ``policy(params, obs, key, carry) -> (action, extras, new_carry)``, the carry stays
+            on the device, an env starting an episode starts from ``init_fn``'s carry, batches
+            hold ``"is_init"`` and, with ``store_carry``, ``("collector", "carry")``).
 
     Batch: exactly :class:`rlbuf.Collector`'s keys and semantics, leaves ``[B, T, ...]`` as
     device arrays. The next observation of a done step is the env's final observation (taken
@@ -181,7 +188,14 @@ class HostCollector:
 
     def __init__(self, env: Any, policy: Callable | None = None, *, frames_per_batch: int,
                  max_frames_per_traj: int | None = None, init_random_frames: int = 0,
-                 reset_at_each_iter: bool = False, postproc: Callable | None = None):
+                 reset_at_each_iter: bool = False, postproc: Callable | None = None,
+                 policy_carry: Callable | None = None, store_carry: bool = False):
+        if policy_carry is not None and policy is None:
+            raise ValueError("policy_carry needs a policy (policy=None takes random actions)")
+        if store_carry and policy_carry is None:
+            raise ValueError("store_carry=True needs policy_carry")
+        self.policy_carry = policy_carry
+        self.store_carry = bool(store_carry)
         self.groups = _as_groups(env)
         self.num_envs = sum(g.num for g in self.groups)
         fpb = frames_per_batch
@@ -199,24 +213,36 @@ class HostCollector:
         self.postproc = postproc
         self.policy = policy
         self._policy_step = None if policy is None else jax.jit(self._policy_fn)
+        self._carry_reset = jax.jit(self._carry_reset_fn)
         self._frames = None  # frames of the state the envs are in (stale-state check)
         self._extras_spec = None
 
     # ------------------------------------------------------------------ policy on the device
-    def _policy_fn(self, params, obs, key):
-        key, k = jax.random.split(key)
-        out = self.policy(params, obs, k)
-        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
-            action, extras = out
-        else:
-            action, extras = out, {}
-        return action, dict(extras), key
+    def _carry0(self, n: int):
+        return init_carry(self.policy_carry, n, (n,))
 
-    def _check_policy(self, action, extras, group: _Group):
-        for k in extras:
-            if k in RESERVED_KEYS:
-                raise ValueError(f"policy extra {k!r} collides with a batch key (reserved: "
-                                 f"{RESERVED_KEYS})")
+    def _carry_reset_fn(self, carry, fresh):
+        """The carry with the envs in ``fresh`` (bool ``[n]``) back at ``policy_carry``'s value."""
+        n = fresh.shape[0]
+        return jax.tree.map(lambda c0, c: jnp.where(fresh.reshape((n,) + (1,) * (c.ndim - 1)), c0, c),
+                            self._carry0(n), carry)
+
+    def _policy_fn(self, params, obs, key, carry=None, fresh=None):
+        """One policy step on a group: ``(action, extras, new_carry, carry_in, key)``; the
+        carry of envs that just started an episode (``fresh``) is reset before the call."""
+        key, k = jax.random.split(key)
+        n = jax.tree.leaves(obs)[0].shape[0]
+        with_carry = self.policy_carry is not None
+        if with_carry:
+            carry = self._carry_reset_fn(carry, fresh)
+        action, extras, new_carry = call_policy(self.policy, params, obs, k, carry, with_carry)
+        # trace-time checks: they raise before anything runs, naming the key or shape
+        check_extras(extras, (n,))
+        if with_carry:
+            check_carry(new_carry, carry)
+        return action, extras, new_carry, carry, key
+
+    def _check_action(self, action, group: _Group):
         space = group.action_space
         want = (group.num,) + tuple(getattr(space, "shape", None) or ())
         if hasattr(space, "shape") and tuple(np.shape(action)) != want:
@@ -237,7 +263,8 @@ class HostCollector:
         return HostCollectorState(
             observation=obs, key=key, traj_ids=np.arange(B, dtype=np.int32),
             next_traj_id=np.asarray(B, np.int32), step_count=np.zeros(B, np.int32),
-            episode_reward=np.zeros(B, np.float32), frames=np.asarray(0, np.int64))
+            episode_reward=np.zeros(B, np.float32), frames=np.asarray(0, np.int64),
+            policy_carry=None if self.policy_carry is None else self._carry0(B))
 
     def resume(self, state: HostCollectorState) -> HostCollectorState:
         """Continue from a restored state: the envs reset (their states were not saved) and
@@ -250,7 +277,8 @@ class HostCollector:
         return dataclasses.replace(
             state, observation=obs, key=key, traj_ids=np.arange(nxt, nxt + B, dtype=np.int32),
             next_traj_id=np.asarray(nxt + B, np.int32), step_count=np.zeros(B, np.int32),
-            episode_reward=np.zeros(B, np.float32))
+            episode_reward=np.zeros(B, np.float32),
+            policy_carry=None if self.policy_carry is None else self._carry0(B))
 
     def collect(self, state: HostCollectorState, policy_params: Any = None):
         """Step the envs ``T`` times; returns ``(new_state, batch)`` with device-array leaves
@@ -263,10 +291,14 @@ class HostCollector:
         if self.reset_at_each_iter and int(state.frames) > 0:
             state = self.resume(state)
         random = self.policy is None or int(state.frames) < self.init_random_frames
-        state, host, extras = self._rollout(state, policy_params, random)
+        state, host, extras, stored = self._rollout(state, policy_params, random)
+        if self.policy_carry is not None:
+            host["is_init"] = host["step_count"] == 0
         batch = jax.device_put(host)  # one transfer per batch
         if extras:
             batch.update(extras)
+        if stored is not None:
+            batch["collector"]["carry"] = stored
         if self.postproc is not None:
             batch = self.postproc(batch)
         self._frames = int(state.frames)
@@ -288,9 +320,12 @@ class HostCollector:
     def _policy_spec(self, params, obs, key):
         """(action, extras) shapes of the policy on one group's observations (traced once)."""
         if self._extras_spec is None:
-            o = jax.tree.map(lambda x: np.asarray(x)[: self.groups[0].num], obs)
-            self._extras_spec = jax.eval_shape(lambda p, o, k: self._policy_fn(p, o, k)[:2],
-                                               params, o, key)
+            n = self.groups[0].num
+            o = jax.tree.map(lambda x: np.asarray(x)[:n], obs)
+            carry = None if self.policy_carry is None else jax.eval_shape(lambda: self._carry0(n))
+            self._extras_spec = jax.eval_shape(
+                lambda p, o, k, c, f: self._policy_fn(p, o, k, c, f)[:2], params, o, key, carry,
+                jax.ShapeDtypeStruct((n,), bool))
         return self._extras_spec
 
     def _rollout(self, state, params, random):
@@ -311,17 +346,33 @@ class HostCollector:
             ex_spec = {}
             act_dtype = jax.dtypes.canonicalize_dtype(np.asarray(groups[0].random_actions()).dtype)
         checked = [False] * len(groups)
+        with_carry = self.policy_carry is not None
+        carry = [None] * len(groups)
+        if with_carry:
+            carry = [jax.tree.map(lambda x, a=a, b=b: x[a:b], state.policy_carry)
+                     for a, b in zip(starts[:-1], starts[1:])]
+        fresh = [np.zeros(g.num, bool) for g in groups]  # envs whose carry must restart
+        stored = [[] for _ in groups]
 
         def act(gi):
             nonlocal key
             g = groups[gi]
             if random:
+                if with_carry and self.store_carry:  # the carry is not advanced, only reset
+                    carry[gi] = self._carry_reset(carry[gi], fresh[gi])
+                    fresh[gi] = np.zeros(g.num, bool)
+                    stored[gi].append(carry[gi])
                 return np.asarray(g.random_actions()).astype(act_dtype)
-            a_dev, ex, key = self._policy_step(params, obs[gi], key)
+            a_dev, ex, new_carry, carry_in, key = self._policy_step(params, obs[gi], key, carry[gi],
+                                                                    fresh[gi] if with_carry else None)
             if not checked[gi]:
-                self._check_policy(a_dev, ex, g)
+                self._check_action(a_dev, g)
                 checked[gi] = True
             extras[gi].append(ex)
+            if with_carry:
+                if self.store_carry:
+                    stored[gi].append(carry_in)
+                carry[gi], fresh[gi] = new_carry, np.zeros(g.num, bool)
             return np.asarray(a_dev)
 
         def launch(gi, a):
@@ -367,6 +418,7 @@ class HostCollector:
                     next_id += k
                 count[a:b] = np.where(done, 0, c)
                 ret[a:b] = np.where(done, 0.0, r)
+                fresh[gi] = fresh[gi] | done
                 # the observation acted on next: reset ones where an episode ended (a same-step
                 # env already reset itself unless only max_frames_per_traj ended it)
                 need = done & ~done_env if g.mode == SAME_STEP else done
@@ -383,11 +435,18 @@ class HostCollector:
             # [T] lists of [B_g, ...] per group -> [B, T, ...] on the device, without a host trip
             per_group = [jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *e) for e in extras]
             ex = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *per_group)
+        final_carry = st = None
+        if with_carry:  # the state's carry is already reset where an episode just ended
+            parts = [self._carry_reset(c, f) for c, f in zip(carry, fresh)]
+            final_carry = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+            if self.store_carry:
+                per_group = [jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *c) for c in stored]
+                st = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *per_group)
         new = HostCollectorState(
             observation=self._cat(obs), key=key, traj_ids=ids,
             next_traj_id=np.asarray(next_id, np.int32), step_count=count, episode_reward=ret,
-            frames=np.asarray(int(state.frames) + B * T, np.int64))
-        return new, buf, ex
+            frames=np.asarray(int(state.frames) + B * T, np.int64), policy_carry=final_carry)
+        return new, buf, ex, st
 
 
 def _alloc(obs, action, B, T):

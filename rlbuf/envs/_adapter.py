@@ -25,14 +25,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from gymnax.environments import environment, spaces
+
+from rlbuf.envs.ground_truth import _pytree_dataclass
 
 NO_LIMIT = int(jnp.iinfo(jnp.int32).max)
 """``max_steps_in_episode`` meaning "no limit of the adapter's own" (the suite's may remain)."""
 
 
-@struct.dataclass
+@_pytree_dataclass
 class SuiteState(environment.EnvState):
     """State of an adapted env.
 
@@ -46,7 +47,7 @@ class SuiteState(environment.EnvState):
     truncated: jax.Array
 
 
-@struct.dataclass
+@_pytree_dataclass
 class SuiteParams(environment.EnvParams):
     """Parameters of an adapted env (every field may carry a leading per-env axis).
 

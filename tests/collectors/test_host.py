@@ -200,7 +200,7 @@ def test_bad_policies_and_sizes():
     with pytest.raises(ValueError, match="not divisible"):
         HostCollector(make_vec(), policy, frames_per_batch=B * T + 1)
     bad = HostCollector(make_vec(), lambda p, o, k: (jnp.zeros(B, jnp.int32), {"next": o}), frames_per_batch=B * T)
-    with pytest.raises(ValueError, match="'next' collides"):
+    with pytest.raises(ValueError, match="'next' clashes"):
         bad.collect(bad.init(jax.random.key(0)))
     bad = HostCollector(make_vec(), lambda p, o, k: jnp.zeros((B, 2), jnp.int32), frames_per_batch=B * T)
     with pytest.raises(ValueError, match="shape"):
@@ -221,3 +221,50 @@ def test_slices_from_ndim2_storage():
         assert (obs[..., EPISODE] == obs[:, :1, EPISODE]).all()
         assert (np.diff(obs[..., STEP], axis=1) == 1).all()
         np.testing.assert_array_equal(np.asarray(state.storage["observation"][info["index"]]), obs)
+
+
+def counting_policy(params, obs, key, carry):
+    """Its carry counts the steps since the episode's start (it is reset to 0 at each start)."""
+    action = (obs[:, STEP] % 3).astype(jnp.int32)
+    return action, {"seen": carry["count"]}, {"count": carry["count"] + 1}
+
+
+def count_carry(n):
+    return {"count": jnp.zeros((n,), jnp.int32)}
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_policy_carry_is_init_and_stored_carry(groups):
+    env = make_vec() if groups == 1 else [make_vec(num=B // 2), make_vec(num=B // 2, first_id=B // 2)]
+    hc = HostCollector(env, counting_policy, frames_per_batch=B * T, policy_carry=count_carry, store_carry=True)
+    state, batches = run(hc, 4)
+    r = CHECKS.rows(batches, 2)
+    check_host(r)
+    np.testing.assert_array_equal(r["is_init"], r["step_count"] == 0)
+    np.testing.assert_array_equal(r["collector"]["carry"]["count"], r["step_count"])
+    np.testing.assert_array_equal(r["seen"], r["step_count"])
+    assert hc._policy_step._cache_size() == 1  # one compiled policy step for every batch and group
+    # the state's carry is the next step's: already reset where the last step ended an episode
+    np.testing.assert_array_equal(np.asarray(state.policy_carry["count"]), state.step_count)
+    # a resumed state (checkpoint restore) restarts every carry with the new episodes
+    state = hc.resume(state)
+    state, b = hc.collect(state, None)
+    np.testing.assert_array_equal(np.asarray(b["collector"]["carry"]["count"]), np.asarray(b["step_count"]))
+
+
+def test_policy_carry_random_frames_and_reset_at_each_iter():
+    hc = HostCollector(make_vec(), counting_policy, frames_per_batch=B * T, policy_carry=count_carry,
+                       store_carry=True, init_random_frames=B * T, reset_at_each_iter=True)
+    _, batches = run(hc, 3)
+    # random batch: the policy is not called, its carry not advanced, its extras zeros
+    np.testing.assert_array_equal(batches[0]["collector"]["carry"]["count"], 0)
+    np.testing.assert_array_equal(batches[0]["seen"], 0)
+    for b in batches[1:]:  # every batch starts fresh: the carry counts steps exactly
+        np.testing.assert_array_equal(b["collector"]["carry"]["count"], b["step_count"])
+        np.testing.assert_array_equal(b["is_init"], b["step_count"] == 0)
+    with pytest.raises(ValueError, match="store_carry=True needs policy_carry"):
+        HostCollector(make_vec(), policy, frames_per_batch=B * T, store_carry=True)
+    bad = HostCollector(make_vec(), lambda p, o, k, c: (jnp.zeros(B, jnp.int32), {}, {"count": c["count"] * 1.0}),
+                        frames_per_batch=B * T, policy_carry=count_carry)
+    with pytest.raises(ValueError, match="carry leaf"):
+        bad.collect(bad.init(jax.random.key(0)))
