@@ -31,9 +31,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from rlbuf.collectors._counters import global_traj_ids
 from rlbuf.collectors.multi import MultiSyncCollector
-from rlbuf.collectors.sharded import Split, split_collector, split_init
+from rlbuf.collectors.sharded import Split, split_collector
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,14 +109,6 @@ class MultiAsyncCollector:
     def _split(self) -> Split:
         return split_collector(self._sync, self._W, "MultiAsyncCollector")
 
-    @property
-    def _local(self):
-        return self._split.local
-
-    @property
-    def _n_local(self) -> int:
-        return self._split.n_local
-
     @functools.cached_property
     def _collect(self):
         return jax.jit(self.collect_worker)
@@ -129,23 +120,19 @@ class MultiAsyncCollector:
     @property
     def batch_shape(self) -> tuple:
         """Leading dims of one worker's batch: ``(T,)`` or ``(B, T)``."""
-        return self._local.batch_shape[1:]
+        return self._split.local.batch_shape[1:]
 
     def init(self, key: jax.Array):
         """All workers' states stacked on a leading ``[W]`` axis (envs reset as
         ``MultiSyncCollector(envs, ...).init(key)`` would)."""
-        return jax.jit(split_init, static_argnums=(0, 1, 2, 3))(self._sync, self._local, self._W, self._n_local, key)
+        return jax.jit(self._split.init, static_argnums=0)(self._sync, key)
 
     def collect_worker(self, state, policy_params: Any, worker_id):
         """One batch of worker ``worker_id`` from its state (``state[w]`` of :meth:`init`):
         ``(state, batch)`` with ``batch`` leaves ``[B, T, ...]`` / ``[T, ...]`` and global ids."""
         # one program for every worker: its env params (host constants) are picked by worker_id
-        params_w = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[worker_id], self._split.params)
-        state, batch = self._split.collector(params_w).collect(state, policy_params)
+        state, batch = self._split.collect(state, policy_params, worker_id)
         batch = jax.tree_util.tree_map(lambda x: x[0], batch)  # the local collector has 1 worker
-        coll = dict(batch["collector"])
-        coll["traj_ids"] = global_traj_ids(coll["traj_ids"], worker_id, self._n_local, self._W)
-        batch = dict(batch, collector=coll)
         if self.postproc is not None:
             batch = self.postproc(batch)
         return state, batch

@@ -3,15 +3,12 @@ over the devices of a ``Mesh``; ``collect`` runs device-locally under ``shard_ma
 
 Trajectory ids without communication (a documented deviation from TorchRL's single counter
 order): every shard runs the plain collector on its ``n = N / G`` envs with its own local
-counter ``l`` (env ``j`` of the shard starts with ``l = j``; resets take ``n, n + 1, ...``),
-and ids are made global by
-
-    id = g * n + l                      if l < n   (initial ids: env i = g * n + j gets i)
-    id = N + (l - n) * G + g            otherwise  (later ids: strided, shard g owns ids = g mod G)
-
-so ids are unique across shards, batches and (with per-process shards) hosts, env ``i``
-still starts with id ``i``, and a trajectory spanning batches keeps its id. Unlike the
-single-device counter, ids issued after the first ones are not ordered by env across shards.
+counter, and :func:`rlbuf.collectors._counters.global_traj_ids` makes its ids global (env
+``i`` still starts with id ``i``; later ids are strided, shard ``g`` owning ids ``= g mod G``),
+so ids are unique across shards, batches and (with per-process shards) hosts, and a trajectory
+spanning batches keeps its id. Unlike the single-device counter, ids issued after the first
+ones are not ordered by env across shards. :class:`Split` is shared with
+:class:`rlbuf.collectors.async_.MultiAsyncCollector` (one group per worker).
 """
 
 from __future__ import annotations
@@ -36,24 +33,42 @@ from rlbuf.sharding import _shard_map
 TRAJ_KEY = ("collector", "traj_ids")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Split:
     """A collector split into ``G`` groups of envs (see :func:`split_collector`).
 
     ``local``: the plain collector of group 0 (shapes, static checks). ``n_local``: flat envs
-    per group. ``params``: per-group env params, leaves ``[G, ...]`` (None when shared).
-    ``make(params_g)``: the collector of a group given its params (``params[g]``, may be
-    traced: the collector is then built inside ``jit``/``shard_map``, one program for all
-    groups, since a collector holds its env params as constants).
+    per group. ``groups``: ``G``. ``params``: per-group env params, leaves ``[G, ...]`` (None
+    when shared). ``make(params_g)``: the collector of a group given its params (``params[g]``,
+    may be traced: the collector is then built inside ``jit``/``shard_map``, one program for
+    all groups, since a collector holds its env params as constants).
     """
 
     local: Any
     n_local: int
+    groups: int
     params: Any
     make: Any
 
     def collector(self, params_g):
         return self.local if self.params is None else self.make(params_g)
+
+    def init(self, collector: Any, key: jax.Array):
+        """``collector``'s initial state split into the groups (see :func:`split_init`)."""
+        return split_init(collector, self.local, self.groups, self.n_local, key)
+
+    def global_ids(self, local_ids, g):
+        """Group ``g``'s local trajectory ids as the global ids batches carry."""
+        return global_traj_ids(local_ids, g, self.n_local, self.groups)
+
+    def collect(self, state_g, policy_params: Any, g, params_g: Any = None):
+        """Group ``g``'s ``collect`` on its state ``state_g``: ``(state_g, batch)`` with global
+        trajectory ids. ``g`` may be traced; ``params_g`` defaults to ``params[g]``."""
+        if params_g is None:
+            params_g = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[g], self.params)
+        state_g, batch = self.collector(params_g).collect(state_g, policy_params)
+        coll = dict(batch["collector"], traj_ids=self.global_ids(batch["collector"]["traj_ids"], g))
+        return state_g, dict(batch, collector=coll)
 
 
 def split_collector(c: Any, G: int, who: str) -> Split:
@@ -98,7 +113,7 @@ def split_collector(c: Any, G: int, who: str) -> Split:
     else:
         raise TypeError(f"{who}: expected a Collector or MultiSyncCollector, got {type(c).__name__}")
     first = c.env_params if grouped is None else jax.tree_util.tree_map(lambda x: x[0], grouped)
-    return Split(make(first), n_local, grouped, make)
+    return Split(make(first), n_local, G, grouped, make)
 
 
 def split_init(collector: Any, local: Any, G: int, n_local: int, key: jax.Array):
@@ -163,14 +178,6 @@ class ShardedCollector:
     def _split(self) -> Split:
         return split_collector(self.collector, self._G, "shard_collector")
 
-    @property
-    def _local(self):
-        return self._split.local
-
-    @property
-    def _n_local(self) -> int:
-        return self._split.n_local
-
     @functools.cached_property
     def _init(self):
         return jax.jit(self._init_impl, out_shardings=NamedSharding(self.mesh, P(self.axis_name)))
@@ -178,7 +185,7 @@ class ShardedCollector:
     @property
     def local_collector(self):
         """The plain collector each shard runs (``1 / G`` of the envs or workers)."""
-        return self._local
+        return self._split.local
 
     @property
     def num_shards(self) -> int:
@@ -194,20 +201,16 @@ class ShardedCollector:
 
     def global_traj_ids(self, local_ids, g):
         """Shard ``g``'s local ids (e.g. ``state.traj_ids[g]``) as the global ids batches carry."""
-        return global_traj_ids(local_ids, g, self._n_local, self._G)
+        return self._split.global_ids(local_ids, g)
 
     def local_collect(self, state_g, policy_params: Any, g):
         """Shard ``g``'s step alone, off the mesh: the plain collector of its envs on its state
         ``state_g`` (``state[g]``); returns ``(state_g, batch_g)`` with global trajectory ids.
         ``g`` may be traced. ``collect`` computes exactly this on every shard at once."""
-        params_g = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[g], self._split.params)
-        state_g, batch = self._split.collector(params_g).collect(state_g, policy_params)
-        coll = dict(batch["collector"])
-        coll["traj_ids"] = global_traj_ids(coll["traj_ids"], g, self._n_local, self._G)
-        return state_g, dict(batch, collector=coll)
+        return self._split.collect(state_g, policy_params, g)
 
     def _init_impl(self, key):
-        return split_init(self.collector, self._local, self._G, self._n_local, key)
+        return self._split.init(self.collector, key)
 
     def init(self, key: jax.Array):
         """The wrapped collector's initial state, split into ``G`` shards (see the class doc)."""
@@ -215,16 +218,12 @@ class ShardedCollector:
 
     def collect(self, state, policy_params: Any = None):
         """``(state, batch)``: every shard collects its envs; ``batch`` is global, sharded on axis 0."""
-        n, G = self._n_local, self._G
 
         def f(st, group_params, params):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
             g = jax.lax.axis_index(self.axis_name)
-            local = self._split.collector(jax.tree_util.tree_map(lambda x: x[0], group_params))
-            st, batch = local.collect(st, params)
-            coll = dict(batch["collector"])
-            coll["traj_ids"] = global_traj_ids(coll["traj_ids"], g, n, G)
-            batch = dict(batch, collector=coll)
+            params_g = jax.tree_util.tree_map(lambda x: x[0], group_params)
+            st, batch = self._split.collect(st, params, g, params_g)
             return jax.tree_util.tree_map(lambda x: x[None], st), batch
 
         spec = P(self.axis_name)

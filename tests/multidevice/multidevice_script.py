@@ -422,6 +422,35 @@ def multisync_sharded():
     assert_ids_consistent(batches)
 
 
+@check
+def collector_sharded_carry():
+    """Sharded Collector with a policy carry (counts steps since its reset): each shard's carry
+    lives in its state, the stored carry and is_init equal the ground-truth step, and every shard
+    equals its plain collector run alone."""
+    env = GroundTruthEnv()
+    N, T = 8, 5
+
+    def policy(p, obs, k, carry):
+        return (carry % 3).astype(jnp.int32), {}, carry + 1
+
+    base = Collector(env, policy, frames_per_batch=N * T, num_envs=N, max_frames_per_traj=4,
+                     env_params=env.make_params(N, min_length=2, max_length=6),
+                     policy_carry=lambda n: jnp.zeros((n,), jnp.int32), store_carry=True)
+    col = shard_collector(base, MESH)
+    cs = col.init(jax.random.key(4))
+    assert cs.policy_carry.shape == (D, N // D) and cs.policy_carry.sharding.spec == P("data")
+    collect, local = jax.jit(col.collect), jax.jit(col.local_collect)
+    for _ in range(3):
+        before = cs
+        cs, b = collect(before, None)
+        step = np.asarray(b["observation"])[..., 2]
+        assert (np.asarray(b["collector"]["carry"]) == step).all() and (np.asarray(b["is_init"]) == (step == 0)).all()
+        for g in range(D):
+            _, b_g = local(on_default_device(before, g), None, g)
+            assert tree_equal(b_g, chunk(b, g)), f"shard {g}: batch differs from the local collector"
+    return "ok"
+
+
 # ---------------------------------------------------------------------------------- async
 @check
 def async_collector_per_worker_buffer():

@@ -24,6 +24,7 @@ CHECKS = [
     "buffer_prioritized_sharded",
     "collector_sharded_matches_local",
     "multisync_sharded",
+    "collector_sharded_carry",
     "async_collector_per_worker_buffer",
 ]
 
