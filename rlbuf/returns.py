@@ -77,7 +77,7 @@ def _flag_input(fn: str, name: str, x, shape: tuple):
 
 
 def _coef(fn: str, name: str, v, shape: tuple, dtype, lo: float, hi: float):
-    """A scalar or ``[*B, T]`` coefficient broadcast to ``shape``; Python numbers range-checked."""
+    """A scalar or ``[*B, T]`` coefficient (broadcast by the arithmetic); Python numbers range-checked."""
     if isinstance(v, (Real, np.number)) and not isinstance(v, bool):
         if not (math.isfinite(v) or (math.isinf(v) and v > 0 and hi == math.inf)) or not lo <= v <= hi:
             raise ValueError(f"{fn}: {name} must be in [{lo}, {hi}], got {v!r}")
@@ -87,7 +87,7 @@ def _coef(fn: str, name: str, v, shape: tuple, dtype, lo: float, hi: float):
     if v.shape not in ((), shape):
         raise ValueError(f"{fn}: {name} has shape {_shape_str(v.shape)}, expected a scalar or "
                          f"{_shape_str(shape)} (the shape of reward)")
-    return jnp.broadcast_to(v.astype(dtype), shape)
+    return v.astype(dtype)
 
 
 def _compute_dtype(*xs):
@@ -131,15 +131,19 @@ def _reverse_scan(a, b):
 
 
 def _cuts(fn, shape, terminated, done, mask):
-    """``(real, cut)``: ``real`` marks real steps; ``cut[t]`` is True where step ``t + 1`` must not
-    flow into step ``t``: done, terminated, the batch's last step, padding at ``t`` or ``t + 1``."""
-    cut = done | terminated
-    if mask is None:
-        real = jnp.ones(shape, bool)
-    else:
-        real = _flag_input(fn, "mask", mask, shape)
-    cut = cut | ~real | ~_shift(real, 1, fill=False)
-    return real, cut
+    """``(real, cut)``: ``real`` marks real steps (None: all, no mask given); ``cut[t]`` is True
+    where step ``t + 1`` must not flow into step ``t``: done, terminated, the batch's last step,
+    padding at ``t`` or ``t + 1``."""
+    if mask is None:  # no masking ops at all: fewer XLA kernels on the common path
+        last = jax.lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1) == shape[-1] - 1
+        return None, done | terminated | last
+    real = _flag_input(fn, "mask", mask, shape)
+    return real, done | terminated | ~real | ~_shift(real, 1, fill=False)
+
+
+def _keep(real, x):
+    """``x`` at real steps, 0 at padded ones (``real=None``: no padding)."""
+    return x if real is None else jnp.where(real, x, 0)
 
 
 def _prepare(fn, reward, floats: dict, terminated, done, mask):
@@ -153,7 +157,7 @@ def _prepare(fn, reward, floats: dict, terminated, done, mask):
     real, cut = _cuts(fn, shape, terminated, done, mask)
     dtype = _compute_dtype(reward, *floats.values())
     # where, not multiply: padded or post-terminal inputs (possibly NaN) never reach a real output
-    clean = lambda x: jnp.where(real, x.astype(dtype), 0)  # noqa: E731
+    clean = lambda x: _keep(real, x.astype(dtype))  # noqa: E731
     return shape, dtype, clean(reward), {k: clean(v) for k, v in floats.items()}, terminated, real, cut
 
 
@@ -185,8 +189,8 @@ def gae(reward, value, next_value, terminated, done, *, gamma, lmbda, mask=None)
     v, nv = f["value"], f["next_value"]
     delta = r + gamma * jnp.where(term, 0, nv) - v
     adv = _reverse_scan(delta, jnp.where(cut, 0, gamma * lmbda))
-    adv = jnp.where(real, adv, 0)
-    return adv, jnp.where(real, adv + v, 0)
+    adv = _keep(real, adv)
+    return adv, _keep(real, adv + v)
 
 
 def td_lambda(reward, next_value, terminated, done, *, gamma, lmbda, mask=None):
@@ -213,7 +217,7 @@ def td_lambda(reward, next_value, terminated, done, *, gamma, lmbda, mask=None):
     # G[t] = r + g*nv + g*l*(G[t+1] - nv) where not cut: one reverse recurrence in G.
     gl = jnp.where(cut, 0, gamma * lmbda)
     a = r + gamma * jnp.where(term, 0, nv) - gl * nv
-    return jnp.where(real, _reverse_scan(a, gl), 0)
+    return _keep(real, _reverse_scan(a, gl))
 
 
 def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda=1.0, rho_clip=1.0,
@@ -253,7 +257,7 @@ def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda
     vs = v + _reverse_scan(delta, jnp.where(cut, 0, gamma * c))
     vs_next = jnp.where(cut, nv, _shift(vs, 1))
     adv = rho_bar * (r + gamma * jnp.where(term, 0, vs_next) - v)
-    return jnp.where(real, adv, 0), jnp.where(real, vs, 0)
+    return _keep(real, adv), _keep(real, vs)
 
 
 def discounted_sum(x, gamma, done, *, mask=None):
@@ -273,8 +277,8 @@ def discounted_sum(x, gamma, done, *, mask=None):
     real, cut = _cuts(fn, shape, done, done, mask)
     dtype = _compute_dtype(x)
     gamma = _coef(fn, "gamma", gamma, shape, dtype, 0.0, 1.0)
-    y = _reverse_scan(jnp.where(real, x.astype(dtype), 0), jnp.where(cut, 0, gamma))
-    return jnp.where(real, y, 0)
+    y = _reverse_scan(_keep(real, x.astype(dtype)), jnp.where(cut, 0, gamma))
+    return _keep(real, y)
 
 
 def n_step_return(reward, end, *, n_steps: int, gamma: float, mask=None):

@@ -109,15 +109,74 @@ class Reference(ppo.PPO):
         return s, (ep_sum, jnp.sum(tr["done"], dtype=jnp.int32), losses.mean())
 
 
-def run(quick: bool = False) -> list[Row]:
-    """Time per frame of one jitted chunk (``log_every`` frames) for 1 seed and 5 vmapped seeds."""
+def _gae_time_major(r, v, nv, term, done, gamma, lmbda):
+    """Hand-written PureJaxRL-style GAE on time-major ``[T, B]`` arrays (same semantics)."""
+    def step(carry, x):
+        r, v, nv, term, done = x
+        carry = r + gamma * jnp.where(term, 0.0, nv) - v + gamma * lmbda * jnp.where(done, 0.0, carry)
+        return carry, carry
+
+    return jax.lax.scan(step, jnp.zeros_like(r[0]), (r, v, nv, term, done), reverse=True)[1]
+
+
+def _reverse_assoc(a, b):
+    """``returns._reverse_scan`` as a ``lax.associative_scan`` (log-depth, more work)."""
+    def compose(later, earlier):  # y -> a_e + b_e * (a_l + b_l * y)
+        return earlier[0] + earlier[1] * later[0], earlier[1] * later[1]
+
+    return jax.lax.associative_scan(compose, (a, b), reverse=True, axis=a.ndim - 1)[0]
+
+
+def gae_rows(quick: bool = False) -> list[Row]:
+    """``rlbuf.returns.gae`` on time-last ``[B, T]`` vs a hand-written time-major scan on ``[T, B]``
+    (PureJaxRL's layout: no transposes), and vs the same recurrence as an associative scan."""
+    from rlbuf import returns
+
     rows = []
+    for B, T in ([(4, 128)] if quick else [(4, 128), (64, 128), (1024, 64)]):
+        rng = np.random.default_rng(0)
+        r, v, nv = (jnp.asarray(rng.normal(size=(B, T)), jnp.float32) for _ in range(3))
+        term = jnp.asarray(rng.random((B, T)) < 0.02)
+        done = term | jnp.asarray(rng.random((B, T)) < 0.01)
+        g, lam = 0.99, 0.95
+        ours = jax.jit(lambda *a: returns.gae(*a, gamma=g, lmbda=lam)[0])
+        tm = [x.T for x in (r, v, nv, term, done)]
+        ref = jax.jit(lambda *a: _gae_time_major(*a, g, lam))
+        np.testing.assert_allclose(ours(r, v, nv, term, done), ref(*tm).T, rtol=1e-4, atol=1e-4)
+
+        def assoc(r, v, nv, term, done):
+            delta = r + g * jnp.where(term, 0.0, nv) - v
+            cut = done | term | (jnp.arange(T) == T - 1)
+            return _reverse_assoc(delta, jnp.where(cut, 0.0, g * lam))
+
+        assoc = jax.jit(assoc)
+        np.testing.assert_allclose(assoc(r, v, nv, term, done), ours(r, v, nv, term, done), rtol=1e-4, atol=1e-4)
+        reps = 3 if quick else 31
+        t = {"ours": _median(ours, (r, v, nv, term, done), reps), "ref": _median(ref, tm, reps),
+             "assoc": _median(assoc, (r, v, nv, term, done), reps)}
+        rows.append(Row("returns", f"gae [B, T] = [{B}, {T}], time last", "hand-written time-major scan [T, B]",
+                        t["ours"] * 1e6, t["ref"] * 1e6, "call"))
+        rows.append(Row("returns", f"gae [B, T] = [{B}, {T}], time last", "same recurrence, lax.associative_scan",
+                        t["ours"] * 1e6, t["assoc"] * 1e6, "call"))
+    return rows
+
+
+def _median(f, args, reps):
+    from rlbuf.bench._timing import time_fn
+
+    return time_fn(f, *args, repeats=reps)
+
+
+def run(quick: bool = False) -> list[Row]:
+    """Time per frame of one jitted chunk (``log_every`` frames) for 1 seed and 5 vmapped seeds,
+    and the GAE rows."""
+    rows = gae_rows(quick)
     for seeds in ([1] if quick else [1, 5]):
         cfg = dataclasses.replace(ppo.PPOConfig(), num_seeds=seeds, log_every=2_048 if quick else 8_192)
         ours, ref = ppo.PPO(cfg), Reference(cfg)
         states = {"ours": ours.init(range(seeds)), "ref": ref.init(range(seeds))}
         fns = {"ours": lambda s: ours.chunk(s)[0], "ref": lambda s: ref.chunk(s)[0]}
-        t = threaded(fns, states, repeats=2 if quick else 7)
+        t = threaded(fns, states, repeats=2 if quick else 15)
         frames = cfg.log_every * seeds
         us = {k: v[0] / frames * 1e6 for k, v in t.items()}
         mins = {k: v[1] / frames * 1e6 for k, v in t.items()}
