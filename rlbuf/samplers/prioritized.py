@@ -155,21 +155,18 @@ class PrioritizedSampler(Sampler):
     def _tree(self, layout) -> SumTree:
         return SumTree(layout.size, self.branching, self.dtype)
 
-    def _leaf(self, raw):
-        """Tree value ``(raw + eps) ** alpha`` of sanitised raw priorities (0 stays 0 when
-        ``eps = 0``, even for ``alpha = 0``: a zero priority means never sampled)."""
-        x = raw + jnp.asarray(self.eps, self.dtype)
-        return jnp.where(x > 0, jnp.power(jnp.where(x > 0, x, 1), jnp.asarray(self.alpha, self.dtype)), 0)
+    def _leaf(self, raw, layout):
+        """Tree value ``(raw + eps) ** alpha`` of sanitised raw priorities, clamped to the
+        tree's finite range (see ``SumTree.leaf_value``; 0 stays 0 when ``eps = 0``)."""
+        return self._tree(layout).leaf_value(raw, self.eps, self.alpha)
 
-    def _default(self, sstate):
+    def _default(self, sstate, layout):
         mp = jnp.where(jnp.isneginf(sstate.max_priority), jnp.ones((), self.dtype), sstate.max_priority)
-        return self._leaf(mp)
+        return self._leaf(mp, layout)
 
     def _weights(self, tree: SumTree, t: TreeState, p):
         """``(p / p_min) ** -beta`` for the sampled leaf values ``p`` (0 where ``p`` is 0)."""
-        p_min = tree.min(t)
-        w = jnp.power(jnp.where(p > 0, p / p_min, 1), -jnp.asarray(self.beta, self.dtype))
-        return jnp.where(p > 0, w, 0).astype(self.dtype)
+        return tree.weights(t, p, self.beta)
 
     # ---------------------------------------------------------------- sampler interface
     def check(self, layout, batch_size: int) -> None:
@@ -188,7 +185,7 @@ class PrioritizedSampler(Sampler):
         n = layout.n_lanes
         flat = (jnp.arange(n, dtype=jnp.int32)[:, None] * cap + pos[None, :]).reshape(-1)
         valid = jnp.broadcast_to(pos < cap, (n, pos.shape[0])).reshape(-1)
-        value = jnp.broadcast_to(self._default(sstate), flat.shape)
+        value = jnp.broadcast_to(self._default(sstate, layout), flat.shape)
         tree = self._tree(layout).update(sstate.tree, flat, value, valid=valid, unique=True)
         return dataclasses.replace(sstate, tree=tree, count=write.new_count)
 
@@ -226,6 +223,6 @@ class PrioritizedSampler(Sampler):
         raw = jnp.broadcast_to(sanitize(priority, self.dtype), shape)
         good = valid & jnp.isfinite(jnp.asarray(priority, self.dtype)) & (jnp.asarray(priority, self.dtype) >= 0)
         mp = jnp.maximum(sstate.max_priority, jnp.max(jnp.where(good, raw, -jnp.inf), initial=-jnp.inf))
-        tree = self._tree(layout).update(sstate.tree, flat.reshape(-1), self._leaf(raw).reshape(-1),
+        tree = self._tree(layout).update(sstate.tree, flat.reshape(-1), self._leaf(raw, layout).reshape(-1),
                                          valid=valid.reshape(-1))
         return dataclasses.replace(sstate, tree=tree, max_priority=mp)

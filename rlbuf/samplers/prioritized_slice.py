@@ -168,7 +168,8 @@ class PrioritizedSliceSampler(Sampler):
         pos = write.positions
         lanes = jnp.arange(n_l, dtype=jnp.int32)[:, None]
         flat_w = (lanes * cap + pos[None, :]).reshape(-1)
-        default = _leaf(self, jnp.where(jnp.isneginf(s.max_priority), 1.0, s.max_priority).astype(self.dtype))
+        default = self._tree(layout).leaf_value(
+            jnp.where(jnp.isneginf(s.max_priority), 1.0, s.max_priority).astype(self.dtype), self.eps, self.alpha)
         prio = s.prio.at[flat_w].set(default, mode="drop", unique_indices=True)
         # Starts whose validity may have changed: the thr - 1 slots before the first written
         # one (their slices may now reach into new data or cross the head), the written ones,
@@ -211,7 +212,7 @@ class PrioritizedSliceSampler(Sampler):
                              for li in _ring.lane_index(jnp.where(ok, lane, 0), layout.lanes))
         else:
             lane_idx = ()
-        w = jnp.power(jnp.where(p > 0, p / tree.min(s.tree), 1), -jnp.asarray(self.beta, self.dtype))
+        w = tree.weights(s.tree, p, self.beta)
         weight = jnp.where(mask, w[:, None], 0).astype(self.dtype)
         return s, (*lane_idx, t), {"weight": weight, "mask": mask}
 
@@ -245,7 +246,8 @@ class PrioritizedSliceSampler(Sampler):
         mp = jnp.maximum(s.max_priority, jnp.max(jnp.where(good, raw, -jnp.inf), initial=-jnp.inf))
         scratch, won = last_wins(s.tree.scratch, flat)
         flat = jnp.where(won, flat, layout.size)
-        prio = s.prio.at[flat].set(_leaf(self, raw), mode="drop", unique_indices=True)
+        prio = s.prio.at[flat].set(self._tree(layout).leaf_value(raw, self.eps, self.alpha), mode="drop",
+                                   unique_indices=True)
         lane = jnp.minimum(flat // cap, layout.n_lanes - 1)
         valid, _ = self._valid(layout, s.traj, s.cursor, s.count, lane, flat % cap, s.thr)
         tree = dataclasses.replace(s.tree, scratch=scratch)
@@ -253,8 +255,3 @@ class PrioritizedSliceSampler(Sampler):
                                          valid=won, unique=True)
         return dataclasses.replace(s, prio=prio, tree=tree, max_priority=mp)
 
-
-def _leaf(sampler, raw):
-    """``(raw + eps) ** alpha``, 0 where ``raw + eps`` is 0 (as ``PrioritizedSampler``)."""
-    x = raw + jnp.asarray(sampler.eps, sampler.dtype)
-    return jnp.where(x > 0, jnp.power(jnp.where(x > 0, x, 1), jnp.asarray(sampler.alpha, sampler.dtype)), 0)

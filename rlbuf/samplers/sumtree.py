@@ -133,6 +133,50 @@ class SumTree:
         mins = tuple(jnp.full((s,), jnp.inf, dt) for s in self.sizes[:-1])
         return TreeState(sums, mins, jnp.zeros((self.n,), jnp.int32))
 
+    # ---------------------------------------------------------------- priority range
+    @property
+    def max_leaf(self) -> float:
+        """Largest value a leaf may hold: ``finfo(dtype).max / (2 * leaves)`` (leaves padded to
+        a multiple of the branching factor), so that the root -- the sum of every leaf even when
+        all are at the bound -- and every partial sum of the search stay finite; the factor 2
+        absorbs the rounding of the level-by-level sums. float32 with 10^6 slots: ~1.7e32."""
+        return float(np.finfo(self.dtype).max) / (2 * self.sizes[-1])
+
+    def leaf_value(self, raw, eps: float, alpha: float):
+        """The leaf ``(raw + eps) ** alpha`` of (sanitised, finite, ``>= 0``) raw priorities,
+        clamped to ``[finfo(dtype).tiny, max_leaf]`` -- or 0 where ``raw + eps`` is 0 (never
+        sampled; also for ``alpha = 0``).
+
+        Why clamp: ``alpha = 2`` and ``raw = 1e30`` would make the float32 root inf (every draw
+        then lands on the last positive slot, and later default priorities become inf). Why
+        the lower bound: XLA flushes subnormals to zero, so a tiny positive priority (or one
+        whose power underflows) would silently never be sampled; its positivity is read from
+        the bits (``x > 0`` is False for a subnormal ``x`` on CPU) and it is floored at the
+        smallest normal number instead. Priorities above the bound all tie at it.
+        """
+        dt = jnp.dtype(self.dtype)
+        raw = jnp.asarray(raw, dt)
+        positive = jax.lax.bitcast_convert_type(raw, jnp.dtype(f"int{dt.itemsize * 8}")) > 0
+        if eps > 0:
+            positive = jnp.ones_like(positive)
+        tiny = jnp.asarray(np.finfo(dt).tiny, dt)
+        x = jnp.maximum(raw + jnp.asarray(eps, dt), tiny)
+        v = jnp.clip(jnp.power(x, jnp.asarray(alpha, dt)), tiny, jnp.asarray(self.max_leaf, dt))
+        return jnp.where(positive, v, jnp.zeros((), dt))
+
+    def weights(self, tree: "TreeState", p, beta: float):
+        """Importance weights ``(p / p_min) ** -beta`` of sampled leaf values ``p``, with
+        ``p_min`` the smallest positive leaf: in ``[finfo(dtype).tiny, 1]`` where ``p > 0``
+        (0 elsewhere). Computed in log space: with leaves in ``[tiny, max_leaf]`` the ratio
+        ``p / p_min`` itself can overflow float32 (it would give weight 0)."""
+        dt = jnp.dtype(self.dtype)
+        p = jnp.asarray(p, dt)
+        tiny = jnp.asarray(np.finfo(dt).tiny, dt)
+        pos = p > 0
+        logw = -jnp.asarray(beta, dt) * (jnp.log(jnp.where(pos, p, 1)) - jnp.log(jnp.maximum(self.min(tree), tiny)))
+        w = jnp.clip(jnp.exp(jnp.minimum(logw, 0)), tiny, 1)
+        return jnp.where(pos, w, jnp.zeros((), dt))
+
     # ---------------------------------------------------------------- queries
     def total(self, tree: TreeState):
         """Sum of all leaves (the root), a scalar."""
