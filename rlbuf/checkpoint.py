@@ -14,15 +14,19 @@ the without-replacement permutation or priority trees, collector env states, key
 counters), sharded arrays per shard (orbax writes each host's shards; multi-host works when
 every process calls ``save``/``restore`` on a shared directory). Typed PRNG keys
 (``jax.random.key``) are saved as their ``key_data`` with the impl name, and rewrapped on
-restore. Alongside the arrays a JSON description of the tree (key path, shape, dtype, key impl
-of every leaf, and the treedef, which carries static metadata such as ``BufferState.layout``)
-is saved in the same atomic step.
+restore. Alongside the arrays a JSON description (``rlbuf._checkpoint_desc``) is saved in the
+same atomic step: key path, shape, dtype, key impl and a checksum of every leaf, and a
+structured description of the tree structure (node types and static metadata such as
+``BufferState.layout``), itself guarded by a CRC.
 
 Restore never trusts the checkpoint for structure: it uses the *target*'s treedef, dtypes and
 shardings, and first compares the saved description with the target's, refusing with a
 :class:`CheckpointMismatchError` naming the first differing key path (missing/extra leaf, shape,
-dtype, key impl) or the first difference in the static metadata. Nothing is unpickled (orbax
-stores arrays with tensorstore and metadata as JSON/msgpack).
+dtype, key impl), the first difference in the static metadata, or another checkpoint format
+(format 1, of the first release, is refused). After reading, every leaf is checked against its
+checksum; a damaged checkpoint (a flipped bit, a truncated, missing or modified file) raises
+:class:`CheckpointCorruptError` naming the checkpoint directory and the key path. Nothing is
+unpickled (orbax stores arrays with tensorstore and metadata as JSON/msgpack).
 
 Atomicity: each save is one orbax step directory, written under a temporary name and renamed
 when complete (``<dir>/<step>.orbax-checkpoint-tmp-*`` -> ``<dir>/<step>``); older steps are
@@ -38,7 +42,6 @@ when a function here is called.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from typing import Any, Optional
@@ -47,16 +50,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CheckpointMismatchError", "Manager", "metadata", "restore", "save"]
+from rlbuf import _checkpoint_desc as cd
+from rlbuf._checkpoint_desc import Leaf
 
-FORMAT = "rlbuf.checkpoint/1"
+__all__ = ["CheckpointCorruptError", "CheckpointMismatchError", "Manager", "metadata", "restore", "save"]
+
+#: Format 2 (this release): structured tree description and per-leaf checksums. Older formats
+#: are refused: the state classes changed in the same release, so their structure would not
+#: match anyway.
+FORMAT = "rlbuf.checkpoint/2"
 _STATE = "state"  # orbax item holding the arrays
 _META = "rlbuf"  # orbax item holding the JSON description
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's tree (key paths, shapes, dtypes, key impls or static metadata) differs
-    from the restore target's."""
+    from the restore target's, or it was written in another checkpoint format."""
+
+
+class CheckpointCorruptError(OSError):
+    """The checkpoint's files are damaged: a leaf whose bytes do not match the checksum stored
+    at save, an unreadable/truncated/missing file. The message names the checkpoint directory
+    and, where one leaf is concerned, its key path."""
 
 
 def _ocp():
@@ -68,45 +83,6 @@ def _ocp():
             "pip install 'rlbuf[checkpoint]'"
         ) from e
     return ocp
-
-
-# --------------------------------------------------------------------------- tree description
-
-
-@dataclasses.dataclass(frozen=True)
-class _Leaf:
-    """How one leaf is stored: ``shape``/``dtype`` of the stored array (``key_data`` for typed
-    keys, whose impl name is ``key_impl``); ``kind`` is ``"jax"``, ``"numpy"`` or ``"scalar"``."""
-
-    path: str
-    shape: tuple
-    dtype: str
-    key_impl: Optional[str]
-    kind: str
-
-    def to_json(self) -> dict:
-        return {"path": self.path, "shape": list(self.shape), "dtype": self.dtype, "key_impl": self.key_impl}
-
-    def text(self) -> str:
-        key = f", typed PRNG key impl {self.key_impl!r} (stored as key_data)" if self.key_impl else ""
-        return f"shape {self.shape} dtype {self.dtype}{key}"
-
-
-def _is_key_dtype(dtype) -> bool:
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _key_spec(x) -> tuple:
-    """``(impl name, key_data ShapeDtypeStruct)`` of a typed key array or abstract key array,
-    using only tracing (works for ``ShapeDtypeStruct`` and for deleted/donated arrays)."""
-    impl = []
-
-    def data(k):
-        impl.append(str(jax.random.key_impl(k)))
-        return jax.random.key_data(k)
-
-    out = jax.eval_shape(data, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    return impl[0], out
 
 
 def _key_data_sharding(sharding):
@@ -123,46 +99,13 @@ def _key_data_sharding(sharding):
     )
 
 
-def _describe_leaf(path: str, x) -> _Leaf:
-    if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
-        dtype = np.asarray(x).dtype
-        return _Leaf(path, (), dtype.name, None, "scalar")
-    if isinstance(x, (np.ndarray, np.generic)):
-        return _Leaf(path, tuple(x.shape), np.dtype(x.dtype).name, None, "numpy")
-    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-        if _is_key_dtype(x.dtype):
-            impl, data = _key_spec(x)
-            return _Leaf(path, tuple(data.shape), np.dtype(data.dtype).name, impl, "jax")
-        return _Leaf(path, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name, None, "jax")
-    raise TypeError(
-        f"rlbuf.checkpoint: leaf {path} is a {type(x).__name__}; states may only hold jax/numpy arrays "
-        "(or jax.ShapeDtypeStruct in a restore target) and Python scalars"
-    )
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _treedef_text(treedef) -> str:
-    # Static fields whose repr holds a memory address (functions, objects) must not make two
-    # identical structures differ between processes.
-    return _ADDRESS.sub("", str(treedef))
-
-
-def _describe(tree) -> tuple:
-    """``(treedef, leaves, [_Leaf])`` of a state or abstract state."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    descs = [_describe_leaf(jax.tree_util.keystr(p), x) for p, x in flat]
-    return treedef, [x for _, x in flat], descs
-
-
 def _name(i: int) -> str:
     # Flat, fixed-width names: orbax treats dots/slashes in names as nesting, and key paths
     # (".storage['next']...") are kept in the JSON description instead.
     return f"leaf_{i:06d}"
 
 
-def _to_saveable(x, desc: _Leaf):
+def _to_saveable(x, desc: Leaf):
     if desc.key_impl is not None:
         return jax.random.key_data(x)
     if desc.kind == "scalar":
@@ -180,15 +123,24 @@ def _mismatch(directory, step, what: str) -> CheckpointMismatchError:
     )
 
 
-def _first_difference(a: str, b: str, width: int = 60) -> str:
-    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    lo = max(0, i - width)
-    return f"saved ...{a[lo:i + width]}... vs target ...{b[lo:i + width]}..."
+def _corrupt(directory, step, what: str) -> CheckpointCorruptError:
+    return CheckpointCorruptError(
+        f"rlbuf.checkpoint.restore: the checkpoint {os.fspath(directory)} (step {step}) is damaged: {what}"
+    )
 
 
 def _check(meta: dict, treedef, descs: list, directory, step, check_treedef: bool) -> None:
-    if meta.get("format") != FORMAT:
-        raise _mismatch(directory, step, f"unknown format {meta.get('format')!r} (expected {FORMAT!r})")
+    fmt = meta.get("format")
+    if fmt != FORMAT:
+        older = isinstance(fmt, str) and fmt.startswith("rlbuf.checkpoint/")
+        raise _mismatch(
+            directory, step,
+            f"it was written in format {fmt!r}, this rlbuf reads {FORMAT!r}"
+            + (" (the state structure changed in this release: re-create the checkpoint with this version)"
+               if older else ""),
+        )
+    if meta.get("crc") != cd.text_crc([meta.get("leaves"), meta.get("structure")]):
+        raise _corrupt(directory, step, f"its description ({_META}/metadata) does not match its checksum")
     saved = meta["leaves"]
     saved_paths = [s["path"] for s in saved]
     want_paths = [d.path for d in descs]
@@ -207,17 +159,43 @@ def _check(meta: dict, treedef, descs: list, directory, step, check_treedef: boo
         more = len(missing) + len(extra) - len(parts)
         raise _mismatch(directory, step, "; ".join(parts) + (f" ({more} more differences)" if more > 0 else ""))
     for s, d in zip(saved, descs):
-        got = _Leaf(s["path"], tuple(s["shape"]), s["dtype"], s.get("key_impl"), d.kind)
+        got = Leaf(s["path"], tuple(s["shape"]), s["dtype"], s.get("key_impl"), d.kind)
         if (got.shape, got.dtype, got.key_impl) != (d.shape, d.dtype, d.key_impl):
             raise _mismatch(directory, step, f"key path {d.path}: saved {got.text()}, target expects {d.text()}")
     if check_treedef:
-        want = _treedef_text(treedef)
-        if meta["treedef"] != want:
+        diff = cd.first_difference(meta["structure"], cd.structure(treedef))
+        if diff:
             raise _mismatch(
                 directory, step,
                 "same leaves but different static metadata in the tree structure (e.g. BufferState.layout or "
-                f"a state class): {_first_difference(meta['treedef'], want)}",
+                f"a state class) at {diff}",
             )
+
+
+def _verify(meta: dict, arrays: list, directory, step) -> None:
+    """Compare each restored leaf (as stored: typed keys as key_data) with its saved checksum."""
+    got = cd.checksums(arrays)
+    for s, c in zip(meta["leaves"], got):
+        if list(s["checksum"]) != c:
+            raise _corrupt(
+                directory, step,
+                f"key path {s['path']} does not match the checksum stored at save (bit rot or a modified "
+                f"file in {os.path.join(os.fspath(directory), str(step), _STATE)}); refusing to restore it",
+            )
+
+
+_LEAF_NAME = re.compile(r"leaf_(\d{6})")
+
+
+def _read_error(e: Exception, meta: dict, directory, step) -> CheckpointCorruptError:
+    """A storage-layer error while reading the arrays, reworded with the checkpoint path and the
+    key paths of the leaves it names (orbax/tensorstore name them ``leaf_000123``)."""
+    paths = [p["path"] for p in meta["leaves"]]
+    names = sorted({int(m) for m in _LEAF_NAME.findall(str(e)) if int(m) < len(paths)})
+    what = (f"key path {', '.join(paths[i] for i in names)} cannot be read" if names
+            else "its array files cannot be read (missing, truncated or damaged)")
+    msg = _LEAF_NAME.sub(lambda m: paths[int(m.group(1))] if int(m.group(1)) < len(paths) else m.group(0), str(e))
+    return _corrupt(directory, step, f"{what}: {type(e).__name__}: {msg[:600]}")
 
 
 def _committed(x) -> bool:
@@ -231,7 +209,7 @@ def _committed(x) -> bool:
     return getattr(x, "sharding", None) is not None
 
 
-def _restore_spec(x, desc: _Leaf):
+def _restore_spec(x, desc: Leaf):
     """What orbax should restore a target leaf as: a ``ShapeDtypeStruct`` with the target's
     sharding for committed jax leaves, a host numpy array otherwise."""
     shape, dtype = desc.shape, np.dtype(desc.dtype)
@@ -246,7 +224,7 @@ def _restore_spec(x, desc: _Leaf):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def _from_restored(r, x, desc: _Leaf):
+def _from_restored(r, x, desc: Leaf):
     if desc.kind == "jax" and not _committed(x):
         r = jnp.asarray(r)  # uncommitted, default device
     if desc.key_impl is not None:
@@ -333,15 +311,16 @@ class Manager:
                 f"Manager.save: step {step} is not newer than the latest checkpoint step {latest} in "
                 f"{self.directory}"
             )
-        treedef, leaves, descs = _describe(state)
+        treedef, leaves, descs = cd.describe(state)
         if not leaves:
             raise ValueError("rlbuf.checkpoint.save: the state has no array leaves")
-        arrays = {_name(i): _to_saveable(x, d) for i, (x, d) in enumerate(zip(leaves, descs))}
-        meta = {
-            "format": FORMAT,
-            "treedef": _treedef_text(treedef),
-            "leaves": [d.to_json() for d in descs],
-        }
+        saveable = [_to_saveable(x, d) for x, d in zip(leaves, descs)]
+        arrays = {_name(i): x for i, x in enumerate(saveable)}
+        # Checksums of exactly what is written (typed keys as key_data), computed before save
+        # returns: the caller may donate or update the state right after an async save.
+        descr = [dict(d.to_json(), checksum=c) for d, c in zip(descs, cd.checksums(saveable))]
+        structure = cd.structure(treedef)
+        meta = {"format": FORMAT, "leaves": descr, "structure": structure, "crc": cd.text_crc([descr, structure])}
         saved = self._mgr.save(
             step,
             args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(arrays), _META: ocp.args.JsonSave(meta)}),
@@ -350,11 +329,21 @@ class Manager:
             raise RuntimeError(f"Manager.save: orbax did not save step {step} in {self.directory}")
 
     def metadata(self, step: Optional[int] = None) -> dict:
-        """The saved JSON description of ``step`` (default: latest): ``format``, ``treedef`` and
-        ``leaves`` (``path``, ``shape``, ``dtype``, ``key_impl`` per leaf, in flatten order)."""
+        """The saved JSON description of ``step`` (default: latest): ``format``, ``leaves``
+        (``path``, ``shape``, ``dtype``, ``key_impl``, ``checksum`` per leaf, in flatten order),
+        ``structure`` (the tree structure with its static metadata, see
+        ``rlbuf._checkpoint_desc.structure``) and ``crc`` (of leaves and structure)."""
         ocp = _ocp()
         step = self._resolve(step)
-        return dict(self._mgr.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META])
+        path = os.path.join(self.directory, str(step), _META, "metadata")
+        try:
+            meta = self._mgr.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META]
+        except Exception as e:  # JSONDecodeError, UnicodeDecodeError, FileNotFoundError, orbax's own
+            raise _corrupt(self.directory, step, f"its description {path} cannot be read ({type(e).__name__}: "
+                                                 f"{str(e)[:300]})") from e
+        if not isinstance(meta, dict):
+            raise _corrupt(self.directory, step, f"its description {path} is not a JSON object")
+        return dict(meta)
 
     def restore(self, target: Any, step: Optional[int] = None, *, check_treedef: bool = True) -> Any:
         """Restore ``step`` (default: the latest) into the structure of ``target``.
@@ -372,12 +361,16 @@ class Manager:
         """
         ocp = _ocp()
         step = self._resolve(step)
-        treedef, leaves, descs = _describe(target)
+        treedef, leaves, descs = cd.describe(target)
         meta = self.metadata(step)
         _check(meta, treedef, descs, self.directory, step, check_treedef)
         abstract = {_name(i): _restore_spec(x, d) for i, (x, d) in enumerate(zip(leaves, descs))}
-        out = self._mgr.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)}))
+        try:
+            out = self._mgr.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)}))
+        except Exception as e:  # tensorstore/orbax errors name leaf_000123, not the key path
+            raise _read_error(e, meta, self.directory, step) from e
         restored = out[_STATE]
+        _verify(meta, [restored[_name(i)] for i in range(len(leaves))], self.directory, step)
         new = [_from_restored(restored[_name(i)], x, d) for i, (x, d) in enumerate(zip(leaves, descs))]
         return jax.tree_util.tree_unflatten(treedef, new)
 
