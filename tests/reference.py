@@ -125,3 +125,30 @@ class NumpyRingBuffer:
             return {}
         n = len(self)
         return _unflatten({k: x.reshape(n, *x.shape[len(self.lanes) + 1 :]) for k, x in self._flat_stored().items()})
+
+
+def valid_slice_starts(ref: NumpyRingBuffer, traj_key: tuple, n: int, strict: bool = True) -> set:
+    """``{(flat_lane, logical_rank)}`` of the stored steps that start a valid ``n``-step slice:
+    the ``n`` steps from there are stored, consecutive in time and share one value of
+    ``traj_key`` (leaves ``[*lanes, T]``). ``strict=False`` also allows the first stored step of
+    a shorter stored trajectory. ``logical_rank`` counts from the oldest stored step (0)."""
+    if ref.count == 0:
+        return set()
+    ids = _flatten(ref.stored())[tuple(traj_key)]
+    n_lanes = int(np.prod(ref.lanes, dtype=np.int64))
+    ids = ids.reshape(n_lanes, ref.count)
+    out = set()
+    for lane in range(n_lanes):
+        row = ids[lane]
+        for r in range(ref.count):
+            run = row[r : r + n]
+            if len(run) == n and (run == row[r]).all():
+                out.add((lane, r))
+            elif not strict and (r == 0 or row[r - 1] != row[r]):
+                out.add((lane, r))
+    return out
+
+
+def stored_step(ref: NumpyRingBuffer, flat_lane: int, stamp: int) -> bool:
+    """Whether step ``stamp`` (counted over all adds) of a lane is still stored."""
+    return ref.added - ref.count <= stamp < ref.added and 0 <= flat_lane < int(np.prod(ref.lanes, dtype=np.int64))
