@@ -176,7 +176,7 @@ def _verify(meta: dict, arrays: list, directory, step) -> None:
     """Compare each restored leaf (as stored: typed keys as key_data) with its saved checksum."""
     got = cd.checksums(arrays)
     for s, c in zip(meta["leaves"], got):
-        if list(s["checksum"]) != c:
+        if s["checksum"] != c:
             raise _corrupt(
                 directory, step,
                 f"key path {s['path']} does not match the checksum stored at save (bit rot or a modified "

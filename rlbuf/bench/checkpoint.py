@@ -1,0 +1,92 @@
+"""Checkpoint cost: ``rlbuf.checkpoint.save``/``restore`` of a ~256 MB buffer state (per-leaf
+checksums, tree description and checks included) against plain orbax saving/restoring the same
+arrays (a ``CheckpointManager`` with ``StandardSave``/``StandardRestore``, nothing else).
+
+``python -m rlbuf.bench.checkpoint [--quick]`` (quick: ~64 MB). Needs orbax-checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp  # the reference; a missing orbax skips this module in python -m rlbuf.bench
+
+from rlbuf import _checkpoint_desc as cd
+from rlbuf import checkpoint
+from rlbuf.bench._timing import Row, print_rows
+from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.samplers.random import RandomSampler
+from rlbuf.storage import LazyTensorStorage
+
+
+def _state(mb: int):
+    lanes, feat = 4, 256
+    steps = mb * 2**20 // (lanes * feat * 4)
+    rb = ReplayBuffer(storage=LazyTensorStorage(lanes * steps, ndim=2), sampler=RandomSampler(), batch_size=32)
+    key = jax.random.key(0)
+    data = {"observation": jax.random.normal(key, (lanes, steps, feat)),  # incompressible
+            "action": jax.random.randint(key, (lanes, steps), 0, 8)}
+    return rb.add(rb.init(data), data)
+
+
+def _plain(directory, step, arrays, restore_like=None):
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, enable_async_checkpointing=False)) as mgr:
+        if restore_like is None:
+            mgr.save(step, args=ocp.args.StandardSave(arrays))
+            mgr.wait_until_finished()
+            return None
+        return mgr.restore(mgr.latest_step(), args=ocp.args.StandardRestore(restore_like))
+
+
+def _median(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        r = fn()
+        jax.block_until_ready(r)
+        out.append(time.perf_counter() - t0)
+    return float(np.median(out))
+
+
+def run(quick: bool = False) -> list:
+    mb = 64 if quick else 256
+    repeats = 2 if quick else 3
+    state = _state(mb)
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"leaf_{i:06d}": x for i, x in enumerate(leaves)}
+    like = {k: np.empty(x.shape, x.dtype) for k, x in arrays.items()}
+    root = tempfile.mkdtemp(prefix="rlbuf-bench-ckpt-")
+    try:
+        ours_dir, ref_dir = f"{root}/ours", f"{root}/ref"
+        step = iter(range(10_000))
+        checkpoint.save(ours_dir, state)  # warm-up (compiles the checksum functions)
+        _plain(ref_dir, next(step), arrays)
+        save_ours, save_ref, rest_ours, rest_ref, sums = [], [], [], [], []
+        for _ in range(repeats):  # interleaved
+            save_ours.append(_median(lambda: checkpoint.save(ours_dir, state), 1))
+            save_ref.append(_median(lambda: _plain(ref_dir, next(step), arrays), 1))
+            rest_ours.append(_median(lambda: checkpoint.restore(ours_dir, state), 1))
+            rest_ref.append(_median(lambda: _plain(ref_dir, 0, arrays, like), 1))
+            sums.append(_median(lambda: cd.checksums(leaves), 1))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    med = lambda xs: float(np.median(xs)) * 1e6  # noqa: E731
+    note = f"{mb} MB state; checksums alone {med(sums) / 1e3:,.0f} ms ({mb / (np.median(sums)):,.0f} MB/s)"
+    return [
+        Row("checkpoint", f"save {mb} MB buffer state (checksums + description)", "plain orbax StandardSave",
+            med(save_ours), med(save_ref), "save", note),
+        Row("checkpoint", f"restore {mb} MB buffer state (checks + checksum verification)",
+            "plain orbax StandardRestore", med(rest_ours), med(rest_ref), "restore", note),
+    ]
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    print_rows(run(quick=p.parse_args().quick))
