@@ -8,11 +8,13 @@ arrays (a ``CheckpointManager`` with ``StandardSave``/``StandardRestore``, nothi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp  # the reference; a missing orbax skips this module in python -m rlbuf.bench
 
@@ -44,6 +46,24 @@ def _plain(directory, step, arrays, restore_like=None):
         return mgr.restore(mgr.latest_step(), args=ocp.args.StandardRestore(restore_like))
 
 
+@contextlib.contextmanager
+def _checksums_off():
+    """rlbuf's save/restore with the checksum computation and verification replaced by no-ops."""
+    saved = checkpoint.cd.checksums, checkpoint._verify
+    checkpoint.cd.checksums = lambda arrays: [0] * len(arrays)
+    checkpoint._verify = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        checkpoint.cd.checksums, checkpoint._verify = saved
+
+
+@jax.jit
+def _bare_sum(x):
+    w = jax.lax.bitcast_convert_type(x, jnp.uint32) if x.dtype.itemsize == 4 else x.astype(jnp.uint32)
+    return jnp.sum(w, dtype=jnp.uint32)
+
+
 def _median(fn, repeats):
     out = []
     for _ in range(repeats):
@@ -66,19 +86,31 @@ def run(quick: bool = False) -> list:
         ours_dir, ref_dir = f"{root}/ours", f"{root}/ref"
         step = iter(range(10_000))
         checkpoint.save(ours_dir, state)  # warm-up (compiles the checksum functions)
+        jax.block_until_ready([_bare_sum(x) for x in leaves])
         _plain(ref_dir, next(step), arrays)
-        save_ours, save_ref, rest_ours, rest_ref, sums = [], [], [], [], []
+        save_ours, save_ref, rest_ours, rest_ref, sums, bare = [], [], [], [], [], []
+        save_off, rest_off = [], []
         for _ in range(repeats):  # interleaved
+            with _checksums_off():
+                save_off.append(_median(lambda: checkpoint.save(ours_dir, state), 1))
+                rest_off.append(_median(lambda: checkpoint.restore(ours_dir, state), 1))
             save_ours.append(_median(lambda: checkpoint.save(ours_dir, state), 1))
             save_ref.append(_median(lambda: _plain(ref_dir, next(step), arrays), 1))
             rest_ours.append(_median(lambda: checkpoint.restore(ours_dir, state), 1))
             rest_ref.append(_median(lambda: _plain(ref_dir, 0, arrays, like), 1))
             sums.append(_median(lambda: cd.checksums(leaves), 1))
+            bare.append(_median(lambda: [_bare_sum(x) for x in leaves], 1))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     med = lambda xs: float(np.median(xs)) * 1e6  # noqa: E731
     note = f"{mb} MB state; checksums alone {med(sums) / 1e3:,.0f} ms ({mb / (np.median(sums)):,.0f} MB/s)"
     return [
+        Row("checkpoint", f"checksums of a {mb} MB state", "bare uint32 sum of the same words", med(sums), med(bare),
+            "state", "one pass over the data on its device"),
+        Row("checkpoint", f"save {mb} MB buffer state", "same save, checksums off", med(save_ours), med(save_off),
+            "save", "the checksums' own cost"),
+        Row("checkpoint", f"restore {mb} MB buffer state", "same restore, checksums off", med(rest_ours),
+            med(rest_off), "restore", "the checksums' own cost"),
         Row("checkpoint", f"save {mb} MB buffer state (checksums + description)", "plain orbax StandardSave",
             med(save_ours), med(save_ref), "save", note),
         Row("checkpoint", f"restore {mb} MB buffer state (checks + checksum verification)",
