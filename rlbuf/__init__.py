@@ -21,10 +21,9 @@ from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.sharding import PerWorkerReplayBuffer, ShardedReplayBuffer, shard
-from rlbuf.storage import Layout, LazyTensorStorage
+from rlbuf.storage import Layout, LazyTensorStorage, Storage
 from rlbuf.transforms import MultiStep, MultiStepTransform
-from rlbuf.writers import RoundRobinWriter, WriteInfo
-from rlbuf.writers_max import MaxValueWriter, TensorDictMaxValueWriter
+from rlbuf.writers import MaxValueWriter, RoundRobinWriter, TensorDictMaxValueWriter, WriteInfo, Writer
 
 __version__ = "0.1.0"
 
@@ -65,8 +64,10 @@ __all__ = [
     "SamplerWithoutReplacement",
     "SliceSampler",
     "SliceSamplerWithoutReplacement",
+    "Storage",
     "TensorDictMaxValueWriter",
     "WriteInfo",
+    "Writer",
     "checkpoint",
     "returns",
 ]

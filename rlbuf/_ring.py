@@ -14,9 +14,97 @@ each lane, ``count - 1`` the newest. A window of ``n`` consecutive steps startin
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Ring:
+    """Read-only view of a buffer's ring, the one thing every writer and sampler hook sees.
+
+    - ``cursor``: int32 ``[]``, next physical time slot to write;
+    - ``count``: int32 ``[]``, written time slots per lane (``<= capacity``; written slots are
+      ``[0, count)``);
+    - ``added``: int32 ``[]``, time steps ever added per lane (the *stamp* of the next step;
+      the ring holds stamps ``[added - count, added)``);
+    - ``layout``: the static ``rlbuf.storage.Layout`` (lanes, capacity, leaf specs).
+
+    Hooks get the ring as it is *after* the write they are told about (``on_write``) or at
+    the call (``sample``, ``can_sample``, ``update_priority``); ``rlbuf.writers.WriteInfo``
+    carries the cursor and count before the write. Samplers keep no copy of these counters.
+    """
+
+    cursor: jax.Array
+    count: jax.Array
+    added: jax.Array
+    layout: Any = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def capacity(self) -> int:
+        return self.layout.capacity
+
+    @property
+    def lanes(self) -> tuple:
+        return self.layout.lanes
+
+    @property
+    def n_lanes(self) -> int:
+        return self.layout.n_lanes
+
+    @property
+    def oldest_slot(self):
+        """Physical slot of the oldest stored step."""
+        return oldest(self.cursor, self.count, self.layout.capacity)
+
+    @property
+    def oldest_stamp(self):
+        """Stamp of the oldest stored step (the same in every lane)."""
+        return self.added - self.count
+
+    def logical(self, t):
+        """Age rank of physical slot(s) ``t`` (see :func:`logical`)."""
+        return logical(t, self.cursor, self.count, self.layout.capacity)
+
+    def physical(self, rank):
+        """Physical slot of age rank(s) ``rank`` (see :func:`physical`)."""
+        return physical(rank, self.cursor, self.count, self.layout.capacity)
+
+    def stamp(self, t):
+        """Stamp of physical slot(s) ``t`` (meaningful for written slots ``t < count``)."""
+        return self.oldest_stamp + self.logical(t)
+
+    def slot(self, stamp):
+        """Physical slot of the stored step with stamp ``stamp``."""
+        return self.physical(stamp - self.oldest_stamp)
+
+    def written(self, index: tuple):
+        """Bool: ``index = (*lane_idx, t)`` (int arrays of one shape) is a written slot in range."""
+        t = index[-1]
+        ok = (t >= 0) & (t < self.count)
+        for i, d in zip(index[:-1], self.layout.lanes):
+            ok = ok & (i >= 0) & (i < d)
+        return ok
+
+    def flat(self, index: tuple):
+        """Row-major flat position of ``index = (*lane_idx, t)`` in ``[*lanes, capacity]``."""
+        return flat_index(index, self.layout.lanes, self.layout.capacity)
+
+    def unflatten(self, flat) -> tuple:
+        """Inverse of :meth:`flat`."""
+        return unflatten_index(flat, self.layout.lanes, self.layout.capacity)
+
+    def lane_slots(self, positions):
+        """Flat positions ``[n_lanes * len(positions)]`` of time slots ``positions`` in every lane
+        (lane-major) and whether each is a real slot (``< capacity``; writers drop the others)."""
+        cap, n = self.layout.capacity, self.layout.n_lanes
+        flat = (jnp.arange(n, dtype=jnp.int32)[:, None] * cap + positions[None, :]).reshape(-1)
+        valid = jnp.broadcast_to(positions < cap, (n, positions.shape[0])).reshape(-1)
+        return flat, valid
 
 
 def write_positions(cursor, t: int, capacity: int):

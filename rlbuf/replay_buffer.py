@@ -1,12 +1,18 @@
 """``ReplayBuffer``: storage x sampler x writer x transform, as pure functions over a state.
 
-Usage (everything jittable; donate the state to ``add`` so it updates in place)::
+Usage (everything jittable; donate the state to ``add`` and ``sample`` so they update it in
+place instead of copying the storage)::
 
     rb = ReplayBuffer(storage=LazyTensorStorage(100_000, ndim=2), batch_size=256)
     state = rb.init(example_batch)                 # example: [B, T, ...] leaves
     add = jax.jit(rb.add, donate_argnums=0)
+    sample = jax.jit(rb.sample, donate_argnums=0)
     state = add(state, batch)
-    state, sample, info = jax.jit(rb.sample)(state, key)
+    state, batch, info = sample(state, key)
+
+The plug-in seams: the buffer calls only the hooks of ``rlbuf.storage.Storage``,
+``rlbuf.samplers.base.Sampler`` and ``rlbuf.writers.base.Writer``, and every sampler and
+writer hook sees the ring through one read-only view, ``rlbuf._ring.Ring`` (``state.ring``).
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from rlbuf import _tree
+from rlbuf import _ring, _tree
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.random import RandomSampler
-from rlbuf.storage import Layout, LazyTensorStorage
-from rlbuf.writers import RoundRobinWriter
+from rlbuf.storage import Layout, Storage
+from rlbuf.writers.base import Writer
+from rlbuf.writers.round_robin import RoundRobinWriter
 
 
 @jax.tree_util.register_dataclass
@@ -29,8 +37,8 @@ from rlbuf.writers import RoundRobinWriter
 class BufferState:
     """The whole state of a replay buffer (a pytree; ``layout`` is static metadata).
 
-    - ``storage``: the data, leaves ``[*lanes, capacity, ...]`` (lane-major, see
-      ``rlbuf.storage``); slots never written are zeros.
+    - ``storage``: the storage's arrays (``LazyTensorStorage``: leaves ``[*lanes, capacity,
+      ...]``, lane-major, see ``rlbuf.storage``; slots never written are zeros).
     - ``cursor``: int32, next physical time slot to write; ``count``: int32, written time
       slots per lane (``<= capacity``); ``added``: int32, time steps ever added per lane.
     - ``sampler`` / ``writer``: the sampler's and writer's own state pytrees.
@@ -46,48 +54,92 @@ class BufferState:
     layout: Layout = dataclasses.field(metadata=dict(static=True))
 
     @property
+    def ring(self) -> _ring.Ring:
+        """The read-only ring view every sampler and writer hook receives."""
+        return _ring.Ring(self.cursor, self.count, self.added, self.layout)
+
+    @property
     def capacity(self) -> int:
         """Transitions the buffer holds when full (``n_lanes * steps per lane``)."""
         return self.layout.size
 
     def __len__(self) -> int:
-        """Stored transitions (host sync: for use outside ``jit`` only)."""
-        return int(self.count) * self.layout.n_lanes
+        """Stored transitions over all lanes (and over the groups of a sharded or per-worker
+        state). Host sync: for use outside ``jit`` only; inside, ``rb.num_stored(state)``."""
+        return int(np.sum(np.asarray(self.count), dtype=np.int64)) * self.layout.n_lanes
 
 
-@dataclasses.dataclass(frozen=True)
+def _select(data: Any, keys: tuple, who: str) -> Any:
+    """The nested dict of ``data``'s entries at ``keys`` (each a tuple path)."""
+    out: dict = {}
+    for k in keys:
+        if not _tree.has(data, k):
+            raise KeyError(f"{who}: key {_tree.key_str(k)} of keys= is not in the batch")
+        out = _tree.set_in(out, k, _tree.get(data, k))
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ReplayBuffer:
     """A replay buffer in TorchRL's decomposition with optax's purity.
 
-    Args:
-      storage: e.g. ``LazyTensorStorage(max_size, ndim)``.
+    Args (keyword-only):
+      storage: a ``rlbuf.storage.Storage``, e.g. ``LazyTensorStorage(max_size, ndim)``.
       sampler: ``RandomSampler()`` (default), ``SamplerWithoutReplacement``, slice and
-        prioritized samplers.
-      writer: ``RoundRobinWriter()`` (default) or ``MaxValueWriter``.
+        prioritized samplers, or any ``rlbuf.samplers.base.Sampler``.
+      writer: ``RoundRobinWriter()`` (default), ``MaxValueWriter`` or any
+        ``rlbuf.writers.base.Writer``.
       batch_size: items per ``sample`` (for slice samplers ``num_slices * slice_len``).
       transform: optional pure function applied to every sampled batch.
+      keys: store only these keys (strings, tuples for nested keys; a key may name a subtree)
+        of what ``add`` (and ``init``'s example) receives; ``None`` stores everything.
 
     All methods are pure and jittable; the buffer object itself is frozen and hashable, so
-    ``jax.jit(rb.add)`` caches on it.
+    ``jax.jit(rb.add)`` caches on it. ``init`` refuses a sampler that needs a guarantee the
+    writer does not give (``Sampler.requires`` vs ``Writer.provides``), naming both.
     """
 
-    storage: LazyTensorStorage
+    storage: Storage
     sampler: Sampler = dataclasses.field(default_factory=RandomSampler)
-    writer: Any = dataclasses.field(default_factory=RoundRobinWriter)
-    batch_size: int = None  # type: ignore[assignment]
+    writer: Writer = dataclasses.field(default_factory=RoundRobinWriter)
+    batch_size: int
     transform: Optional[Callable] = None
+    keys: Optional[tuple] = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self):
-        if not isinstance(self.storage, LazyTensorStorage):
-            raise TypeError(f"ReplayBuffer: storage must be a LazyTensorStorage, got {type(self.storage).__name__}")
-        if not isinstance(self.batch_size, (int,)) or isinstance(self.batch_size, bool) or self.batch_size <= 0:
+        for name, obj, base in (("storage", self.storage, Storage), ("sampler", self.sampler, Sampler),
+                                ("writer", self.writer, Writer)):
+            if not isinstance(obj, base):
+                raise TypeError(
+                    f"ReplayBuffer: {name} must be a {base.__module__}.{base.__name__}, got {type(obj).__name__}"
+                )
+        if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
+                or self.batch_size <= 0:
             raise ValueError(f"ReplayBuffer: batch_size must be a positive int, got {self.batch_size!r}")
+        if self.keys is not None:
+            if isinstance(self.keys, str) or not self._keys:
+                raise ValueError(f"ReplayBuffer: keys must be a non-empty sequence of keys, got {self.keys!r}")
+
+    @property
+    def _keys(self) -> Optional[tuple]:
+        return None if self.keys is None else tuple(_tree.as_tuple(k) for k in self.keys)
+
+    def _stored(self, data: Any, who: str) -> Any:
+        return data if self.keys is None else _select(data, self._keys, who)
 
     def init(self, example: Any) -> BufferState:
         """An empty buffer shaped for batches like ``example`` (arrays or ShapeDtypeStructs with
         ``ndim`` leading batch dims; the time length of the example does not matter)."""
         example = _tree.nest(example, "ReplayBuffer.init")  # TorchRL-style tuple keys, list leaves
-        layout = self.storage.layout(example)
+        layout = self.storage.layout(self._stored(example, "ReplayBuffer.init"))
+        missing = sorted(self.sampler.requires - self.writer.provides)
+        if missing:
+            raise ValueError(
+                f"ReplayBuffer: {type(self.sampler).__name__} needs a writer that provides {missing} "
+                f"(e.g. RoundRobinWriter); {type(self.writer).__name__} provides "
+                f"{sorted(self.writer.provides) or 'none of them'}"
+            )
+        self.writer.check(layout)
         self.sampler.check(layout, self.batch_size)
         # Distinct arrays: one buffer donated twice would be an error.
         z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
@@ -106,16 +158,18 @@ class ReplayBuffer:
         state. Wrong keys, dtypes or shapes raise at trace time naming the key."""
         layout = state.layout
         data = _tree.nest(data, "ReplayBuffer.add")  # TorchRL-style tuple keys, list leaves
+        data = self._stored(data, "ReplayBuffer.add")
         t_len = self.storage.check(layout, data)
-        write, wstate, data = self.writer.write(layout, state, data)
+        write, wstate, data = self.writer.write(state.ring, state.writer, data)
         storage = self.storage.write(layout, state.storage, write.positions, data, write.skip)
-        sstate = self.sampler.on_write(layout, state.sampler, write, data)
+        ring = _ring.Ring(write.new_cursor, write.new_count, state.added + t_len, layout)
+        sstate = self.sampler.on_write(ring, state.sampler, write, data)
         return dataclasses.replace(
             state,
             storage=storage,
-            cursor=write.new_cursor,
-            count=write.new_count,
-            added=state.added + t_len,
+            cursor=ring.cursor,
+            count=ring.count,
+            added=ring.added,
             sampler=sstate,
             writer=wstate,
         )
@@ -131,23 +185,48 @@ class ReplayBuffer:
         for ``ndim=1``, a tuple ``(*lane_idx, t)`` otherwise. ``info["mask"]`` is False for
         padding. When ``can_sample`` is False the batch is padding (zeros, never unwritten or
         stale data) with ``info["mask"]`` False.
+
+        Under ``jit``, donate the state (``jax.jit(rb.sample, donate_argnums=0)``): the
+        returned state holds the storage, which would otherwise be copied on every call.
         """
         _tree.check_prng_key(key, "ReplayBuffer.sample(state, key)")
-        layout = state.layout
-        sstate, index, info = self.sampler.sample(layout, state, key, self.batch_size)
-        batch = self.storage.gather(layout, state.storage, index)
-        batch = self.sampler.postprocess(layout, batch, info)
+        ring = state.ring
+        sstate, index, info = self.sampler.sample(ring, state.sampler, key, self.batch_size)
+        batch = self.storage.gather(ring.layout, state.storage, index)
+        batch = self.sampler.postprocess(ring, batch, info)
         if self.transform is not None:
             batch = self.transform(batch)
-        info = dict(info, index=index if layout.lanes else index[0])
+        info = dict(info, index=index if ring.lanes else index[0])
         return dataclasses.replace(state, sampler=sstate), batch, info
 
     def can_sample(self, state: BufferState) -> jax.Array:
         """Bool scalar array: whether ``sample`` can return a full batch of real data."""
-        return self.sampler.can_sample(state.layout, state, self.batch_size)
+        return self.sampler.can_sample(state.ring, state.sampler, self.batch_size)
 
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set the priorities of the items at ``index`` (as in ``info["index"]``)."""
         index = index if isinstance(index, tuple) else (index,)
-        sstate = self.sampler.update_priority(state.layout, state.sampler, index, priority)
+        sstate = self.sampler.update_priority(state.ring, state.sampler, index, priority)
         return dataclasses.replace(state, sampler=sstate)
+
+    def num_stored(self, state: BufferState) -> jax.Array:
+        """int32 scalar: transitions stored over all lanes (jittable; for a sharded or
+        per-worker state, over all its groups too). Eagerly, ``len(state)`` is the same number."""
+        return jnp.sum(state.count) * state.layout.n_lanes
+
+    def split(self, n_groups: int, who: str = "ReplayBuffer.split") -> "ReplayBuffer":
+        """The buffer each of ``n_groups`` lane groups runs (``rlbuf.shard``,
+        ``PerWorkerReplayBuffer``): storage, sampler and writer each split by their own
+        ``split``, ``batch_size / n_groups`` items per sample."""
+        if self.batch_size % n_groups:
+            raise ValueError(f"{who}: batch_size={self.batch_size} is not divisible by the {n_groups} groups")
+        try:
+            return dataclasses.replace(
+                self,
+                storage=self.storage.split(n_groups),
+                sampler=self.sampler.split(n_groups, ndim=self.storage.ndim, batch_size=self.batch_size),
+                writer=self.writer.split(n_groups, ndim=self.storage.ndim),
+                batch_size=self.batch_size // n_groups,
+            )
+        except ValueError as e:
+            raise ValueError(f"{who}: {e}") from None

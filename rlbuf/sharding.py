@@ -25,7 +25,7 @@ of batches) small groups are over-represented. ``transform`` runs per group, on 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 from typing import Any
 
 import jax
@@ -36,7 +36,6 @@ from jax.sharding import PartitionSpec as P
 
 from rlbuf import _tree
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
-from rlbuf.storage import LazyTensorStorage
 
 _shard_map = getattr(jax, "shard_map", None)
 if _shard_map is None:  # pragma: no cover - jax < 0.7
@@ -47,38 +46,11 @@ if _shard_map is None:  # pragma: no cover - jax < 0.7
 
 
 def _split_buffer(rb: ReplayBuffer, n: int, who: str) -> ReplayBuffer:
-    """The buffer one of ``n`` lane groups runs: ``max_size / n`` transitions, ``batch_size / n``
-    items per sample, sampler settings that count items (slices, capacity) divided by ``n``."""
+    """The buffer one of ``n`` lane groups runs: ``rb.split(n)`` (storage, sampler and writer
+    each split by their own ``split``)."""
     if not isinstance(rb, ReplayBuffer):
         raise TypeError(f"{who}: expected a ReplayBuffer, got {type(rb).__name__}")
-    st = rb.storage
-    if st.max_size % n:
-        raise ValueError(f"{who}: storage max_size={st.max_size} is not divisible by the {n} groups")
-    if rb.batch_size % n:
-        raise ValueError(f"{who}: batch_size={rb.batch_size} is not divisible by the {n} groups")
-    sampler = rb.sampler
-    changes = {}
-    ns = getattr(sampler, "num_slices", None)
-    sl = getattr(sampler, "slice_len", None)
-    if ns is not None or sl is not None:
-        if st.ndim == 1:
-            raise ValueError(
-                f"{who}: slice samplers need lanes (LazyTensorStorage ndim >= 2): with ndim=1 the "
-                "groups split the time axis of every batch and trajectories would be cut"
-            )
-        total = ns if ns is not None else rb.batch_size // sl
-        if total % n:
-            raise ValueError(f"{who}: num_slices={total} is not divisible by the {n} groups")
-        if ns is not None:
-            changes["num_slices"] = ns // n
-    mc = getattr(sampler, "max_capacity", None)
-    if mc is not None:
-        changes["max_capacity"] = max(1, math.ceil(mc / n))
-    if changes:
-        sampler = dataclasses.replace(sampler, **changes)
-    return dataclasses.replace(
-        rb, storage=LazyTensorStorage(st.max_size // n, st.ndim), sampler=sampler, batch_size=rb.batch_size // n
-    )
+    return rb.split(n, who)
 
 
 def _local_example(example: Any, ndim: int, n: int, who: str) -> Any:
@@ -185,12 +157,18 @@ class ShardedReplayBuffer:
         for a in names:
             if a not in self.mesh.shape:
                 raise ValueError(f"shard: axis_name {a!r} is not an axis of the mesh {dict(self.mesh.shape)}")
-        n = int(np.prod([self.mesh.shape[a] for a in names]))
-        object.__setattr__(self, "_n", n)
-        object.__setattr__(self, "_local", _split_buffer(self.buffer, n, "shard"))
-        object.__setattr__(self, "_init_cache", {})
+        self._local  # split now: a buffer that cannot be split raises here
 
     # -------------------------------------------------------------- plumbing
+    @functools.cached_property
+    def _n(self) -> int:
+        names = self.axis_name if isinstance(self.axis_name, tuple) else (self.axis_name,)
+        return int(np.prod([self.mesh.shape[a] for a in names]))
+
+    @functools.cached_property
+    def _local(self) -> ReplayBuffer:
+        return _split_buffer(self.buffer, self._n, "shard")
+
     @property
     def num_shards(self) -> int:
         return self._n
@@ -216,14 +194,9 @@ class ShardedReplayBuffer:
         """An empty sharded buffer for global ``add`` batches like ``example`` (arrays or
         ``ShapeDtypeStruct``s, leaves ``[*lanes, T, ...]``); each device allocates its own shard."""
         local = _local_example(example, self._local.storage.ndim, self._n, "shard")
-        sig = (jax.tree_util.tree_structure(local), tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(local)))
-        if sig not in self._init_cache:  # one compile per example signature, not per call
-
-            def f():
-                return jax.tree_util.tree_map(lambda x: x[None], self._local.init(local))
-
-            self._init_cache[sig] = jax.jit(self._smap(f, (), P(self.axis_name)))
-        return self._init_cache[sig]()
+        leaves, treedef = jax.tree_util.tree_flatten(local)
+        # jit's own cache, keyed on the (hashable) example signature: one compile per signature.
+        return _sharded_init(self, treedef, tuple((x.shape, np.dtype(x.dtype).name) for x in leaves))
 
     def add(self, state: BufferState, data: Any) -> BufferState:
         """Write the global batch ``data`` (leaves ``[*lanes, T, ...]``), each shard its lanes."""
@@ -280,14 +253,25 @@ class ShardedReplayBuffer:
         ``global_storage(state)[k][info["index"]]`` is the sampled ``batch[k]``."""
         return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), state.storage)
 
-    def num_stored(self, state: BufferState) -> int:
-        """Transitions stored over all shards (host sync: outside ``jit`` only; multi-host safe)."""
-        return int(jax.jit(jnp.sum)(state.count)) * state.layout.n_lanes
+    def num_stored(self, state: BufferState) -> jax.Array:
+        """int32 scalar: transitions stored over all shards (jittable; a ``G``-element reduction,
+        multi-host safe)."""
+        return jax.jit(jnp.sum)(state.count) * state.layout.n_lanes
 
     def shard_of(self, state: BufferState, g: int) -> BufferState:
         """Shard ``g``'s plain :class:`BufferState` (a host-side view, e.g. to compare with a
         plain :class:`ReplayBuffer`; fetches the data: single process, not for hot paths)."""
         return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[g]), state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _sharded_init(srb: ShardedReplayBuffer, treedef, specs: tuple) -> BufferState:
+    local = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in specs])
+
+    def f():
+        return jax.tree_util.tree_map(lambda x: x[None], srb._local.init(local))
+
+    return srb._smap(f, (), P(srb.axis_name))()
 
 
 def shard(rb: ReplayBuffer, mesh: Mesh, axis_name: Any = "data") -> ShardedReplayBuffer:
@@ -327,11 +311,20 @@ class PerWorkerReplayBuffer:
     def __post_init__(self):
         if not isinstance(self.num_workers, (int, np.integer)) or self.num_workers <= 0:
             raise ValueError(f"PerWorkerReplayBuffer: num_workers must be a positive int, got {self.num_workers!r}")
-        object.__setattr__(self, "_local", _split_buffer(self.buffer, int(self.num_workers), "PerWorkerReplayBuffer"))
+        self._local  # split now: a buffer that cannot be split raises here
+
+    @functools.cached_property
+    def _local(self) -> ReplayBuffer:
+        return _split_buffer(self.buffer, int(self.num_workers), "PerWorkerReplayBuffer")
 
     @property
     def local_buffer(self) -> ReplayBuffer:
+        """The plain buffer each worker runs (``max_size / W``, ``batch_size / W``)."""
         return self._local
+
+    def num_stored(self, state: BufferState) -> jax.Array:
+        """int32 scalar: transitions stored over all workers (jittable)."""
+        return self._local.num_stored(state)
 
     def init(self, example: Any) -> BufferState:
         """Empty sub-buffers for worker batches like ``example`` (one worker's batch)."""

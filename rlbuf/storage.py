@@ -1,4 +1,22 @@
-"""``LazyTensorStorage``: preallocated arrays with an explicit number of batch dims.
+"""Storages: the :class:`Storage` interface and ``LazyTensorStorage``, preallocated arrays with
+an explicit number of batch dims.
+
+The interface (``ReplayBuffer`` calls nothing else, so a new storage is a new file):
+
+- ``max_size`` / ``ndim``: transitions held over all lanes / batch dims of ``add`` data;
+- ``layout(example) -> Layout``: static description of ``add`` batches like ``example``
+  (lanes, time slots per lane, leaf specs). Samplers and writers address time slots of this
+  layout; how the storage keeps them in memory is its own business;
+- ``init(layout) -> storage``: its arrays (a pytree, kept in ``BufferState.storage``);
+- ``check(layout, data) -> T``: validate an ``add`` batch (errors name the key) and return
+  its time length;
+- ``write(layout, storage, positions, data, skip) -> storage``: put ``data[..., skip:, ...]``
+  at time slots ``positions`` of every lane (slots ``>= capacity`` are dropped);
+- ``gather(layout, storage, index) -> batch``: the items at ``index = (*lane_idx, t)``;
+- ``split(n_groups) -> Storage``: the storage each of ``n_groups`` lane groups runs
+  (``rlbuf.shard``, ``PerWorkerReplayBuffer``).
+
+``LazyTensorStorage``:
 
 Memory layout: lane-major, ``[*lanes, capacity, ...]`` for data ``[*lanes, T, ...]``
 (``lanes = ()`` for ``ndim=1``, ``(B,)`` for ``ndim=2``, ``(W, B)`` for ``ndim=3``).
@@ -60,40 +78,37 @@ class Layout:
 
 
 @dataclasses.dataclass(frozen=True)
-class LazyTensorStorage:
-    """Preallocated storage of ``max_size`` transitions, allocated on ``init``.
+class Storage:
+    """Base class of storages (the interface is in the module docstring).
 
-    Args:
-      max_size: transitions over all ``ndim`` batch dims. With lanes ``[*lanes]`` the ring
-        holds ``capacity = max_size // prod(lanes)`` steps per lane; if that division is not
-        exact a warning says so and the real size is ``capacity * prod(lanes)``
-        (``state.layout.size``).
-      ndim: batch dims of the data given to ``add``: 1 for ``[N, ...]`` (transitions),
-        2 for ``[B, T, ...]``, 3 for ``[W, B, T, ...]`` (time last, as collectors emit).
+    Subclasses implement ``init``, ``write`` and ``gather``; ``layout``, ``check`` and
+    ``split`` work for any storage that holds ``max_size`` transitions in lanes of
+    ``capacity`` time slots.
     """
 
     max_size: int
     ndim: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.max_size, (int, np.integer)) or self.max_size <= 0:
-            raise ValueError(f"LazyTensorStorage: max_size must be a positive int, got {self.max_size!r}")
+        name = type(self).__name__
+        if isinstance(self.max_size, bool) or not isinstance(self.max_size, (int, np.integer)) or self.max_size <= 0:
+            raise ValueError(f"{name}: max_size must be a positive int, got {self.max_size!r}")
         if self.ndim not in (1, 2, 3):
-            raise ValueError(f"LazyTensorStorage: ndim must be 1, 2 or 3, got {self.ndim!r}")
+            raise ValueError(f"{name}: ndim must be 1, 2 or 3, got {self.ndim!r}")
 
     def layout(self, example: Any) -> Layout:
         """Static layout from one example ``add`` batch (arrays or ``ShapeDtypeStruct``s)."""
         items = _tree.leaves_with_keys(example)
         if not items:
-            raise ValueError("LazyTensorStorage: the example batch has no array leaves")
+            raise ValueError(f"{type(self).__name__}: the example batch has no array leaves")
         treedef = jax.tree_util.tree_structure(example)
         lanes = None
         specs = []
         for key, x in items:
-            shape, dtype = _tree.leaf_spec(x, key, "LazyTensorStorage")
+            shape, dtype = _tree.leaf_spec(x, key, type(self).__name__)
             if len(shape) < self.ndim:
                 raise ValueError(
-                    f"LazyTensorStorage(ndim={self.ndim}): leaf {_tree.key_str(key)} has shape "
+                    f"{type(self).__name__}(ndim={self.ndim}): leaf {_tree.key_str(key)} has shape "
                     f"{shape}, fewer than ndim={self.ndim} batch dims "
                     f"(expected [{', '.join(['B'] * (self.ndim - 1) + ['T'])}, ...])"
                 )
@@ -102,38 +117,31 @@ class LazyTensorStorage:
                 lanes, first = leaf_lanes, key
             elif leaf_lanes != lanes:
                 raise ValueError(
-                    f"LazyTensorStorage(ndim={self.ndim}): leaf {_tree.key_str(key)} has lane dims "
+                    f"{type(self).__name__}(ndim={self.ndim}): leaf {_tree.key_str(key)} has lane dims "
                     f"{leaf_lanes} but {_tree.key_str(first)} has {lanes}; all leaves must share "
                     f"the leading {self.ndim - 1} dims"
                 )
             specs.append((key, shape[self.ndim :], dtype.name))
         if 0 in lanes:
             raise ValueError(
-                f"LazyTensorStorage(ndim={self.ndim}): leaf {_tree.key_str(first)} has lane dims {lanes}; "
+                f"{type(self).__name__}(ndim={self.ndim}): leaf {_tree.key_str(first)} has lane dims {lanes}; "
                 "a lane dim of size 0 holds no data"
             )
         n = _ring.n_lanes(lanes)
         capacity = self.max_size // n
         if capacity < 1:
             raise ValueError(
-                f"LazyTensorStorage: max_size={self.max_size} is smaller than one time row of "
+                f"{type(self).__name__}: max_size={self.max_size} is smaller than one time row of "
                 f"{n} lanes {lanes}; use max_size >= {n}"
             )
         if capacity * n != self.max_size:
             warnings.warn(
-                f"LazyTensorStorage: max_size={self.max_size} is not a multiple of the {n} lanes "
+                f"{type(self).__name__}: max_size={self.max_size} is not a multiple of the {n} lanes "
                 f"{lanes}; the real capacity is {capacity * n} transitions ({capacity} steps per lane)",
                 stacklevel=3,
             )
         return Layout(self.ndim, tuple(lanes), capacity, tuple(specs), treedef)
 
-    def init(self, layout: Layout) -> Any:
-        """Zero-filled arrays ``[*lanes, capacity, ...]`` (unwritten slots read as zeros)."""
-        leaves = [
-            jnp.zeros((*layout.lanes, layout.capacity, *shape), dtype)
-            for _, shape, dtype in layout.specs
-        ]
-        return jax.tree_util.tree_unflatten(layout.treedef, leaves)
 
     def check(self, layout: Layout, data: Any) -> int:
         """Validate an ``add`` batch against the layout; return its time length ``T``.
@@ -180,6 +188,48 @@ class LazyTensorStorage:
             raise ValueError("ReplayBuffer.add: the batch has time length 0")
         return t_len
 
+
+    def init(self, layout: Layout) -> Any:
+        raise NotImplementedError
+
+    def write(self, layout: Layout, storage: Any, positions, data: Any, skip: int = 0) -> Any:
+        raise NotImplementedError
+
+    def gather(self, layout: Layout, storage: Any, index: tuple) -> Any:
+        raise NotImplementedError
+
+    def split(self, n_groups: int) -> "Storage":
+        """The storage of one of ``n_groups`` lane groups: ``max_size / n_groups`` transitions,
+        the other settings unchanged."""
+        if self.max_size % n_groups:
+            raise ValueError(
+                f"{type(self).__name__}: max_size={self.max_size} is not divisible by the {n_groups} groups"
+            )
+        return dataclasses.replace(self, max_size=self.max_size // n_groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyTensorStorage(Storage):
+    """Preallocated storage of ``max_size`` transitions, allocated on ``init``.
+
+    Args:
+      max_size: transitions over all ``ndim`` batch dims. With lanes ``[*lanes]`` the ring
+        holds ``capacity = max_size // prod(lanes)`` steps per lane; if that division is not
+        exact a warning says so and the real size is ``capacity * prod(lanes)``
+        (``state.layout.size``).
+      ndim: batch dims of the data given to ``add``: 1 for ``[N, ...]`` (transitions),
+        2 for ``[B, T, ...]``, 3 for ``[W, B, T, ...]`` (time last, as collectors emit).
+    """
+
+    def init(self, layout: Layout) -> Any:
+        """Zero-filled arrays ``[*lanes, capacity, ...]`` (unwritten slots read as zeros)."""
+        leaves = [
+            jnp.zeros((*layout.lanes, layout.capacity, *shape), dtype)
+            for _, shape, dtype in layout.specs
+        ]
+        return jax.tree_util.tree_unflatten(layout.treedef, leaves)
+
+
     def write(self, layout: Layout, storage: Any, positions, data: Any, skip: int = 0) -> Any:
         """Scatter ``data[..., skip:, ...]`` (time axis ``ndim - 1``) into time slots ``positions``.
 
@@ -196,6 +246,7 @@ class LazyTensorStorage:
             return buf.at[lead + (positions,)].set(x, mode="drop", unique_indices=True)
 
         return jax.tree_util.tree_map(put, storage, data)
+
 
     def gather(self, layout: Layout, storage: Any, index: tuple) -> Any:
         """Items at ``index = (*lane_idx, t)`` (int arrays of one shape ``S``): leaves ``[*S, ...]``."""

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.storage import LazyTensorStorage
-from rlbuf.writers_max import MaxValueWriter, TensorDictMaxValueWriter
+from rlbuf.writers import MaxValueWriter, TensorDictMaxValueWriter
 
 CAP = 6
 

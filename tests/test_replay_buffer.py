@@ -173,3 +173,43 @@ def test_transform_applied_and_index_before_transform():
     state, out, info = jax.jit(rb.sample)(state, jax.random.key(0))
     stored = np.asarray(state.storage["obs"])
     np.testing.assert_array_equal(np.asarray(out["obs"]), 2 * stored[np.asarray(info["index"])])
+
+
+def test_keys_stores_only_the_named_keys():
+    """``keys=``: a subset of the add batch (nested keys as tuples, a key may name a subtree) is
+    stored; ``init``'s example and ``add``'s batch may carry more; a missing key raises naming it."""
+    rb = ReplayBuffer(storage=LazyTensorStorage(12, ndim=2), batch_size=4, keys=("obs", ("next", "done")))
+    lanes = LANES[2]
+    full = dict(batch(lanes, 2, 0), extra=jnp.zeros((3, 2, 5)))
+    state = rb.init(full)
+    assert sorted(state.layout.keys()) == [("next", "done"), ("obs",)]
+    state = jax.jit(rb.add)(state, full)
+    state, out, info = rb.sample(state, jax.random.key(0))
+    assert sorted(out) == ["next", "obs"] and sorted(out["next"]) == ["done"]
+    np.testing.assert_array_equal(out["obs"], np.asarray(full["obs"])[info["index"]])
+    sub = ReplayBuffer(storage=LazyTensorStorage(12, ndim=2), batch_size=4, keys=["next"])
+    assert sorted(sub.init(full).layout.keys()) == [("next", "done")]
+    with pytest.raises(KeyError, match=r"key \('next', 'reward'\) of keys= is not in the batch"):
+        ReplayBuffer(storage=LazyTensorStorage(12, ndim=2), batch_size=4, keys=(("next", "reward"),)).init(full)
+    with pytest.raises(ValueError, match="keys must be a non-empty sequence"):
+        ReplayBuffer(storage=LazyTensorStorage(12, ndim=2), batch_size=4, keys="obs")
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_num_stored_and_len_count_transitions_over_all_lanes(ndim):
+    rb, add, _ = fns(ndim, "random")
+    lanes = LANES[ndim]
+    n = max(1, int(np.prod(lanes)))
+    state = rb.init(batch(lanes, 1, 0))
+    num_stored = jax.jit(rb.num_stored)
+    assert int(num_stored(state)) == len(state) == 0
+    for t, stored in ((4, 4), (4, CAP)):  # then the ring is full
+        state = add(state, batch(lanes, t, 0))
+        assert int(num_stored(state)) == len(state) == stored * n
+
+
+def test_batch_size_is_keyword_only_and_required():
+    with pytest.raises(TypeError):
+        ReplayBuffer(storage=LazyTensorStorage(8))
+    with pytest.raises(TypeError):
+        ReplayBuffer(LazyTensorStorage(8), batch_size=2)

@@ -9,15 +9,15 @@ Model (per lane; lanes are the ``ndim - 1`` leading batch dims, flattened row-ma
 ``L = prod(lanes)`` internally, ``L = 1`` for ``ndim=1``):
 
 - Every step ever added to a lane gets a *stamp*: its step number in that lane counted over
-  all adds (``total`` is the stamp of the next step). The ring stores the steps with stamps
-  ``[total - count, total)``; the stamp of physical slot ``t`` is
-  ``total - count + _ring.logical(t, cursor, count, capacity)`` (:func:`slot_stamp`).
+  all adds (the ring's ``added`` is the stamp of the next step). The ring stores the steps
+  with stamps ``[added - count, added)``; ``Ring.stamp(t)`` / ``Ring.slot(stamp)`` convert
+  between physical slots and stamps (``rlbuf._ring.Ring``).
 - A *trajectory* is a maximal run of consecutive steps of one lane with the same
   ``traj_key`` value (``traj_key`` mode), or the steps up to and including one whose
   ``end_key`` is True (``end_key`` mode). A trajectory partly overwritten by the ring is
   reduced to its stored part; the write head is always a boundary (the newest and oldest
   stored steps are never in one stored run, because stamps are contiguous only within
-  ``[total - count, total)``).
+  ``[added - count, added)``).
 - Trajectories of a lane are numbered ``0, 1, 2, ...`` in time order (``seq``; int32,
   monotone). ``TrajectoryState.seq[l, t]`` is the number of the trajectory holding slot
   ``t`` of lane ``l``, and ``TrajectoryState.start[l, s % capacity]`` the stamp of the first
@@ -27,7 +27,8 @@ Model (per lane; lanes are the ``ndim - 1`` leading batch dims, flattened row-ma
   numbers; :func:`lane_ranges`), the stored part of trajectory ``s`` spans the stamps
   ``[begin, end)`` given by :func:`bounds`.
 
-Public helpers (all pure, jittable, O(1) per queried item unless stated):
+Public helpers (all pure, jittable, O(1) per queried item unless stated; ``ring`` is the
+buffer's ``rlbuf._ring.Ring`` view):
 
 - :func:`key_spec` — validate ``traj_key``/``end_key`` against a ``Layout`` (clear errors).
 - :func:`init` / :func:`update` — create the state / fold one ``add`` into it (call from
@@ -39,10 +40,10 @@ Public helpers (all pure, jittable, O(1) per queried item unless stated):
   "``t`` starts a valid slice of ``n`` steps" is ``written & (after >= n)``.
 - :func:`valid_start_mask` — that predicate for every slot, ``[*lanes, capacity]`` bool
   (O(L × capacity); for samplers that keep a per-slot weight tree).
-- :func:`stamp_to_slot`, :func:`slot_stamp` — convert between stamps and physical slots.
 
 Stamps and trajectory numbers are int32: they wrap after 2**31 steps (or trajectories) per
-lane, like ``BufferState.added``.
+lane, like ``BufferState.added`` (every comparison of stamps is a difference, so a wrap in
+the middle of a stored trajectory is harmless).
 
 The ring must be written round-robin (``RoundRobinWriter``): the bookkeeping relies on the
 written slots of an ``add`` being the next ones in time.
@@ -74,14 +75,14 @@ class TrajectoryState:
       ``n_traj - 1``).
     - ``last``: ``[L, F]`` boundary-key values of each lane's newest step (``F`` = the key's
       trailing elements, at least 1), to tell whether the next ``add`` continues it.
-    - ``total``: ``[]`` int32, steps ever added per lane (the stamp of the next step).
+
+    The stamp of the next step is the ring's ``added`` (not copied here).
     """
 
     seq: jax.Array
     start: jax.Array
     n_traj: jax.Array
     last: jax.Array
-    total: jax.Array
 
 
 class KeySpec(NamedTuple):
@@ -134,21 +135,23 @@ def init(layout, spec: KeySpec) -> TrajectoryState:
         start=jnp.zeros((n, cap), jnp.int32),
         n_traj=jnp.zeros((n,), jnp.int32),
         last=jnp.zeros((n, feat), spec.dtype),
-        total=jnp.zeros((), jnp.int32),
     )
 
 
-def update(layout, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[TrajectoryState, Written]:
+def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[TrajectoryState, Written]:
     """Fold one ``add`` into the bookkeeping (call from ``Sampler.on_write``).
 
-    ``write``: the ``rlbuf.writers.WriteInfo`` of the add; ``data``: the whole batch
+    ``ring``: the ring after the add; ``write``: the ``rlbuf.writers.WriteInfo`` of the add;
+    ``data``: the whole batch
     ``[*lanes, T, ...]`` (including the ``write.skip`` leading steps the ring dropped, which
     still matter for where the kept steps' trajectories began). Returns the new state and
     :class:`Written` for the kept steps. O(L × T).
     """
+    layout = ring.layout
     n_l, cap = layout.n_lanes, layout.capacity
     x = _tree.get(data, spec.key)
     t_len = x.shape[layout.ndim - 1]
+    total = ring.added - t_len  # stamp of the add's first step
     x = x.reshape(n_l, t_len, -1)
     if x.shape[-1] == 0:  # a key with a zero-size trailing shape carries no boundary information
         x = jnp.zeros((n_l, t_len, 1), x.dtype)
@@ -160,7 +163,7 @@ def update(layout, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Tra
     # The first step ever stored in an empty ring always begins a trajectory.
     new = new.at[:, 0].set(new[:, 0] | (write.count == 0) | (ts.n_traj == 0))
     steps = jnp.arange(t_len, dtype=jnp.int32)
-    stamp = ts.total + steps
+    stamp = total + steps
     cum = jnp.cumsum(new, axis=1, dtype=jnp.int32)
     seq = ts.n_traj[:, None] - 1 + cum
     # Start of each step's trajectory: the last step flagged new at or before it, else the
@@ -169,7 +172,7 @@ def update(layout, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Tra
     last_new = jax.lax.cummax(jnp.where(new, steps, -1), axis=1)
     lanes = jnp.arange(n_l, dtype=jnp.int32)
     ongoing = ts.start[lanes, jnp.maximum(ts.n_traj - 1, 0) % cap]
-    start = jnp.where(last_new >= 0, ts.total + last_new, ongoing[:, None])
+    start = jnp.where(last_new >= 0, total + last_new, ongoing[:, None])
 
     skip = write.skip
     kept = slice(skip, t_len)
@@ -186,7 +189,6 @@ def update(layout, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Tra
         start=start_rec,
         n_traj=ts.n_traj + cum[:, -1],
         last=x[:, -1, :].astype(ts.last.dtype),
-        total=ts.total + t_len,
     )
     written = Written(seq_k, start_k, jnp.broadcast_to(stamp_k, seq_k.shape))
     return new_ts, written
@@ -203,36 +205,24 @@ class LaneRanges(NamedTuple):
     oldest: jax.Array
 
 
-def lane_ranges(layout, ts: TrajectoryState, cursor, count) -> LaneRanges:
+def lane_ranges(ring, ts: TrajectoryState) -> LaneRanges:
     """O(L): the range of stored trajectory numbers of every lane."""
-    old_slot = _ring.oldest(cursor, count, layout.capacity)
-    first = ts.seq[:, old_slot]
+    first = ts.seq[:, ring.oldest_slot]
     last = ts.n_traj - 1
-    n_stored = jnp.where(count > 0, last - first + 1, 0)
-    return LaneRanges(first, last, n_stored, ts.total - count)
+    n_stored = jnp.where(ring.count > 0, last - first + 1, 0)
+    return LaneRanges(first, last, n_stored, ring.oldest_stamp)
 
 
-def bounds(layout, ts: TrajectoryState, ranges: LaneRanges, lane, seq):
+def bounds(ring, ts: TrajectoryState, ranges: LaneRanges, lane, seq):
     """Stored part ``[begin, end)`` (stamps) of trajectories ``seq`` of lanes ``lane`` (flat lane
     numbers; any matching shapes). Only meaningful for stored trajectories
     (``ranges.first[lane] <= seq <= ranges.last[lane]``); length is ``end - begin``."""
-    cap = layout.capacity
+    cap = ring.capacity
     true_start = ts.start[lane, seq % cap]
     begin = ranges.oldest + jnp.maximum(true_start - ranges.oldest, 0)
     nxt = ts.start[lane, (seq + 1) % cap]
-    end = jnp.where(seq - ranges.last[lane] < 0, nxt, ts.total)
+    end = jnp.where(seq - ranges.last[lane] < 0, nxt, ring.added)
     return begin, end
-
-
-def slot_stamp(layout, ts: TrajectoryState, cursor, count, t):
-    """Stamp of physical slot(s) ``t`` (meaningful for written slots ``t < count``)."""
-    return ts.total - count + _ring.logical(t, cursor, count, layout.capacity)
-
-
-def stamp_to_slot(layout, ts: TrajectoryState, cursor, count, stamp):
-    """Physical slot holding the stored step of stamp ``stamp``."""
-    rank = stamp - (ts.total - count)
-    return _ring.physical(rank, cursor, count, layout.capacity)
 
 
 def lane_flat(layout, lane_idx: tuple):
@@ -254,28 +244,29 @@ class SlotPosition(NamedTuple):
     written: jax.Array
 
 
-def slot_position(layout, ts: TrajectoryState, cursor, count, index: tuple) -> SlotPosition:
+def slot_position(ring, ts: TrajectoryState, index: tuple) -> SlotPosition:
     """O(1) per slot: position of ``index = (*lane_idx, t)`` within its stored trajectory.
 
     A slice of ``n`` steps starting at the slot stays in one trajectory and never crosses the
     write head or an unwritten slot iff ``written & (after >= n)``.
     """
     t = index[-1]
-    lane = jnp.broadcast_to(lane_flat(layout, index[:-1]), jnp.shape(t))
-    ranges = lane_ranges(layout, ts, cursor, count)
+    lane = jnp.broadcast_to(lane_flat(ring.layout, index[:-1]), jnp.shape(t))
+    ranges = lane_ranges(ring, ts)
     seq = ts.seq[lane, t]
-    begin, end = bounds(layout, ts, ranges, lane, seq)
-    stamp = slot_stamp(layout, ts, cursor, count, t)
-    written = t < count
+    begin, end = bounds(ring, ts, ranges, lane, seq)
+    stamp = ring.stamp(t)
+    written = t < ring.count
     return SlotPosition(seq, jnp.where(written, stamp - begin, 0), jnp.where(written, end - stamp, 0), written)
 
 
-def valid_start_mask(layout, ts: TrajectoryState, cursor, count, n):
+def valid_start_mask(ring, ts: TrajectoryState, n):
     """``[*lanes, capacity]`` bool: slot ``t`` of a lane starts a valid ``n``-step slice (its
     trajectory has at least ``n`` stored steps from ``t`` on). O(L × capacity)."""
+    layout = ring.layout
     cap = layout.capacity
     t = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (layout.n_lanes, cap))
     lane = jnp.broadcast_to(jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None], (layout.n_lanes, cap))
     lane_idx = _ring.lane_index(lane, layout.lanes) if layout.lanes else ()
-    pos = slot_position(layout, ts, cursor, count, (*lane_idx, t))
+    pos = slot_position(ring, ts, (*lane_idx, t))
     return (pos.written & (pos.after >= n)).reshape(*layout.lanes, cap)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf import _ring
+from rlbuf import _fields
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.sumtree import SumTree, TreeState
 
@@ -37,12 +37,10 @@ class PrioritizedState:
     """``tree``: sum/min tree over the ``n_lanes * capacity`` flat slots (leaf ``lane *
     capacity + t``, see ``rlbuf._ring.flat_index``) holding ``(p + eps) ** alpha``;
     ``max_priority``: largest raw priority passed to ``update_priority`` (``-inf`` before
-    any); ``count``: written time slots per lane (mirrors the buffer's, to ignore updates of
-    slots that hold no data)."""
+    any)."""
 
     tree: TreeState
     max_priority: jax.Array
-    count: jax.Array
 
 
 def check_capacity(sampler, layout) -> None:
@@ -57,8 +55,7 @@ def check_capacity(sampler, layout) -> None:
 
 def check_config(sampler) -> None:
     """Validate the shared prioritized fields of ``sampler`` (``max_capacity``, ``alpha``, ``beta``,
-    ``eps``, ``dtype``) and normalise its ``dtype`` to a hashable, comparable name (frozen dataclass:
-    set through ``object.__setattr__``). Errors name the sampler's class."""
+    ``eps``, ``dtype``). Errors name the sampler's class."""
     name = type(sampler).__name__
     cap, alpha, beta, eps = sampler.max_capacity, sampler.alpha, sampler.beta, sampler.eps
     if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
@@ -72,10 +69,8 @@ def check_config(sampler) -> None:
         raise ValueError(f"{name}: beta must be in [0, 1] (0 = no correction, 1 = full), got {beta}")
     if eps < 0:
         raise ValueError(f"{name}: eps must be >= 0, got {eps}")
-    dt = np.dtype(sampler.dtype)
-    if not np.issubdtype(dt, np.floating):
+    if not np.issubdtype(np.dtype(sampler.dtype), np.floating):
         raise TypeError(f"{name}: dtype must be a float dtype, got {sampler.dtype!r}")
-    object.__setattr__(sampler, "dtype", dt.name)
 
 
 def sanitize(priority, dtype):
@@ -143,13 +138,17 @@ class PrioritizedSampler(Sampler):
     alpha: float
     beta: float
     eps: float = 1e-8
-    dtype: object = jnp.float32
+    dtype: object = _fields.dtype_name(jnp.float32)
     branching: int = BRANCHING
     stratified: bool = True
     pads = True
 
     def __post_init__(self):
         check_config(self)
+
+    def split(self, n_groups: int, *, ndim: int, batch_size: int):
+        """Each group's tree covers its own storage: ``max_capacity / n_groups`` (rounded up)."""
+        return dataclasses.replace(self, max_capacity=max(1, math.ceil(self.max_capacity / n_groups)))
 
     # ---------------------------------------------------------------- helpers
     def _tree(self, layout) -> SumTree:
@@ -160,69 +159,66 @@ class PrioritizedSampler(Sampler):
         tree's finite range (see ``SumTree.leaf_value``; 0 stays 0 when ``eps = 0``)."""
         return self._tree(layout).leaf_value(raw, self.eps, self.alpha)
 
-    def _default(self, sstate, layout):
-        mp = jnp.where(jnp.isneginf(sstate.max_priority), jnp.ones((), self.dtype), sstate.max_priority)
+    def _default(self, max_priority, layout):
+        """Tree value of a new item: ``(max_priority + eps) ** alpha`` (1.0 before any update)."""
+        mp = jnp.where(jnp.isneginf(max_priority), jnp.ones((), self.dtype), max_priority)
         return self._leaf(mp, layout)
 
-    def _weights(self, tree: SumTree, t: TreeState, p):
-        """``(p / p_min) ** -beta`` for the sampled leaf values ``p`` (0 where ``p`` is 0)."""
-        return tree.weights(t, p, self.beta)
+    def _draw(self, tree: SumTree, t: TreeState, key, k: int):
+        """``k`` flat slots drawn from the tree, their importance weights and whether anything
+        could be drawn (``ok``: the total is positive; otherwise slot 0 and weight 0)."""
+        flat, p = tree.sample(t, key, k, self.stratified, with_value=True)
+        ok = tree.total(t) > 0
+        flat = jnp.where(ok, jnp.minimum(flat, tree.n - 1), 0)
+        return flat, jnp.where(ok, tree.weights(t, p, self.beta), 0), ok
+
+    def _priorities(self, ring, index: tuple, priority):
+        """Trace-time checks of an ``update_priority`` call, then per entry (flattened): the flat
+        slot (``size`` where the slot holds no data or is out of range, so that scatters drop
+        it), the raw priority (sanitised, see :func:`sanitize`) and whether it counts towards
+        ``max_priority`` (finite, ``>= 0``, on a written slot)."""
+        layout = ring.layout
+        name = type(self).__name__
+        shape = check_priority(name, index, priority)
+        if len(index) != layout.ndim:
+            raise ValueError(
+                f"{name}.update_priority: index has {len(index)} arrays, expected {layout.ndim} "
+                f"((*lane_idx, t) for ndim={layout.ndim} storage)"
+            )
+        index = tuple(jnp.asarray(i).astype(jnp.int32).reshape(-1) for i in index)
+        ok = ring.written(index)
+        flat = jnp.where(ok, ring.flat(index), layout.size)
+        pr = jnp.asarray(priority)
+        raw = jnp.broadcast_to(sanitize(pr, self.dtype), shape).reshape(-1)
+        good = ok & jnp.broadcast_to(jnp.isfinite(pr) & (pr >= 0), shape).reshape(-1)
+        return flat, raw, good
+
+    def _max_priority(self, max_priority, raw, good):
+        """``max_priority`` raised to the largest counted raw priority of an update."""
+        return jnp.maximum(max_priority, jnp.max(jnp.where(good, raw, -jnp.inf), initial=-jnp.inf))
 
     # ---------------------------------------------------------------- sampler interface
     def check(self, layout, batch_size: int) -> None:
         check_capacity(self, layout)
 
     def init(self, layout):
-        return PrioritizedState(
-            tree=self._tree(layout).init(),
-            max_priority=jnp.full((), -jnp.inf, self.dtype),
-            count=jnp.zeros((), jnp.int32),
-        )
+        return PrioritizedState(tree=self._tree(layout).init(), max_priority=jnp.full((), -jnp.inf, self.dtype))
 
-    def on_write(self, layout, sstate, write, data):
-        cap = layout.capacity
-        pos = write.positions
-        n = layout.n_lanes
-        flat = (jnp.arange(n, dtype=jnp.int32)[:, None] * cap + pos[None, :]).reshape(-1)
-        valid = jnp.broadcast_to(pos < cap, (n, pos.shape[0])).reshape(-1)
-        value = jnp.broadcast_to(self._default(sstate, layout), flat.shape)
-        tree = self._tree(layout).update(sstate.tree, flat, value, valid=valid, unique=True)
-        return dataclasses.replace(sstate, tree=tree, count=write.new_count)
+    def on_write(self, ring, sstate, write, data):
+        flat, valid = ring.lane_slots(write.positions)
+        value = jnp.broadcast_to(self._default(sstate.max_priority, ring.layout), flat.shape)
+        tree = self._tree(ring.layout).update(sstate.tree, flat, value, valid=valid, unique=True)
+        return dataclasses.replace(sstate, tree=tree)
 
-    def sample(self, layout, state, key, batch_size: int):
-        s = state.sampler
-        tree = self._tree(layout)
-        flat, p = tree.sample(s.tree, key, batch_size, self.stratified, with_value=True)
-        ok = tree.total(s.tree) > 0
-        flat = jnp.where(ok, jnp.minimum(flat, layout.size - 1), 0)
-        weight = jnp.where(ok, self._weights(tree, s.tree, p), 0)
-        index = _ring.unflatten_index(flat, layout.lanes, layout.capacity)
+    def sample(self, ring, sstate, key, batch_size: int):
+        flat, weight, ok = self._draw(self._tree(ring.layout), sstate.tree, key, batch_size)
         info = {"weight": weight, "mask": jnp.broadcast_to(ok, (batch_size,))}
-        return s, tuple(i.astype(jnp.int32) for i in index), info
+        return sstate, tuple(i.astype(jnp.int32) for i in ring.unflatten(flat)), info
 
-    def can_sample(self, layout, state, batch_size: int):
-        return (state.count > 0) & (self._tree(layout).total(state.sampler.tree) > 0)
+    def can_sample(self, ring, sstate, batch_size: int):
+        return (ring.count > 0) & (self._tree(ring.layout).total(sstate.tree) > 0)
 
-    def _flat_valid(self, layout, sstate, index: tuple):
-        name = type(self).__name__
-        if len(index) != layout.ndim:
-            raise ValueError(
-                f"{name}.update_priority: index has {len(index)} arrays, expected {layout.ndim} "
-                f"((*lane_idx, t) for ndim={layout.ndim} storage)"
-            )
-        index = tuple(jnp.asarray(i).astype(jnp.int32) for i in index)
-        valid = (index[-1] >= 0) & (index[-1] < sstate.count)
-        for i, d in zip(index[:-1], layout.lanes):
-            valid = valid & (i >= 0) & (i < d)
-        flat = _ring.flat_index(index, layout.lanes, layout.capacity)
-        return flat, valid
-
-    def update_priority(self, layout, sstate, index, priority):
-        shape = check_priority(type(self).__name__, index, priority)
-        flat, valid = self._flat_valid(layout, sstate, index)
-        raw = jnp.broadcast_to(sanitize(priority, self.dtype), shape)
-        good = valid & jnp.isfinite(jnp.asarray(priority, self.dtype)) & (jnp.asarray(priority, self.dtype) >= 0)
-        mp = jnp.maximum(sstate.max_priority, jnp.max(jnp.where(good, raw, -jnp.inf), initial=-jnp.inf))
-        tree = self._tree(layout).update(sstate.tree, flat.reshape(-1), self._leaf(raw, layout).reshape(-1),
-                                         valid=valid.reshape(-1))
-        return dataclasses.replace(sstate, tree=tree, max_priority=mp)
+    def update_priority(self, ring, sstate, index, priority):
+        flat, raw, good = self._priorities(ring, index, priority)
+        tree = self._tree(ring.layout).update(sstate.tree, flat, self._leaf(raw, ring.layout))
+        return dataclasses.replace(sstate, tree=tree, max_priority=self._max_priority(sstate.max_priority, raw, good))

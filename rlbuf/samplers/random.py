@@ -20,11 +20,11 @@ class RandomSampler(Sampler):
     (never written data) with ``info["mask"]`` False.
     """
 
-    def sample(self, layout, state, key, batch_size: int):
-        n_items = state.count * layout.n_lanes
+    def sample(self, ring, sstate, key, batch_size: int):
+        n_items = ring.count * ring.n_lanes
         # Written slots are [0, count) in every lane (see rlbuf._ring), so one integer
         # draw over lanes x count addresses the stored items without touching the cursor.
         u = jax.random.randint(key, (batch_size,), 0, jnp.maximum(n_items, 1), dtype=jnp.int32)
-        index = _ring.item_index(u, jnp.maximum(state.count, 1), layout.lanes)
-        info = {"mask": jnp.broadcast_to(state.count > 0, (batch_size,))}
-        return state.sampler, index, info
+        index = _ring.item_index(u, jnp.maximum(ring.count, 1), ring.lanes)
+        info = {"mask": jnp.broadcast_to(ring.count > 0, (batch_size,))}
+        return sstate, index, info

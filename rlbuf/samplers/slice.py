@@ -18,9 +18,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from rlbuf import _ring, _tree
+from rlbuf import _fields, _ring, _tree, _xla
 from rlbuf.samplers import _trajectories as trj
 from rlbuf.samplers.base import Sampler, zero_masked
+from rlbuf.writers.base import TIME_ORDER
 
 
 @jax.tree_util.register_dataclass
@@ -71,23 +72,12 @@ def below(bits, n):
     return (xh * nh + (mid1 >> 16) + (mid2 >> 16) + (carry >> 16)).astype(jnp.int32)
 
 
-def _norm_key(key):
-    return None if key is None else _tree.as_tuple(key)
-
-
 def check_slice_config(sampler) -> None:
     """Validate the slice fields of ``sampler`` (``num_slices``, ``slice_len``, ``traj_key`` /
-    ``trajectory_key``, ``end_key``, ``truncated_key``) and normalise them in place (frozen
-    dataclass: ``object.__setattr__``): the alias folded into ``traj_key``, keys as tuples."""
+    ``end_key``; the keys are normalised to tuples and the alias ``trajectory_key`` folded into
+    ``traj_key`` at construction, see ``rlbuf._fields``)."""
     self = sampler
     name = type(self).__name__
-    if self.trajectory_key is not None:
-        if self.traj_key is not None and _norm_key(self.traj_key) != _norm_key(self.trajectory_key):
-            raise ValueError(f"{name}: traj_key and its alias trajectory_key disagree")
-        object.__setattr__(self, "traj_key", self.trajectory_key)
-        object.__setattr__(self, "trajectory_key", None)
-    for field in ("traj_key", "end_key", "truncated_key"):
-        object.__setattr__(self, field, _norm_key(getattr(self, field)))
     if (self.num_slices is None) == (self.slice_len is None):
         raise ValueError(
             f"{name}: give exactly one of num_slices or slice_len "
@@ -104,21 +94,38 @@ def check_slice_config(sampler) -> None:
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _SliceBase(Sampler):
+    """The fields, checks and shared pieces of every slice sampler (keyword-only fields)."""
+
     num_slices: Optional[int] = None
     slice_len: Optional[int] = None
-    traj_key: Any = None
-    end_key: Any = None
-    truncated_key: Any = ("next", "truncated")
+    traj_key: Any = _fields.key()
+    end_key: Any = _fields.key()
+    truncated_key: Any = _fields.key(("next", "truncated"))
     strict_length: bool = True
-    trajectory_key: Any = None
+    trajectory_key: Any = _fields.key(alias_of="traj_key")
 
     # Padding (strict_length=False, empty buffer) is zeroed by ``postprocess``.
     pads = True
+    # The boundary bookkeeping assumes each add fills the next slots in time.
+    requires = frozenset({TIME_ORDER})
 
     def __post_init__(self):
         check_slice_config(self)
+
+    def split(self, n_groups: int, *, ndim: int, batch_size: int):
+        """Each group draws ``num_slices / n_groups`` slices of the same length from its lanes."""
+        name = type(self).__name__
+        if ndim == 1:
+            raise ValueError(
+                f"{name} needs lanes (LazyTensorStorage ndim >= 2): with ndim=1 the groups split the "
+                "time axis of every batch and trajectories would be cut"
+            )
+        n_slices, _ = self.shape(batch_size)
+        if n_slices % n_groups:
+            raise ValueError(f"{name}: num_slices={n_slices} is not divisible by the {n_groups} groups")
+        return self if self.num_slices is None else dataclasses.replace(self, num_slices=n_slices // n_groups)
 
     # --- static configuration -------------------------------------------------------------
 
@@ -145,29 +152,30 @@ class _SliceBase(Sampler):
 
     # --- shared pieces ----------------------------------------------------------------------
 
-    def _slices(self, layout, state, ranges, bits, lane, begin, end, ok, n: int):
+    def _slices(self, ring, ranges, bits, lane, begin, end, ok, n: int):
         """Index/mask of one slice per trajectory of lane ``lane`` with stored stamps ``[begin,
         end)`` (``[S]`` each; ``ok`` False gives an all-padding slice): a start uniform over the
         stored part (from the uint32 ``bits``), whole (padded) trajectory if shorter than ``n``."""
         length = jnp.where(ok, end - begin, 0)
-        n_starts = jnp.maximum(length - n + 1, 1)
-        off = below(bits, n_starts)
-        steps = jnp.arange(n, dtype=jnp.int32)
-        mask = steps[None, :] < length[:, None]
-        # Padding points at the slice's first step (a written slot when ok, slot 0 otherwise):
-        # always a real storage location, zeroed by postprocess.
-        rank = jnp.where(ok, begin + off - ranges.oldest, 0)[:, None] + jnp.where(mask, steps[None, :], 0)
-        t = _ring.physical_near(rank, state.cursor, state.count, layout.capacity).astype(jnp.int32)
-        t = jnp.where(ok[:, None], t, 0)
-        if layout.lanes:
-            lane_idx = tuple(
-                jnp.broadcast_to(li[:, None], t.shape).astype(jnp.int32) for li in _ring.lane_index(lane, layout.lanes)
-            )
-        else:
-            lane_idx = ()
-        return (*lane_idx, t), mask
+        off = below(bits, jnp.maximum(length - n + 1, 1))
+        mask = jnp.arange(n, dtype=jnp.int32)[None, :] < length[:, None]
+        return self._slice_index(ring, lane, begin + off - ranges.oldest, ok, mask), mask
 
-    def postprocess(self, layout, batch, info):
+    @staticmethod
+    def _slice_index(ring, lane, rank0, ok, mask):
+        """The one slice-index builder: ``(*lane_idx, t)``, ``[S, n]`` int32 each, of slices of
+        flat lanes ``lane`` starting at age rank ``rank0`` (``[S]``). Padding (``mask`` False)
+        points at its slice's first step and an all-padding slice (``ok`` False) at slot 0:
+        always a real storage location, zeroed by ``postprocess``. Slices never cross the write
+        head, so ``rank0 + k < count <= capacity`` (:func:`rlbuf._ring.physical_near`)."""
+        steps = jnp.arange(mask.shape[1], dtype=jnp.int32)
+        rank = jnp.where(ok, rank0, 0)[:, None] + jnp.where(mask, steps[None, :], 0)
+        t = _ring.physical_near(rank, ring.cursor, ring.count, ring.capacity).astype(jnp.int32)
+        t = jnp.where(ok[:, None], t, 0)
+        lane_idx = _ring.lane_index(lane, ring.lanes) if ring.lanes else ()
+        return (*(jnp.broadcast_to(li[:, None], t.shape).astype(jnp.int32) for li in lane_idx), t)
+
+    def postprocess(self, ring, batch, info):
         """Zero padding; set ``truncated_key`` (and its sibling ``"done"``, if stored) True at each
         slice's last real step, like TorchRL (only keys the buffer stores)."""
         mask = info["mask"]
@@ -176,7 +184,7 @@ class _SliceBase(Sampler):
             return batch
         nxt = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
         last = mask & ~nxt
-        stored = set(layout.keys())
+        stored = set(ring.layout.keys())
         done_key = self.truncated_key[:-1] + ("done",)
         for k, op in ((self.truncated_key, "set"), (done_key, "or")):
             if k not in stored:
@@ -189,20 +197,19 @@ class _SliceBase(Sampler):
             batch = _tree.set_in(batch, k, flag.astype(x.dtype))
         return batch
 
-    def _bounds_all(self, layout, ts, ranges):
+    def _bounds_all(self, ring, ts, ranges):
         """``[L, capacity]`` each: stored ``[begin, end)`` stamps of the lane's ``j``-th stored
         trajectory, its stored length (0 past the last) and its number; O(L × capacity)."""
-        cap = layout.capacity
-        j = jnp.arange(cap, dtype=jnp.int32)[None, :]
+        j = jnp.arange(ring.capacity, dtype=jnp.int32)[None, :]
         seq = ranges.first[:, None] + j
-        lane = jnp.broadcast_to(jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None], seq.shape)
-        begin, end = trj.bounds(layout, ts, ranges, lane, seq)
+        lane = jnp.broadcast_to(jnp.arange(ring.n_lanes, dtype=jnp.int32)[:, None], seq.shape)
+        begin, end = trj.bounds(ring, ts, ranges, lane, seq)
         return begin, end, jnp.where(j < ranges.n_stored[:, None], end - begin, 0), seq
 
-    def _lengths_all(self, layout, ts, ranges):
+    def _lengths_all(self, ring, ts, ranges):
         """``[L, capacity]`` stored length of the lane's ``j``-th stored trajectory (0 past the
         last) and the trajectory numbers; O(L × capacity)."""
-        return self._bounds_all(layout, ts, ranges)[2:]
+        return self._bounds_all(ring, ts, ranges)[2:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,13 +266,14 @@ class SliceSampler(_SliceBase):
             want=jnp.full((), thr, jnp.int32),
         )
 
-    def on_write(self, layout, sstate, write, data):
+    def on_write(self, ring, sstate, write, data):
+        layout = ring.layout
         spec = self._spec(layout)
         if not self.strict_length:  # the queue serves strict sampling only
-            ts, _ = trj.update(layout, sstate.traj, spec, write, data)
+            ts, _ = trj.update(ring, sstate.traj, spec, write, data)
             return dataclasses.replace(sstate, traj=ts)
-        old_total = sstate.traj.total
-        ts, w = trj.update(layout, sstate.traj, spec, write, data)
+        old_total = ring.added - jax.tree_util.tree_leaves(data)[0].shape[layout.ndim - 1]
+        ts, w = trj.update(ring, sstate.traj, spec, write, data)
         thr = sstate.thr
         off = w.stamp - w.start
         # A trajectory joins the queue when its thr-th step is written; if that step was in
@@ -298,28 +306,24 @@ class SliceSampler(_SliceBase):
         qrank = sstate.qrank.at[lanes, rec].set(rank, mode="drop", unique_indices=True)
         s = SliceState(ts, queue, queued, qrank, thr, sstate.want)
         # If the last sample asked for another length, rebuild the queue for it from the updated
-        # records (once). A while loop that runs at most once rather than a cond: a cond's
-        # untaken identity branch would copy the [L, capacity] arrays on every add; a loop
-        # carry is updated in place. It comes last, so the records it reads are final and are
-        # not copied either.
-        ranges = trj.lane_ranges(layout, ts, write.new_cursor, write.new_count)
+        # records (once; see rlbuf._xla.run_at_most_once for why not a cond). It comes last, so
+        # the records it reads are final and are not copied either.
+        ranges = trj.lane_ranges(ring, ts)
         want = s.want
 
-        def rebuild(carry):
-            # The barrier ties the records to the carry: otherwise XLA hoists the O(L × capacity)
-            # rebuild (loop-invariant but for the carry) out of the loop, running it every add.
-            queue_, qrank_, traj, ranges_ = jax.lax.optimization_barrier((carry[0], carry[1], s.traj, ranges))
-            r = self._rebuild(layout, dataclasses.replace(s, traj=traj, queue=queue_, qrank=qrank_), ranges_, want)
+        def rebuild(carry, traj, ranges_):
+            r = self._rebuild(ring, dataclasses.replace(s, traj=traj, queue=carry[0], qrank=carry[1]), ranges_, want)
             return r.queue, r.qrank, r.queued, r.thr
 
-        queue, qrank, queued, thr = jax.lax.while_loop(
-            lambda c: (want > 0) & (want != c[3]), rebuild, (s.queue, s.qrank, s.queued, s.thr)
+        queue, qrank, queued, thr = _xla.run_at_most_once(
+            (want > 0) & (want != s.thr), rebuild, (s.queue, s.qrank, s.queued, s.thr), (s.traj, ranges)
         )
         return dataclasses.replace(s, queue=queue, qrank=qrank, queued=queued, thr=thr)
 
-    def _rebuild(self, layout, s: SliceState, ranges, n) -> SliceState:
+    def _rebuild(self, ring, s: SliceState, ranges, n) -> SliceState:
         """The queue for length ``n`` (traced int32) from scratch, O(L × capacity)."""
-        begin, end, lengths, seq = self._bounds_all(layout, s.traj, ranges)
+        layout = ring.layout
+        begin, end, lengths, seq = self._bounds_all(ring, s.traj, ranges)
         long = lengths >= n
         pos = jnp.cumsum(long, axis=1, dtype=jnp.int32) - 1
         idx = jnp.where(long, pos, layout.capacity)
@@ -334,11 +338,11 @@ class SliceSampler(_SliceBase):
         queued = jnp.sum(long, axis=1, dtype=jnp.int32)
         return SliceState(s.traj, queue, queued, qrank, jnp.asarray(n, jnp.int32), s.want)
 
-    def _eligible(self, layout, s: SliceState, ranges, n: int):
+    def _eligible(self, ring, s: SliceState, ranges, n: int):
         """Per lane ``(head, count)``: the queue entries ``head .. head + count - 1`` are exactly
         the stored trajectories with at least ``n`` stored steps (needs ``s.thr == n``)."""
-        cap = layout.capacity
-        lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)
+        cap = ring.capacity
+        lanes = jnp.arange(ring.n_lanes, dtype=jnp.int32)
         hi = s.queued
         head = s.qrank[lanes, ranges.first % cap]
         # Only the oldest stored trajectory can have shrunk below n (overwritten from its start):
@@ -353,12 +357,13 @@ class SliceSampler(_SliceBase):
         """Stored ``[begin, end)`` stamps of queue entries ``entry`` (``[..., 2]``)."""
         return ranges.oldest + jnp.maximum(entry[..., 0] - ranges.oldest, 0), entry[..., 1]
 
-    def _choose_fast(self, layout, s, ranges, n: int, bits):
+    def _choose_fast(self, ring, s, ranges, n: int, bits):
         """``(lane, begin, end, total)``: ``num_slices`` trajectories (their lanes and stored
         ``[begin, end)`` stamps) drawn uniformly among the ``total`` eligible ones. Strict: from the
         queue (needs ``s.thr == n``); else from every stored one."""
+        layout = ring.layout
         if self.strict_length:
-            head, counts = self._eligible(layout, s, ranges, n)
+            head, counts = self._eligible(ring, s, ranges, n)
         else:
             head, counts = ranges.first, ranges.n_stored
         cum = jnp.cumsum(counts)
@@ -376,52 +381,51 @@ class SliceSampler(_SliceBase):
             k = jnp.where(k >= cap, k - cap, k)
             begin, end = self._entry_bounds(s.queue[lane, k], ranges)
         else:
-            begin, end = trj.bounds(layout, s.traj, ranges, lane, head[lane] + within)
+            begin, end = trj.bounds(ring, s.traj, ranges, lane, head[lane] + within)
         return lane, begin, end, total
 
-    def _choose_slow(self, layout, s, ranges, n: int, bits):
+    def _choose_slow(self, ring, s, ranges, n: int, bits):
         """Same draw as :meth:`_choose_fast` without the queue, O(L × capacity)."""
-        lengths, _ = self._lengths_all(layout, s.traj, ranges)
+        layout = ring.layout
+        lengths, _ = self._lengths_all(ring, s.traj, ranges)
         cum = jnp.cumsum((lengths >= n).reshape(-1), dtype=jnp.int32)
         total = cum[-1]
         u = below(bits, jnp.maximum(total, 1))
         item = jnp.minimum(jnp.searchsorted(cum, u, side="right"), layout.size - 1).astype(jnp.int32)
         lane = item // layout.capacity
-        begin, end = trj.bounds(layout, s.traj, ranges, lane, ranges.first[lane] + item % layout.capacity)
+        begin, end = trj.bounds(ring, s.traj, ranges, lane, ranges.first[lane] + item % layout.capacity)
         return lane, begin, end, total
 
-    def sample(self, layout, state, key, batch_size: int):
+    def sample(self, ring, s, key, batch_size: int):
         n_slices, n = self.shape(batch_size)
-        s = state.sampler
-        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+        ranges = trj.lane_ranges(ring, s.traj)
         # One threefry call for all the randomness of the batch.
         bits = jax.random.bits(key, (2, n_slices), jnp.uint32)
         if self.strict_length:
             lane, begin, end, total = jax.lax.cond(
                 s.thr == n,
-                lambda: self._choose_fast(layout, s, ranges, n, bits[0]),
-                lambda: self._choose_slow(layout, s, ranges, n, bits[0]),
+                lambda: self._choose_fast(ring, s, ranges, n, bits[0]),
+                lambda: self._choose_slow(ring, s, ranges, n, bits[0]),
             )
             # Ask the next add to keep the queue for this length (a scalar: no array is copied).
             s = dataclasses.replace(s, want=jnp.full((), n, jnp.int32))
         else:
-            lane, begin, end, total = self._choose_fast(layout, s, ranges, n, bits[0])
+            lane, begin, end, total = self._choose_fast(ring, s, ranges, n, bits[0])
         ok = jnp.broadcast_to(total > 0, (n_slices,))
-        index, mask = self._slices(layout, state, ranges, bits[1], lane, begin, end, ok, n)
+        index, mask = self._slices(ring, ranges, bits[1], lane, begin, end, ok, n)
         return s, index, {"mask": mask}
 
-    def can_sample(self, layout, state, batch_size: int):
+    def can_sample(self, ring, s, batch_size: int):
         _, n = self.shape(batch_size)
-        s = state.sampler
         if not self.strict_length:
-            return state.count > 0
-        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+            return ring.count > 0
+        ranges = trj.lane_ranges(ring, s.traj)
 
         def slow():
-            lengths, _ = self._lengths_all(layout, s.traj, ranges)
+            lengths, _ = self._lengths_all(ring, s.traj, ranges)
             return jnp.any(lengths >= n)
 
-        return jax.lax.cond(s.thr == n, lambda: jnp.sum(self._eligible(layout, s, ranges, n)[1]) > 0, slow)
+        return jax.lax.cond(s.thr == n, lambda: jnp.sum(self._eligible(ring, s, ranges, n)[1]) > 0, slow)
 
 
 @jax.tree_util.register_dataclass
@@ -446,7 +450,7 @@ class SliceWithoutReplacementState:
     epoch: jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SliceSamplerWithoutReplacement(_SliceBase):
     """Slices without replacement: each epoch yields one slice from every trajectory stored
     (and eligible: at least ``slice_len`` stored steps if ``strict_length``) when it began.
@@ -480,16 +484,17 @@ class SliceSamplerWithoutReplacement(_SliceBase):
             epoch=z(),
         )
 
-    def on_write(self, layout, sstate, write, data):
-        ts, _ = trj.update(layout, sstate.traj, self._spec(layout), write, data)
+    def on_write(self, ring, sstate, write, data):
+        ts, _ = trj.update(ring, sstate.traj, self._spec(ring.layout), write, data)
         return dataclasses.replace(sstate, traj=ts)
 
-    def _eligible_items(self, layout, s, ranges, n: int):
-        lengths, _ = self._lengths_all(layout, s.traj, ranges)
+    def _eligible_items(self, ring, s, ranges, n: int):
+        lengths, _ = self._lengths_all(ring, s.traj, ranges)
         return (lengths >= (n if self.strict_length else 1)).reshape(-1)
 
-    def _new_epoch(self, layout, s, ranges, key, n: int):
-        ok = self._eligible_items(layout, s, ranges, n)
+    def _new_epoch(self, ring, s, ranges, key, n: int):
+        layout = ring.layout
+        ok = self._eligible_items(ring, s, ranges, n)
         if self.shuffle:
             order = jax.random.permutation(key, layout.size).astype(jnp.int32)
         else:
@@ -505,21 +510,16 @@ class SliceSamplerWithoutReplacement(_SliceBase):
             epoch=s.epoch + 1,
         )
 
-    def sample(self, layout, state, key, batch_size: int):
+    def sample(self, ring, s, key, batch_size: int):
+        layout = ring.layout
         n_slices, n = self.shape(batch_size)
-        s = state.sampler
-        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
+        ranges = trj.lane_ranges(ring, s.traj)
         k_perm, k_start = jax.random.split(key)
         left = s.epoch_items - s.pos
         need = (left <= 0) | ((left < n_slices) & self.drop_last)
-        # At most one iteration; a loop rather than a cond, whose identity branch would copy
-        # the [L * capacity] permutation on every sample (the barrier keeps XLA from hoisting
-        # the epoch's O(L × capacity) work out of the loop).
-        s = jax.lax.while_loop(
-            lambda c: c[1],
-            lambda c: (self._new_epoch(layout, *jax.lax.optimization_barrier((c[0], ranges)), k_perm, n), False),
-            (s, need),
-        )[0]
+        # O(L × capacity) epoch start, at most once (rlbuf._xla.run_at_most_once: no copy of the
+        # permutation on the samples that do not start an epoch).
+        s = _xla.run_at_most_once(need, lambda c, r: self._new_epoch(ring, c, r, k_perm, n), s, (ranges,))
         k = s.pos + jnp.arange(n_slices, dtype=jnp.int32)
         in_epoch = k < s.epoch_items
         item = jnp.where(in_epoch, s.perm[jnp.minimum(k, layout.size - 1)], 0)
@@ -528,17 +528,16 @@ class SliceSamplerWithoutReplacement(_SliceBase):
         seq = s.epoch_first[lane] + item % cap
         # Still stored (not overwritten since the epoch began) and still long enough.
         stored = (seq - ranges.first[lane] >= 0) & (ranges.n_stored[lane] > 0)
-        begin, end = trj.bounds(layout, s.traj, ranges, lane, seq)
+        begin, end = trj.bounds(ring, s.traj, ranges, lane, seq)
         ok = in_epoch & stored & (end - begin >= (n if self.strict_length else 1))
         bits = jax.random.bits(k_start, (n_slices,), jnp.uint32)
-        index, mask = self._slices(layout, state, ranges, bits, lane, begin, end, ok, n)
+        index, mask = self._slices(ring, ranges, bits, lane, begin, end, ok, n)
         s = dataclasses.replace(s, pos=jnp.minimum(s.pos + n_slices, s.epoch_items))
         return s, index, {"mask": mask}
 
-    def can_sample(self, layout, state, batch_size: int):
+    def can_sample(self, ring, s, batch_size: int):
         n = self.shape(batch_size)[1]
-        s = state.sampler
-        ranges = trj.lane_ranges(layout, s.traj, state.cursor, state.count)
-        n_ok = jnp.sum(self._eligible_items(layout, s, ranges, n))
+        ranges = trj.lane_ranges(ring, s.traj)
+        n_ok = jnp.sum(self._eligible_items(ring, s, ranges, n))
         n_slices = self.shape(batch_size)[0]
         return n_ok >= n_slices if self.drop_last else n_ok > 0

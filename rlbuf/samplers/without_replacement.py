@@ -54,9 +54,9 @@ class SamplerWithoutReplacement(Sampler):
             perm=jnp.arange(layout.size, dtype=jnp.int32), pos=z(), epoch_items=z(), epoch_count=z(), epoch=z()
         )
 
-    def _new_epoch(self, layout, state, key):
-        s = state.sampler
-        n_items = state.count * layout.n_lanes
+    def _new_epoch(self, ring, s, key):
+        layout = ring.layout
+        n_items = ring.count * layout.n_lanes
         if self.shuffle:
             # A random permutation of all slots, stably filtered to the k < n_items ones,
             # is a uniform permutation of [0, n_items) with a static shape.
@@ -66,14 +66,14 @@ class SamplerWithoutReplacement(Sampler):
             perm = jnp.arange(layout.size, dtype=jnp.int32)
         return WithoutReplacementState(
             perm=perm, pos=jnp.zeros((), jnp.int32), epoch_items=n_items,
-            epoch_count=state.count, epoch=s.epoch + 1,
+            epoch_count=ring.count, epoch=s.epoch + 1,
         )
 
-    def sample(self, layout, state, key, batch_size: int):
-        s = state.sampler
+    def sample(self, ring, s, key, batch_size: int):
+        layout = ring.layout
         left = s.epoch_items - s.pos
         need = (left <= 0) | (left < batch_size) & self.drop_last
-        s = jax.lax.cond(need, lambda: self._new_epoch(layout, state, key), lambda: s)
+        s = jax.lax.cond(need, lambda: self._new_epoch(ring, s, key), lambda: s)
         k = s.pos + jnp.arange(batch_size, dtype=jnp.int32)
         mask = k < s.epoch_items
         item = s.perm[jnp.minimum(k, layout.size - 1)]
@@ -83,6 +83,6 @@ class SamplerWithoutReplacement(Sampler):
         s = dataclasses.replace(s, pos=jnp.minimum(s.pos + batch_size, s.epoch_items))
         return s, index, {"mask": mask}
 
-    def can_sample(self, layout, state, batch_size: int):
-        n_items = state.count * layout.n_lanes
+    def can_sample(self, ring, sstate, batch_size: int):
+        n_items = ring.count * ring.n_lanes
         return n_items >= batch_size if self.drop_last else n_items > 0

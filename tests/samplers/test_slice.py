@@ -267,12 +267,12 @@ def check_queue(rb, state, ref, n):
     if key not in _QUEUE_FNS:
 
         def f(state):
-            s, lay = state.sampler, state.layout
-            ranges = trj.lane_ranges(lay, s.traj, state.cursor, state.count)
-            head, counts = rb.sampler._eligible(lay, s, ranges, n)
+            s, lay, ring = state.sampler, state.layout, state.ring
+            ranges = trj.lane_ranges(ring, s.traj)
+            head, counts = rb.sampler._eligible(ring, s, ranges, n)
             k = (head[:, None] + jnp.arange(lay.capacity)) % lay.capacity
             begin, end = rb.sampler._entry_bounds(s.queue[jnp.arange(lay.n_lanes)[:, None], k], ranges)
-            return counts, trj.stamp_to_slot(lay, s.traj, state.cursor, state.count, begin), end - begin
+            return counts, ring.slot(begin), end - begin
 
         _QUEUE_FNS[key] = (rb, jax.jit(f))
     counts, slot, length = (np.asarray(x) for x in _QUEUE_FNS[key][1](state))
@@ -508,7 +508,7 @@ _MASK: dict = {}
 def _mask_fn(layout):
     if layout not in _MASK:
         _MASK[layout] = jax.jit(
-            lambda s, n: trj.valid_start_mask(s.layout, s.sampler.traj, s.cursor, s.count, n), static_argnums=1
+            lambda s, n: trj.valid_start_mask(s.ring, s.sampler.traj, n), static_argnums=1
         )
     return _MASK[layout]
 

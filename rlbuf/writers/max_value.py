@@ -19,8 +19,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rlbuf import _tree
-from rlbuf.writers import WriteInfo
+from rlbuf import _fields, _tree
+from rlbuf.writers.base import WriteInfo, Writer
 
 _REDUCTIONS = ("sum", "mean", "max", "min")
 _EMPTY = jnp.iinfo(jnp.int32).min  # rank key of an empty slot: below every item
@@ -36,7 +36,7 @@ def _order_key(rank):
 
 
 @dataclasses.dataclass(frozen=True)
-class MaxValueWriter:
+class MaxValueWriter(Writer):
     """Keeps the ``capacity`` items with the largest ``rank_key`` value.
 
     Args:
@@ -54,20 +54,20 @@ class MaxValueWriter:
 
     ``WriteInfo.positions`` has one entry per data item: its slot, or ``capacity + j`` (``j`` its
     position in the batch) for an item that is not kept. ``cursor`` is ``count % capacity``
-    (meaningless for ranking, kept so that ring helpers stay well defined). Samplers that rely
-    on round-robin order (slice samplers) cannot be combined with this writer; uniform and
-    prioritized samplers can (a prioritized sampler gives each written slot the max priority).
+    (meaningless for ranking, kept so that ring helpers stay well defined). It does not
+    provide ``"time_order"``, so samplers that rely on round-robin order (slice samplers) are
+    refused at ``ReplayBuffer.init``; uniform and prioritized samplers work (a prioritized
+    sampler gives each written slot the max priority).
     """
 
-    rank_key: object = ("next", "reward")
+    rank_key: object = _fields.key(("next", "reward"))
     reduction: str = "sum"
 
     def __post_init__(self):
-        object.__setattr__(self, "rank_key", _tree.as_tuple(self.rank_key))
         if self.reduction not in _REDUCTIONS:
             raise ValueError(f"MaxValueWriter: reduction must be one of {_REDUCTIONS}, got {self.reduction!r}")
 
-    def init(self, layout):
+    def check(self, layout) -> None:
         if layout.ndim != 1:
             raise ValueError(
                 f"MaxValueWriter: only ndim=1 storage is supported (items [N, ...]), got ndim={layout.ndim} "
@@ -84,6 +84,9 @@ class MaxValueWriter:
         _, dt = layout.spec(self.rank_key)
         if dt.kind not in "fiub":
             raise TypeError(f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} has non-numeric dtype {dt}")
+
+    def init(self, layout):
+        self.check(layout)
         return {"rank": jnp.full((layout.capacity,), _EMPTY, jnp.int32)}
 
     def item_rank(self, data):
@@ -94,11 +97,11 @@ class MaxValueWriter:
             raise ValueError(f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} has no elements per item")
         return getattr(jnp, self.reduction)(x, axis=1)
 
-    def write(self, layout, state, data):
-        cap = layout.capacity
+    def write(self, ring, wstate, data):
+        cap = ring.capacity
         new = _order_key(self.item_rank(data))
         t_len = new.shape[0]
-        stored = state.writer["rank"]
+        stored = wstate["rank"]
         # One top-k over (stored ∪ new): stored first, so ties keep the stored items
         # (top_k prefers the lower index on ties).
         _, sel = jax.lax.top_k(jnp.concatenate([stored, new]), cap)
@@ -112,8 +115,8 @@ class MaxValueWriter:
         j = jnp.arange(t_len, dtype=jnp.int32)
         positions = jnp.where(take, free_slots[jnp.clip(r, 0, cap - 1)], cap + j)
         rank = stored.at[positions].set(new, mode="drop", unique_indices=True)
-        new_count = jnp.minimum(state.count + t_len, cap).astype(jnp.int32)
-        info = WriteInfo(positions, 0, state.cursor, state.count, new_count % cap, new_count)
+        new_count = jnp.minimum(ring.count + t_len, cap).astype(jnp.int32)
+        info = WriteInfo(positions, 0, ring.cursor, ring.count, new_count % cap, new_count)
         return info, {"rank": rank}, data
 
 
