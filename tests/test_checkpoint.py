@@ -36,8 +36,7 @@ from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
 from rlbuf.storage import LazyTensorStorage
-from rlbuf.writers import RoundRobinWriter
-from rlbuf.writers_max import MaxValueWriter
+from rlbuf.writers import MaxValueWriter, RoundRobinWriter
 
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_helpers")
 LANES, CAP, BATCH = 2, 12, 8
