@@ -35,8 +35,7 @@ from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
 from rlbuf.storage import LazyTensorStorage
-from rlbuf.writers import RoundRobinWriter
-from rlbuf.writers_max import MaxValueWriter
+from rlbuf.writers import MaxValueWriter, RoundRobinWriter
 
 BATCH = 4
 INT32_MAX = 2**31 - 1
@@ -117,8 +116,8 @@ def near_limits(state, start: int):
     s = state.sampler
     changes = {}
     if hasattr(s, "traj"):
-        changes["traj"] = dataclasses.replace(s.traj, total=jnp.full_like(s.traj.total, c),
-                                              n_traj=jnp.full_like(s.traj.n_traj, c))
+        # (the slice stamps count from the buffer's `added`, set below)
+        changes["traj"] = dataclasses.replace(s.traj, n_traj=jnp.full_like(s.traj.n_traj, c))
     if hasattr(s, "queued"):
         changes["queued"] = jnp.full_like(s.queued, c)
     if hasattr(s, "epoch"):
