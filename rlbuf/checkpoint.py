@@ -37,7 +37,9 @@ test that SIGKILLs a process in the middle of a 200 MB save).
 checkpoint, replaced atomically on every save.
 
 orbax-checkpoint is an optional dependency (``pip install 'rlbuf[checkpoint]'``), imported only
-when a function here is called.
+when a function here is called. With jax 0.12 the first import of orbax makes every function
+jitted before it compile once more (orbax changes jax's trace context); import
+``orbax.checkpoint`` before compiling the training step to avoid that one recompile.
 """
 
 from __future__ import annotations

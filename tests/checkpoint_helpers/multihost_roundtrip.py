@@ -19,6 +19,7 @@ dist.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid, local_devi
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import orbax.checkpoint  # noqa: E402, F401  (see the note below)
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
@@ -27,6 +28,9 @@ from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement  # noqa: E402
 from rlbuf.sharding import shard  # noqa: E402
 from rlbuf.storage import LazyTensorStorage  # noqa: E402
+
+# jax 0.12: the first import of orbax bumps jax's trace context, so every function jitted before it
+# compiles once more; import it up front so the no-recompile checks below test restore only.
 
 N, CAP = 8, 6
 mesh = dist.data_mesh("data")
