@@ -69,3 +69,14 @@ def test_refuses_training_wrappers():
 
     with pytest.raises(ValueError, match="AutoResetWrapper"):
         BraxEnv(envs.create("fast"))
+
+
+def test_mjx_backend():
+    """An MJX-backed Brax env (``backend="mjx"``) collects with the same guarantees (the by-hand
+    replay is the positional test's; MJX compiles slowly, so one small collector only)."""
+    env, params = make("brax:inverted_pendulum", backend="mjx", max_steps_in_episode=3)
+    c = rlbuf.Collector(env, policy, frames_per_batch=2 * 4, num_envs=2, env_params=params)
+    _, batches = collect_batches(c, 2)
+    r = check_suite_batches(batches)
+    np.testing.assert_array_equal(r["next"]["truncated"], r["step_count"] + 1 == 3)
+    assert r["observation"].shape == (2, 8, 4)
