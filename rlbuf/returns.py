@@ -32,7 +32,7 @@ Inputs, all ``[*B, T]``, read straight from a collector batch:
 are computed in float32. Gradients flow through every input: wrap ``value``/``next_value``
 in ``jax.lax.stop_gradient`` when the result is used as a regression target inside a loss.
 
-All three estimators are one reverse linear recurrence ``y[t] = a[t] + b[t] * y[t + 1]``
+All estimators are one reverse linear recurrence ``y[t] = a[t] + b[t] * y[t + 1]``
 (``_reverse_scan``: a ``lax.scan`` over time moved to axis 0).
 """
 
@@ -114,20 +114,38 @@ def _expand(m, x):
     return m.reshape(m.shape + (1,) * (x.ndim - m.ndim))
 
 
-def _reverse_scan(a, b):
-    """``y[..., t] = a[..., t] + b[..., t] * y[..., t + 1]`` with ``y[..., T] = 0``; ``[*B, T]``.
+def _reverse_scan(fn, xs: dict, init):
+    """The one recurrence of this module, over the last axis of ``[*B, T]`` arrays::
 
-    Time is moved to axis 0 so that ``lax.scan`` steps over it with every batch row at once.
+        y[..., t] = a[..., t] + b[..., t] * y[..., t + 1],   y[..., T] = init,
+        (a[..., t], b[..., t]) = fn({k: xs[k][..., t]})
+
+    Returns ``y`` ``[*B, T]``. Time is moved to axis 0 so that ``lax.scan`` steps over it with
+    every batch row at once; ``fn`` runs inside the loop body, so the per-step arithmetic reads
+    the inputs once instead of going through separate whole-array passes first (4x faster for
+    small batches on XLA:CPU).
     """
-    a0, b0 = jnp.moveaxis(a, -1, 0), jnp.moveaxis(b, -1, 0)
+    xs0 = {k: jnp.moveaxis(x, -1, 0) for k, x in xs.items()}
 
-    def step(y, ab):
-        at, bt = ab
-        y = at + bt * y
+    def step(y, x):
+        a, b = fn(x)
+        y = a + b * y
         return y, y
 
-    _, ys = jax.lax.scan(step, jnp.zeros_like(a0[0]), (a0, b0), reverse=True)
+    _, ys = jax.lax.scan(step, init, xs0, reverse=True)
     return jnp.moveaxis(ys, 0, -1)
+
+
+#: Up to this many ``[*B]`` rows the per-step arithmetic runs inside the scan body (see ``gae``).
+_FEW_ROWS = 16
+
+
+def _precomputed(x):
+    return x["a"], x["b"]
+
+
+def _zeros_like_row(x):
+    return jnp.zeros(x.shape[:-1], x.dtype)
 
 
 def _cuts(fn, shape, terminated, done, mask):
@@ -158,7 +176,9 @@ def _prepare(fn, reward, floats: dict, terminated, done, mask):
     dtype = _compute_dtype(reward, *floats.values())
     # where, not multiply: padded or post-terminal inputs (possibly NaN) never reach a real output
     clean = lambda x: _keep(real, x.astype(dtype))  # noqa: E731
-    return shape, dtype, clean(reward), {k: clean(v) for k, v in floats.items()}, terminated, real, cut
+    floats = {k: clean(v) for k, v in floats.items()}
+    floats["done"] = done
+    return shape, dtype, clean(reward), floats, terminated, real, cut
 
 
 # ---------------------------------------------------------------------------- estimators
@@ -187,9 +207,22 @@ def gae(reward, value, next_value, terminated, done, *, gamma, lmbda, mask=None)
     gamma = _coef(fn, "gamma", gamma, shape, dtype, 0.0, 1.0)
     lmbda = _coef(fn, "lmbda", lmbda, shape, dtype, 0.0, 1.0)
     v, nv = f["value"], f["next_value"]
-    delta = r + gamma * jnp.where(term, 0, nv) - v
-    adv = _reverse_scan(delta, jnp.where(cut, 0, gamma * lmbda))
-    adv = _keep(real, adv)
+    # XLA:CPU: for a few rows per-kernel overheads dominate, so the per-step arithmetic runs in the
+    # loop body on the raw inputs (without a mask the cut is done | terminated; the last step needs
+    # none: y[T] = 0); for many rows moving 5 inputs to time-major costs more than 2.
+    xs = {"r": r, "v": v, "nv": nv, "term": term, **({"done": f["done"]} if real is None else {"cut": cut})}
+    xs.update({k: c for k, c in (("gamma", gamma), ("lmbda", lmbda)) if c.ndim})  # per-step; else closed over
+
+    def ab(x):
+        g = x.get("gamma", gamma)
+        delta = x["r"] + g * jnp.where(x["term"], 0, x["nv"]) - x["v"]
+        cut = x["cut"] if "cut" in x else x["done"] | x["term"]
+        return delta, jnp.where(cut, 0, g * x.get("lmbda", lmbda))
+
+    if math.prod(shape[:-1]) > _FEW_ROWS:
+        a, b = ab(xs)
+        xs, ab = {"a": a, "b": b}, _precomputed
+    adv = _keep(real, _reverse_scan(ab, xs, _zeros_like_row(r)))
     return adv, _keep(real, adv + v)
 
 
@@ -217,7 +250,7 @@ def td_lambda(reward, next_value, terminated, done, *, gamma, lmbda, mask=None):
     # G[t] = r + g*nv + g*l*(G[t+1] - nv) where not cut: one reverse recurrence in G.
     gl = jnp.where(cut, 0, gamma * lmbda)
     a = r + gamma * jnp.where(term, 0, nv) - gl * nv
-    return _keep(real, _reverse_scan(a, gl))
+    return _keep(real, _reverse_scan(_precomputed, {"a": a, "b": gl}, _zeros_like_row(a)))
 
 
 def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda=1.0, rho_clip=1.0,
@@ -254,7 +287,7 @@ def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda
     rho_bar = jnp.minimum(rho_clip, rho)
     c = lmbda * jnp.minimum(c_clip, rho)
     delta = rho_bar * (r + gamma * jnp.where(term, 0, nv) - v)
-    vs = v + _reverse_scan(delta, jnp.where(cut, 0, gamma * c))
+    vs = v + _reverse_scan(_precomputed, {"a": delta, "b": jnp.where(cut, 0, gamma * c)}, _zeros_like_row(delta))
     vs_next = jnp.where(cut, nv, _shift(vs, 1))
     adv = rho_bar * (r + gamma * jnp.where(term, 0, vs_next) - v)
     return _keep(real, adv), _keep(real, vs)
@@ -277,7 +310,8 @@ def discounted_sum(x, gamma, done, *, mask=None):
     real, cut = _cuts(fn, shape, done, done, mask)
     dtype = _compute_dtype(x)
     gamma = _coef(fn, "gamma", gamma, shape, dtype, 0.0, 1.0)
-    y = _reverse_scan(_keep(real, x.astype(dtype)), jnp.where(cut, 0, gamma))
+    a = _keep(real, x.astype(dtype))
+    y = _reverse_scan(_precomputed, {"a": a, "b": jnp.where(cut, 0, gamma)}, _zeros_like_row(a))
     return _keep(real, y)
 
 

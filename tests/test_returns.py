@@ -151,7 +151,7 @@ def check_against_reference(d, gamma, lmbda, rho_clip, c_clip):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    lead=st.sampled_from([(), (2,), (3,), (2, 2)]),
+    lead=st.sampled_from([(), (2,), (3,), (2, 2), (17,)]),  # 17 rows: gae's precomputed path
     T=st.sampled_from([1, 2, 5, 9]),
     gamma=st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]),
     lmbda=st.sampled_from([0.0, 0.5, 0.95, 1.0]),
@@ -168,7 +168,7 @@ def test_matches_numpy_reference(lead, T, gamma, lmbda, clips, p, seed):
 # ---------------------------------------------------------------------------- TorchRL
 
 
-@pytest.mark.parametrize("shape", [(11,), (3, 11), (2, 3, 11)], ids=["T", "BT", "WBT"])
+@pytest.mark.parametrize("shape", [(11,), (3, 11), (2, 3, 11), (5, 4, 11)], ids=["T", "BT", "WBT", "WBT-20rows"])
 def test_matches_torchrl(shape):
     pytest.importorskip("torchrl")
     import torch
@@ -299,6 +299,16 @@ def test_per_step_gamma_and_vmap_and_jit_cache():
     a = (d["r"], d["v"], d["nv"], d["term"], d["done"])
     np.testing.assert_allclose(returns.gae(*a, gamma=gammas, lmbda=0.8)[0], returns.gae(*a, gamma=0.9, lmbda=0.8)[0],
                                rtol=1e-6)
+    for rows in (3, 20):  # both gae paths; a different gamma per row == one call per row
+        d2 = make_data(np.random.default_rng(rows), (rows, 6), 0.2, 0.2)
+        a2 = (d2["r"], d2["v"], d2["nv"], d2["term"], d2["done"])
+        g_rows = np.linspace(0.5, 1.0, rows, dtype=np.float32)
+        per_step = np.repeat(g_rows[:, None], 6, axis=1)
+        for est in (lambda *x, **k: returns.gae(*x, **k)[0], lambda *x, **k: returns.gae(*x, **k)[1]):
+            full = est(*a2, gamma=per_step, lmbda=0.8)
+            for i in range(0, rows, 7):
+                np.testing.assert_allclose(full[i], est(*(x[i] for x in a2), gamma=float(g_rows[i]), lmbda=0.8),
+                                           rtol=1e-5, atol=1e-5)
     f = jax.jit(functools.partial(returns.gae, gamma=0.9, lmbda=0.8))
     vm = jax.vmap(jax.vmap(f))(*a)  # vmap over [W, B] of [T] rows
     for x, y in zip(vm, f(*a)):
