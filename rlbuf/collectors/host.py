@@ -74,6 +74,7 @@ class _Group:
         self.mode = NEXT_STEP if self.envpool else _autoreset_mode(vec)
         if self.mode not in (NEXT_STEP, SAME_STEP, DISABLED):
             raise ValueError(f"unknown gymnasium autoreset mode {self.mode!r}")
+        # gymnasium vector envs: single_action_space; an EnvPool pool's action_space is one env's
         self.action_space = getattr(vec, "single_action_space", None) or vec.action_space
         self.async_ = hasattr(vec, "step_async") and hasattr(vec, "step_wait")
         self._pending = None
@@ -111,6 +112,8 @@ class _Group:
         return obs, np.asarray(rew, np.float32), np.asarray(term, bool), np.asarray(trunc, bool), info
 
     def random_actions(self):
+        if self.envpool:
+            return np.stack([self.action_space.sample() for _ in range(self.num)])
         return self.vec.action_space.sample()
 
     def close(self):
@@ -158,7 +161,8 @@ class HostCollector:
     Args:
         env: a ``gymnasium.vector.VectorEnv`` (``SyncVectorEnv``/``AsyncVectorEnv``, any
             ``autoreset_mode``: next-step, same-step or disabled), a callable returning one, an
-            EnvPool pool (``envpool.make_gymnasium``), or a list of these: *groups* stepped
+            EnvPool pool (``envpool.make_gymnasium``; its code path is not covered by the tests,
+            which run without envpool), or a list of these: *groups* stepped
             alternately, so that while one group's (async) envs step, the policy runs on the
             other's observations (Sebulba / EnvPool-async style). Envs are numbered group after
             group.
