@@ -297,3 +297,31 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     np.testing.assert_array_equal(b["collector"]["traj_ids"][:, 0], int(state.next_traj_id) + np.arange(B))
     np.testing.assert_array_equal(b["collector"]["carry"]["count"], b["step_count"])
     CHECKS.generic(CHECKS.rows([b], 2), int(state.next_traj_id))
+
+
+class DictObs(gym.ObservationWrapper):
+    """The counting observation as a nested dict: ``{"state": [4], "extra": {"step": []}}``."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        box = env.observation_space
+        self.observation_space = gym.spaces.Dict(
+            {"state": box, "extra": gym.spaces.Dict({"step": gym.spaces.Box(0, 100, (), np.int64)})})
+
+    def observation(self, obs):
+        return {"state": obs, "extra": {"step": np.int64(obs[STEP])}}
+
+
+@pytest.mark.parametrize("autoreset", ["NextStep", "SameStep"])
+def test_dict_observations_stay_nested(autoreset):
+    fns = [lambda i=i: DictObs(gym.wrappers.TimeLimit(CountingEnv(i), LIMIT)) for i in range(B)]
+    vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode(autoreset))
+    hc = HostCollector(vec, lambda p, o, k: (o["state"][:, STEP] % 3).astype(jnp.int32), frames_per_batch=B * T)
+    _, batches = run(hc, 3)
+    b = batches[0]
+    assert set(b["observation"]) == {"state", "extra"} and b["observation"]["extra"]["step"].shape == (B, T)
+    assert b["observation"]["extra"]["step"].dtype == np.int32  # int64 stored as JAX's int32
+    r = CHECKS.rows(batches, 2)
+    obs, nobs = r["observation"], r["next"]["observation"]
+    check_host({**r, "observation": obs["state"], "next": {**r["next"], "observation": nobs["state"]}})
+    np.testing.assert_array_equal(nobs["extra"]["step"], nobs["state"][..., STEP])
