@@ -65,7 +65,7 @@ class DQNConfig:
     total_frames: int = 153_600
     num_envs: int = 8
     steps_per_collect: int = 32  # T of each [num_envs, T] collector batch (256 frames)
-    buffer_size: int = 100_000
+    buffer_size: int = 160_000  # > total_frames: early, diverse transitions are never overwritten (sweep)
     batch_size: int = 64
     hidden: tuple = (256, 256)
     lr: float = 2.3e-3
