@@ -462,6 +462,8 @@ class SliceSamplerWithoutReplacement(_SliceBase):
     - ``drop_last=False``: the epoch's last batch may have fewer than ``num_slices`` slices;
       the missing ones are padding (zeros, ``info["mask"]`` False). ``drop_last=True``: such a
       remainder is skipped and a new epoch begins.
+    - ``can_sample`` False (no eligible trajectory; ``drop_last=True`` with fewer than
+      ``num_slices``): ``sample`` returns all padding and begins no epoch (TorchRL raises).
     - Adds mid-epoch: new trajectories wait for the next epoch; a trajectory overwritten (or
       shrunk below ``slice_len`` with ``strict_length``) before its turn gives an all-padding
       slice (``info["mask"]`` False). A new epoch starts once the previous is used up.
@@ -492,7 +494,7 @@ class SliceSamplerWithoutReplacement(_SliceBase):
         lengths, _ = self._lengths_all(ring, s.traj, ranges)
         return (lengths >= (n if self.strict_length else 1)).reshape(-1)
 
-    def _new_epoch(self, ring, s, ranges, key, n: int):
+    def _new_epoch(self, ring, s, ranges, key, n: int, n_slices: int):
         layout = ring.layout
         ok = self._eligible_items(ring, s, ranges, n)
         if self.shuffle:
@@ -501,7 +503,7 @@ class SliceSamplerWithoutReplacement(_SliceBase):
             order = jnp.arange(layout.size, dtype=jnp.int32)
         # Stable partition: eligible items first, in (random) order.
         perm = order[jnp.argsort(~ok[order], stable=True)]
-        return SliceWithoutReplacementState(
+        new = SliceWithoutReplacementState(
             traj=s.traj,
             perm=perm,
             pos=jnp.zeros((), jnp.int32),
@@ -509,19 +511,25 @@ class SliceSamplerWithoutReplacement(_SliceBase):
             epoch_first=ranges.first,
             epoch=s.epoch + 1,
         )
+        # An epoch that could not give one batch (can_sample False) is not begun.
+        keep = ~self._exhausted(new, n_slices)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, s)
 
     def sample(self, ring, s, key, batch_size: int):
         layout = ring.layout
         n_slices, n = self.shape(batch_size)
         ranges = trj.lane_ranges(ring, s.traj)
         k_perm, k_start = jax.random.split(key)
-        left = s.epoch_items - s.pos
-        need = (left <= 0) | ((left < n_slices) & self.drop_last)
+        need = self._exhausted(s, n_slices)
         # O(L × capacity) epoch start, at most once (rlbuf._xla.run_at_most_once: no copy of the
         # permutation on the samples that do not start an epoch).
-        s = _xla.run_at_most_once(need, lambda c, r: self._new_epoch(ring, c, r, k_perm, n), s, (ranges,))
+        s = _xla.run_at_most_once(need, lambda c, r: self._new_epoch(ring, c, r, k_perm, n, n_slices), s,
+                                   (ranges,))
+        # Still exhausted: can_sample is False (no eligible trajectory, or fewer than num_slices
+        # with drop_last); the new epoch was not kept, the batch is all padding (TorchRL raises).
+        real = ~self._exhausted(s, n_slices)
         k = s.pos + jnp.arange(n_slices, dtype=jnp.int32)
-        in_epoch = k < s.epoch_items
+        in_epoch = (k < s.epoch_items) & real
         item = jnp.where(in_epoch, s.perm[jnp.minimum(k, layout.size - 1)], 0)
         cap = layout.capacity
         lane = item // cap
@@ -532,8 +540,14 @@ class SliceSamplerWithoutReplacement(_SliceBase):
         ok = in_epoch & stored & (end - begin >= (n if self.strict_length else 1))
         bits = jax.random.bits(k_start, (n_slices,), jnp.uint32)
         index, mask = self._slices(ring, ranges, bits, lane, begin, end, ok, n)
-        s = dataclasses.replace(s, pos=jnp.minimum(s.pos + n_slices, s.epoch_items))
+        s = dataclasses.replace(s, pos=jnp.where(real, jnp.minimum(s.pos + n_slices, s.epoch_items), s.pos))
         return s, index, {"mask": mask}
+
+    def _exhausted(self, s, n_slices: int):
+        """True when the epoch cannot give a batch: used up, or (``drop_last``) fewer than
+        ``num_slices`` trajectories left."""
+        left = s.epoch_items - s.pos
+        return (left <= 0) | ((left < n_slices) & self.drop_last)
 
     def can_sample(self, ring, s, batch_size: int):
         n = self.shape(batch_size)[1]

@@ -38,10 +38,12 @@ class SamplerWithoutReplacement(Sampler):
       padding, zeroed, with ``info["mask"]`` False (shapes stay static, unlike TorchRL's
       shorter last batch). ``drop_last=True``: an epoch whose remainder is shorter than
       ``batch_size`` is abandoned and a new one begins.
+    - ``can_sample`` False (empty buffer; ``drop_last=True`` with fewer stored items than
+      ``batch_size``): ``sample`` returns all padding (zeros, ``info["mask"]`` False) and
+      begins no epoch (TorchRL raises).
     - The buffer growing mid-epoch: items added after the epoch began wait for the next
       epoch. A slot overwritten mid-epoch is returned with its new content when its turn
       comes (slots, not values, are what an epoch visits).
-    - Empty buffer: ``can_sample`` False; ``sample`` returns all-padding (zeros, mask False).
     """
 
     drop_last: bool = False
@@ -73,14 +75,19 @@ class SamplerWithoutReplacement(Sampler):
         layout = ring.layout
         left = s.epoch_items - s.pos
         need = (left <= 0) | (left < batch_size) & self.drop_last
-        s = jax.lax.cond(need, lambda: self._new_epoch(ring, s, key), lambda: s)
+        # When can_sample is False (empty buffer, or drop_last with fewer items than a batch)
+        # no epoch begins and the batch is all padding (TorchRL raises; shapes stay static).
+        can = self.can_sample(ring, s, batch_size)
+        s = jax.lax.cond(need & can, lambda: self._new_epoch(ring, s, key), lambda: s)
+        real = can | ~need  # False: no batch at all (the state is left as it was)
         k = s.pos + jnp.arange(batch_size, dtype=jnp.int32)
-        mask = k < s.epoch_items
+        mask = (k < s.epoch_items) & real
         item = s.perm[jnp.minimum(k, layout.size - 1)]
         item = jnp.where(mask, item, 0)
         count = jnp.maximum(s.epoch_count, 1)
         index = _ring.item_index(item, count, layout.lanes)
-        s = dataclasses.replace(s, pos=jnp.minimum(s.pos + batch_size, s.epoch_items))
+        pos = jnp.where(real, jnp.minimum(s.pos + batch_size, s.epoch_items), s.pos)
+        s = dataclasses.replace(s, pos=pos)
         return s, index, {"mask": mask}
 
     def can_sample(self, ring, sstate, batch_size: int):
