@@ -103,6 +103,7 @@ class _SliceBase(Sampler):
     traj_key: Any = _fields.key()
     end_key: Any = _fields.key()
     truncated_key: Any = _fields.key(("next", "truncated"))
+    init_key: Any = _fields.key("is_init")
     strict_length: bool = True
     trajectory_key: Any = _fields.key(alias_of="traj_key")
 
@@ -177,20 +178,27 @@ class _SliceBase(Sampler):
 
     def postprocess(self, ring, batch, info):
         """Zero padding; set ``truncated_key`` (and its sibling ``"done"``, if stored) True at each
-        slice's last real step, like TorchRL (only keys the buffer stores)."""
+        slice's last real step, and ``init_key`` (``"is_init"``, OR-ed with the stored flags) True
+        at each slice's first real step, like TorchRL (only keys the buffer stores): a recurrent
+        module then restarts from the stored state at every slice start (with ``burn_in``, at
+        the first burn-in step). ``init_key=None`` / ``truncated_key=None`` leave those keys as
+        stored."""
         mask = info["mask"]
         batch = zero_masked(batch, mask)
-        if self.truncated_key is None:
-            return batch
-        nxt = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
-        last = mask & ~nxt
         stored = set(ring.layout.keys())
-        done_key = self.truncated_key[:-1] + ("done",)
-        for k, op in ((self.truncated_key, "set"), (done_key, "or")):
+        flags = []
+        if self.truncated_key is not None:
+            nxt = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
+            last = mask & ~nxt
+            flags += [(self.truncated_key, last, "set"), (self.truncated_key[:-1] + ("done",), last, "or")]
+        if self.init_key is not None:
+            prev = jnp.concatenate([jnp.zeros_like(mask[:, :1]), mask[:, :-1]], axis=1)
+            flags.append((self.init_key, mask & ~prev, "or"))
+        for k, mark, op in flags:
             if k not in stored:
                 continue
             x = _tree.get(batch, k)
-            flag = last.reshape(last.shape + (1,) * (x.ndim - 2))
+            flag = mark.reshape(mark.shape + (1,) * (x.ndim - 2))
             flag = jnp.broadcast_to(flag, x.shape)
             if op == "or":
                 flag = flag | (x != 0)
