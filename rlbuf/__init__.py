@@ -17,7 +17,7 @@ from rlbuf.collectors.sharded import ShardedCollector, shard_collector
 from rlbuf.ensemble import EnsembleState, ReplayBufferEnsemble
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers import RandomSampler, Sampler, SamplerWithoutReplacement
-from rlbuf.samplers.prioritized import PrioritizedSampler
+from rlbuf.samplers.prioritized import PrioritizedSampler, set_alpha, set_beta
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.sharding import PerWorkerReplayBuffer, ShardedReplayBuffer, shard
@@ -57,6 +57,8 @@ __all__ = [
     "MultiStep",
     "MultiStepTransform",
     "PrioritizedSampler",
+    "set_alpha",
+    "set_beta",
     "RandomSampler",
     "ReplayBuffer",
     "RoundRobinWriter",

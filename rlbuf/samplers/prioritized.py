@@ -7,7 +7,15 @@ Semantics (TorchRL's ``PrioritizedSampler``):
   for each item; item ``i`` is then drawn with probability ``P(i) = p_i / sum_j p_j``.
 - New items (every slot an ``add`` writes, in every lane) get ``(max_priority + eps) **
   alpha`` where ``max_priority`` is the largest raw priority ever passed to
-  ``update_priority`` (1.0 before the first update).
+  ``update_priority`` (1.0 before the first update); with ``max_priority_within_buffer=True``,
+  the largest priority among the items stored (and not being overwritten) instead.
+- ``alpha`` and ``beta`` live in the sampler state (the constructor's values are the initial
+  ones): :func:`set_beta` / :func:`set_alpha` change them without recompiling (annealing
+  ``beta`` to 1, TorchRL's parameter schedulers). A new ``alpha`` re-exponentiates the stored
+  priorities, ``(p + eps) ** alpha_new``, as TorchRL's ``alpha`` setter does.
+- A priority with extra dims per item (``[*S, *E]`` for an index ``[*S]``, e.g. ``[N, 1]`` or
+  one per step of a stored trajectory) is reduced over them with ``reduction`` (``"max"``,
+  ``"min"``, ``"mean"``, ``"median"``, ``"sum"``; TorchRL's, lower median).
 - ``info["weight"] = (N * P(i)) ** -beta / max_j (N * P(j)) ** -beta = (p_i / p_min) ** -beta``
   with ``p_min`` the smallest positive stored priority: importance weights normalised by the
   largest weight in the buffer, so they lie in ``(0, 1]``.
@@ -22,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf import _fields
+from rlbuf import _fields, _reduce
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.sumtree import SumTree, TreeState
 
@@ -37,10 +45,13 @@ class PrioritizedState:
     """``tree``: sum/min tree over the ``n_lanes * capacity`` flat slots (leaf ``lane *
     capacity + t``, see ``rlbuf._ring.flat_index``) holding ``(p + eps) ** alpha``;
     ``max_priority``: largest raw priority passed to ``update_priority`` (``-inf`` before
-    any)."""
+    any); ``alpha`` / ``beta``: the current exponents (scalars of the tree dtype; see
+    :func:`set_alpha` / :func:`set_beta`)."""
 
     tree: TreeState
     max_priority: jax.Array
+    alpha: jax.Array
+    beta: jax.Array
 
 
 def check_capacity(sampler, layout) -> None:
@@ -95,10 +106,10 @@ def check_priority(name, index: tuple, priority, shape_msg: str = "") -> tuple:
     if not (np.issubdtype(pdt, np.floating) or np.issubdtype(pdt, np.integer)):
         raise TypeError(f"{name}.update_priority: priority must be a real number array, got dtype {pdt}")
     pshape = tuple(np.shape(priority))
-    if pshape not in ((), shape):
+    if pshape != () and (pshape[: len(shape)] != shape or 0 in pshape[len(shape):]):
         raise ValueError(
             f"{name}.update_priority: priority has shape {pshape}, expected {shape} (the index's shape"
-            f"{shape_msg}) or a scalar"
+            f"{shape_msg}), that shape followed by extra dims (reduced with ``reduction``) or a scalar"
         )
     return shape
 
@@ -119,6 +130,10 @@ class PrioritizedSampler(Sampler):
       stratified: draw one item in each of ``batch_size`` equal slices of the total priority
         mass (lower variance than i.i.d. draws; each item's expected count is the same). The
         batch then comes out ordered by storage slot.
+      reduction: how a priority with extra dims per item is reduced (``"max"`` default, as
+        TorchRL; ``"min"``, ``"mean"``, ``"median"``, ``"sum"``).
+      max_priority_within_buffer: new items get the largest priority currently stored
+        (TorchRL's option; costs O(capacity) per ``add``) instead of the largest ever given.
 
     ``sample`` returns ``index`` ``(*lane_idx, t)`` of shape ``[batch_size]``,
     ``info["weight"]`` (``[batch_size]``, tree dtype) and ``info["mask"]`` (False only when
@@ -127,9 +142,10 @@ class PrioritizedSampler(Sampler):
     priority.
 
     ``update_priority(layout, sstate, index, priority)``: ``index`` as in ``info["index"]``
-    (a tuple ``(*lane_idx, t)`` of int arrays of one shape ``S``), ``priority`` ``S`` or a
-    scalar. Duplicate indices in one call: **the last occurrence wins**. Indices of slots that
-    hold no data (or out of range) are ignored. NaN, negative or infinite priorities are stored
+    (a tuple ``(*lane_idx, t)`` of int arrays of one shape ``S``), ``priority`` ``S`` (extra
+    trailing dims are reduced, see ``reduction``) or a scalar. Duplicate indices in one call:
+    **the last occurrence wins**. Indices of slots that hold no data (or out of range) are
+    ignored. NaN, negative or infinite priorities are stored
     as 0 (with ``eps = 0`` such an item is never sampled; otherwise it gets ``eps ** alpha``)
     and do not count towards ``max_priority``.
     """
@@ -141,6 +157,8 @@ class PrioritizedSampler(Sampler):
     dtype: object = _fields.dtype_name(jnp.float32)
     branching: int = BRANCHING
     stratified: bool = True
+    reduction: str = "max"
+    max_priority_within_buffer: bool = False
     pads = True
 
     def __post_init__(self):
@@ -154,23 +172,31 @@ class PrioritizedSampler(Sampler):
     def _tree(self, layout) -> SumTree:
         return SumTree(layout.size, self.branching, self.dtype)
 
-    def _leaf(self, raw, layout):
+    def _leaf(self, raw, alpha, layout):
         """Tree value ``(raw + eps) ** alpha`` of sanitised raw priorities, clamped to the
         tree's finite range (see ``SumTree.leaf_value``; 0 stays 0 when ``eps = 0``)."""
-        return self._tree(layout).leaf_value(raw, self.eps, self.alpha)
+        return self._tree(layout).leaf_value(raw, self.eps, alpha)
 
-    def _default(self, max_priority, layout):
-        """Tree value of a new item: ``(max_priority + eps) ** alpha`` (1.0 before any update)."""
-        mp = jnp.where(jnp.isneginf(max_priority), jnp.ones((), self.dtype), max_priority)
-        return self._leaf(mp, layout)
+    def _default(self, s, stored, overwritten, layout):
+        """Tree value of the new items: ``(max_priority + eps) ** alpha`` (1.0 before any
+        update), or with ``max_priority_within_buffer`` the largest of the per-slot tree values
+        ``stored`` (``[size]``) outside the slots ``overwritten`` (flat, ``size`` = none)."""
+        mp = jnp.where(jnp.isneginf(s.max_priority), jnp.ones((), self.dtype), s.max_priority)
+        if not self.max_priority_within_buffer:
+            return self._leaf(mp, s.alpha, layout)
+        # (p + eps) ** alpha is increasing in p, so the largest stored value is the value of
+        # the largest stored priority
+        m = jnp.max(stored.at[overwritten].set(0, mode="drop"))
+        return jnp.where(m > 0, m, self._leaf(jnp.ones((), self.dtype), s.alpha, layout))
 
-    def _draw(self, tree: SumTree, t: TreeState, key, k: int):
-        """``k`` flat slots drawn from the tree, their importance weights and whether anything
-        could be drawn (``ok``: the total is positive; otherwise slot 0 and weight 0)."""
+    def _draw(self, tree: SumTree, s, key, k: int):
+        """``k`` flat slots drawn from the tree of state ``s``, their importance weights and whether
+        anything could be drawn (``ok``: the total is positive; otherwise slot 0 and weight 0)."""
+        t = s.tree
         flat, p = tree.sample(t, key, k, self.stratified, with_value=True)
         ok = tree.total(t) > 0
         flat = jnp.where(ok, jnp.minimum(flat, tree.n - 1), 0)
-        return flat, jnp.where(ok, tree.weights(t, p, self.beta), 0), ok
+        return flat, jnp.where(ok, tree.weights(t, p, s.beta), 0), ok
 
     def _priorities(self, ring, index: tuple, priority):
         """Trace-time checks of an ``update_priority`` call, then per entry (flattened): the flat
@@ -180,6 +206,7 @@ class PrioritizedSampler(Sampler):
         layout = ring.layout
         name = type(self).__name__
         shape = check_priority(name, index, priority)
+        _reduce.check(self.reduction, name)
         if len(index) != layout.ndim:
             raise ValueError(
                 f"{name}.update_priority: index has {len(index)} arrays, expected {layout.ndim} "
@@ -189,6 +216,8 @@ class PrioritizedSampler(Sampler):
         ok = ring.written(index)
         flat = jnp.where(ok, ring.flat(index), layout.size)
         pr = jnp.asarray(priority)
+        if pr.ndim:  # TorchRL reduces a priority with extra dims per item (e.g. [N, 1])
+            pr = _reduce.reduce_trailing(pr, len(shape), self.reduction)
         raw = jnp.broadcast_to(sanitize(pr, self.dtype), shape).reshape(-1)
         good = ok & jnp.broadcast_to(jnp.isfinite(pr) & (pr >= 0), shape).reshape(-1)
         return flat, raw, good
@@ -201,17 +230,24 @@ class PrioritizedSampler(Sampler):
     def check(self, layout, batch_size: int) -> None:
         check_capacity(self, layout)
 
+    def _exponents(self):
+        """Initial ``alpha`` / ``beta`` state entries (distinct buffers, for donation)."""
+        return jnp.full((), self.alpha, self.dtype), jnp.full((), self.beta, self.dtype)
+
     def init(self, layout):
-        return PrioritizedState(tree=self._tree(layout).init(), max_priority=jnp.full((), -jnp.inf, self.dtype))
+        alpha, beta = self._exponents()
+        return PrioritizedState(tree=self._tree(layout).init(), max_priority=jnp.full((), -jnp.inf, self.dtype),
+                                alpha=alpha, beta=beta)
 
     def on_write(self, ring, sstate, write, data):
+        tree = self._tree(ring.layout)
         flat, valid = ring.lane_slots(write.positions)
-        value = jnp.broadcast_to(self._default(sstate.max_priority, ring.layout), flat.shape)
-        tree = self._tree(ring.layout).update(sstate.tree, flat, value, valid=valid, unique=True)
-        return dataclasses.replace(sstate, tree=tree)
+        new = self._default(sstate, tree.leaves(sstate.tree), jnp.where(valid, flat, ring.layout.size), ring.layout)
+        value = jnp.broadcast_to(new, flat.shape)
+        return dataclasses.replace(sstate, tree=tree.update(sstate.tree, flat, value, valid=valid, unique=True))
 
     def sample(self, ring, sstate, key, batch_size: int):
-        flat, weight, ok = self._draw(self._tree(ring.layout), sstate.tree, key, batch_size)
+        flat, weight, ok = self._draw(self._tree(ring.layout), sstate, key, batch_size)
         info = {"weight": weight, "mask": jnp.broadcast_to(ok, (batch_size,))}
         return sstate, tuple(i.astype(jnp.int32) for i in ring.unflatten(flat)), info
 
@@ -220,5 +256,90 @@ class PrioritizedSampler(Sampler):
 
     def update_priority(self, ring, sstate, index, priority):
         flat, raw, good = self._priorities(ring, index, priority)
-        tree = self._tree(ring.layout).update(sstate.tree, flat, self._leaf(raw, ring.layout))
+        tree = self._tree(ring.layout).update(sstate.tree, flat, self._leaf(raw, sstate.alpha, ring.layout))
         return dataclasses.replace(sstate, tree=tree, max_priority=self._max_priority(sstate.max_priority, raw, good))
+
+
+# -------------------------------------------------------------------- alpha / beta setters
+def _is_priority_state(x) -> bool:
+    """A prioritized sampler's state (plain or slice): it holds ``tree``, ``alpha`` and ``beta``."""
+    return dataclasses.is_dataclass(x) and not isinstance(x, type) and \
+        {"tree", "alpha", "beta"} <= {f.name for f in dataclasses.fields(x)}
+
+
+def _check_value(name, v, lo, hi):
+    if isinstance(v, jax.core.Tracer):
+        return  # a traced value cannot be checked; it is used as given
+    a = np.asarray(v)
+    if a.ndim or not np.isfinite(a) or not lo <= float(a) <= hi:
+        raise ValueError(f"set_{name}: {name} must be a finite scalar in [{lo}, {hi}], got {v!r}")
+
+
+def _tree_of(tree: TreeState) -> SumTree:
+    """The static ``SumTree`` of a tree state, read from its arrays' shapes (one tree, no
+    leading axes)."""
+    return SumTree(tree.scratch.shape[-1], tree.sums[1].shape[-1], tree.sums[0].dtype.name)
+
+
+def _pow(v, r, st: SumTree):
+    """``v ** r`` for tree values ``v`` (zeros stay 0), clamped to the tree's finite range as every
+    leaf is (``SumTree.leaf_value``)."""
+    power = jnp.clip(jnp.power(jnp.where(v > 0, v, 1), r), np.finfo(v.dtype).tiny, st.max_leaf)
+    return jnp.where(v > 0, power, 0).astype(v.dtype)
+
+
+def _reexponent(x, ratio):
+    """Prioritized state ``x`` with every stored value ``v`` (tree leaves, and the per-step values
+    ``prio`` of slice samplers) replaced by ``v ** ratio``, the tree rebuilt in O(n). Leading
+    (shard / worker) axes are vmapped."""
+    st = _tree_of(x.tree)
+    has_prio = "prio" in {f.name for f in dataclasses.fields(x)}
+
+    def one(t, prio, r):
+        t = st.rebuild(TreeState((*t.sums[:-1], _pow(t.sums[-1], r, st)), t.mins, t.scratch))
+        return t, (_pow(prio, r, st) if has_prio else prio)
+
+    for _ in range(x.tree.sums[0].ndim - 1):
+        one = jax.vmap(one)
+    tree, prio = one(x.tree, x.prio if has_prio else ratio, ratio)
+    return dataclasses.replace(x, tree=tree, **({"prio": prio} if has_prio else {}))
+
+
+def _set_exponents(state, alpha=None, beta=None):
+    found = []
+
+    def visit(x):
+        if not _is_priority_state(x):
+            return x
+        found.append(True)
+        if beta is not None:
+            x = dataclasses.replace(x, beta=jnp.broadcast_to(jnp.asarray(beta, x.beta.dtype), x.beta.shape))
+        if alpha is not None:
+            new = jnp.broadcast_to(jnp.asarray(alpha, x.alpha.dtype), x.alpha.shape)
+            # With alpha 0 every stored value is 1 and the priorities cannot be recovered (TorchRL
+            # keeps them too): they stay uniform until their next update.
+            ratio = jnp.where(x.alpha > 0, new / jnp.where(x.alpha > 0, x.alpha, 1), 1).astype(new.dtype)
+            x = dataclasses.replace(_reexponent(x, ratio), alpha=new)
+        return x
+
+    out = jax.tree_util.tree_map(visit, state, is_leaf=_is_priority_state)
+    if not found:
+        raise TypeError("set_alpha/set_beta: the state holds no prioritized sampler state")
+    return out
+
+
+def set_beta(state, beta):
+    """``state`` (a buffer state, or any pytree of them: sharded, per-worker, ensemble) with the
+    importance-weight exponent of every prioritized sampler in it set to ``beta`` (in [0, 1]).
+    Pure and jittable; ``beta`` may be a traced scalar, so annealing never recompiles."""
+    _check_value("beta", beta, 0.0, 1.0)
+    return _set_exponents(state, beta=beta)
+
+
+def set_alpha(state, alpha):
+    """``state`` with the priority exponent of every prioritized sampler in it set to ``alpha``
+    (``>= 0``); the stored priorities are re-exponentiated to ``(p + eps) ** alpha`` (O(capacity),
+    as TorchRL's ``alpha`` setter; from ``alpha = 0`` they cannot be recovered and stay uniform
+    until updated). Pure and jittable, no recompilation."""
+    _check_value("alpha", alpha, 0.0, math.inf)
+    return _set_exponents(state, alpha=alpha)

@@ -38,6 +38,8 @@ class PrioritizedSliceState:
     - ``max_priority``: largest raw priority passed to ``update_priority`` (``-inf`` before).
     - ``thr``: the slice length the tree's validity is computed for (0: not yet known, the
       first ``sample`` rebuilds the tree in O(N)).
+    - ``alpha`` / ``beta``: the current exponents (``rlbuf.samplers.prioritized.set_alpha`` /
+      ``set_beta``).
     """
 
     traj: trj.TrajectoryState
@@ -45,6 +47,8 @@ class PrioritizedSliceState:
     tree: TreeState
     max_priority: jax.Array
     thr: jax.Array
+    alpha: jax.Array
+    beta: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +125,15 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
         check_capacity(self, layout)
 
     def init(self, layout):
+        alpha, beta = self._exponents()
         return PrioritizedSliceState(
             traj=trj.init(layout, self._spec(layout)),
             prio=jnp.zeros((layout.size,), self.dtype),
             tree=self._tree(layout).init(),
             max_priority=jnp.full((), -jnp.inf, self.dtype),
             thr=jnp.full((), self.slice_len or 0, jnp.int32),
+            alpha=alpha,
+            beta=beta,
         )
 
     def on_write(self, ring, s, write, data):
@@ -135,9 +142,8 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
         cap, n_l = layout.capacity, layout.n_lanes
         pos = write.positions
         flat_w, written = ring.lane_slots(pos)
-        prio = s.prio.at[jnp.where(written, flat_w, layout.size)].set(
-            self._default(s.max_priority, layout), mode="drop", unique_indices=True
-        )
+        flat_w = jnp.where(written, flat_w, layout.size)
+        prio = s.prio.at[flat_w].set(self._default(s, s.prio, flat_w, layout), mode="drop", unique_indices=True)
         s = dataclasses.replace(s, traj=ts, prio=prio)
         # Starts whose validity may have changed: the thr - 1 slots before the first written
         # one (their slices may now reach into new data or cross the head), the written ones,
@@ -159,7 +165,7 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
     def sample(self, ring, s, key, batch_size: int):
         n_slices, n = self.shape(batch_size)
         s = self._ensure(ring, s, n)
-        flat, w, ok = self._draw(self._tree(ring.layout), s.tree, key, n_slices)
+        flat, w, ok = self._draw(self._tree(ring.layout), s, key, n_slices)
         lane, t0 = flat // ring.capacity, flat % ring.capacity
         valid, pos = self._valid(ring, s.traj, lane, t0, n)
         ok = ok & valid  # (always true when ok; guards the all-zero case)
@@ -179,7 +185,7 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
         # Duplicates resolved once here, for the per-step priorities and the tree alike.
         scratch, won = last_wins(s.tree.scratch, flat)
         flat = jnp.where(won, flat, layout.size)
-        prio = s.prio.at[flat].set(self._leaf(raw, layout), mode="drop", unique_indices=True)
+        prio = s.prio.at[flat].set(self._leaf(raw, s.alpha, layout), mode="drop", unique_indices=True)
         lane = jnp.minimum(flat // layout.capacity, layout.n_lanes - 1)
         valid, _ = self._valid(ring, s.traj, lane, flat % layout.capacity, s.thr)
         value = jnp.where(valid, prio[jnp.minimum(flat, layout.size - 1)], 0)
