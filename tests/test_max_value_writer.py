@@ -59,7 +59,7 @@ def setup(reduction="sum"):
         min_size=1,
         max_size=5,
     ),
-    reduction=st.sampled_from(["sum", "max"]),
+    reduction=st.sampled_from(["sum", "max", "min", "mean", "median"]),
 )
 def test_against_reference(adds, reduction):
     rb, example, add = setup(reduction)
@@ -72,7 +72,8 @@ def test_against_reference(adds, reduction):
         ids = np.arange(next_id, next_id + t, dtype=np.int32)
         next_id += t
         s = add(s, {"id": jnp.asarray(ids), "next": {"reward": jnp.asarray(r)}})
-        red = np.sum(r, 1) if reduction == "sum" else np.max(r, 1)
+        # median: TorchRL's lower median (of 2 values, the smaller; NaN sorts last)
+        red = np.sort(r, 1)[:, 0] if reduction == "median" else getattr(np, reduction)(r, 1)
         ref.add(list(red), list(ids))
         count = int(s.count)
         assert count == len(ref.slots)
@@ -114,7 +115,7 @@ def test_with_prioritized_sampler_new_slots_get_max_priority():
 
 def test_errors():
     with pytest.raises(ValueError, match="reduction must be one of"):
-        MaxValueWriter(reduction="median")
+        MaxValueWriter(reduction="prod")
     rb = ReplayBuffer(storage=LazyTensorStorage(8, ndim=2), writer=MaxValueWriter(), batch_size=2)
     with pytest.raises(ValueError, match="only ndim=1 storage"):
         rb.init({"next": {"reward": jnp.zeros((2, 1))}})

@@ -19,10 +19,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rlbuf import _fields, _tree
+from rlbuf import _fields, _reduce, _tree
 from rlbuf.writers.base import WriteInfo, Writer
 
-_REDUCTIONS = ("sum", "mean", "max", "min")
 _EMPTY = jnp.iinfo(jnp.int32).min  # rank key of an empty slot: below every item
 
 
@@ -43,7 +42,8 @@ class MaxValueWriter(Writer):
       rank_key: key of the rank in each item (``("next", "reward")`` by default). A leaf
         with trailing dims (e.g. ``[T, 1]`` or a per-item vector) is reduced to a scalar per
         item with ``reduction``.
-      reduction: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` over the trailing dims.
+      reduction: ``"sum"`` (default), ``"mean"``, ``"max"``, ``"min"`` or ``"median"`` (the lower
+        median, as ``torch.median``) over the trailing dims (TorchRL's ``reduction``).
 
     Only ``ndim=1`` storage (``LazyTensorStorage(max_size)``, items ``[N, ...]``): ranking
     whole time rows of several lanes has no single meaning, so other layouts raise at
@@ -64,8 +64,7 @@ class MaxValueWriter(Writer):
     reduction: str = "sum"
 
     def __post_init__(self):
-        if self.reduction not in _REDUCTIONS:
-            raise ValueError(f"MaxValueWriter: reduction must be one of {_REDUCTIONS}, got {self.reduction!r}")
+        _reduce.check(self.reduction, "MaxValueWriter")
 
     def check(self, layout) -> None:
         if layout.ndim != 1:
@@ -95,7 +94,7 @@ class MaxValueWriter(Writer):
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] == 0:
             raise ValueError(f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} has no elements per item")
-        return getattr(jnp, self.reduction)(x, axis=1)
+        return _reduce.reduce_trailing(x, 1, self.reduction)
 
     def write(self, ring, wstate, data):
         cap = ring.capacity
