@@ -62,6 +62,18 @@ def key(default=None, alias_of: Optional[str] = None) -> Converted:
     return Converted(_key_or_none(default), _key_or_none, alias_of)
 
 
+def _keys_or_none(keys):
+    if keys is None:
+        return None
+    return (_tree.as_tuple(keys),) if isinstance(keys, str) else tuple(_tree.as_tuple(k) for k in keys)
+
+
+def keys(default=None) -> Converted:
+    """A field of several buffer keys (a sequence of keys, or one string key), stored as a tuple
+    of tuples (``None`` kept)."""
+    return Converted(_keys_or_none(default), _keys_or_none)
+
+
 def dtype_name(default) -> Converted:
     """A dtype field, stored as its name (``jnp.float32`` and ``"float32"`` compare equal)."""
     return Converted(np.dtype(default).name, lambda d: np.dtype(d).name)

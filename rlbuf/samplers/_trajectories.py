@@ -52,6 +52,7 @@ written slots of an ``add`` being the next ones in time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -87,12 +88,19 @@ class TrajectoryState:
 
 class KeySpec(NamedTuple):
     """The validated boundary key: ``key`` (tuple), ``is_end`` (end-flag mode), its trailing
-    shape and dtype in storage."""
+    shape and dtype in storage; ``keys``: with several end flags (``end_keys``), all those
+    stored, OR-ed into one bool flag per step (``shape`` ``()``, ``dtype`` bool)."""
 
     key: tuple
     is_end: bool
     shape: tuple
     dtype: np.dtype
+    keys: tuple = ()
+
+
+#: TorchRL's auto-detection order when neither ``traj_key`` nor ``end_key`` is given.
+AUTO_TRAJ_KEYS = (("collector", "traj_ids"), ("episode",))
+AUTO_END_KEY = ("next", "done")
 
 
 class Written(NamedTuple):
@@ -106,24 +114,54 @@ class Written(NamedTuple):
     stamp: jax.Array
 
 
-def key_spec(layout, traj_key=None, end_key=None, owner: str = "SliceSampler") -> KeySpec:
-    """Check that exactly one boundary key is given and stored; return its :class:`KeySpec`.
+def key_spec(layout, traj_key=None, end_key=None, owner: str = "SliceSampler", end_keys=None) -> KeySpec:
+    """Resolve the boundary key against the stored keys, as TorchRL does; return its :class:`KeySpec`.
 
-    Raises ``ValueError`` naming the key (and listing the stored keys) if it is not stored.
+    - ``traj_key`` stored: trajectory ids. Given but not stored, with ``end_key``/``end_keys``
+      also given: those are the fallback (TorchRL reads the end flags when the ids are absent).
+    - ``end_key``: one end flag; ``end_keys``: several, OR-ed (absent ones skipped, at least one
+      stored).
+    - Neither: ``("collector", "traj_ids")`` if stored, then ``"episode"``, then the end flag
+      ``("next", "done")``.
+
+    Raises ``ValueError`` naming the key(s) tried (and listing the stored keys) if none is stored.
     """
-    if (traj_key is None) == (end_key is None):
-        raise ValueError(f"{owner}: give exactly one of traj_key (alias trajectory_key) or end_key")
-    is_end = end_key is not None
-    key = _tree.as_tuple(end_key if is_end else traj_key)
-    name = "end_key" if is_end else "traj_key"
-    try:
+    stored = set(layout.keys())
+    listing = ", ".join(_tree.key_str(k) for k in layout.keys())
+
+    def missing(what):
+        return ValueError(f"{owner}: {what} in the buffer (stored keys: {listing})")
+
+    def ids(key):
         shape, dtype = layout.spec(key)
-    except KeyError:
-        stored = ", ".join(_tree.key_str(k) for k in layout.keys())
-        raise ValueError(
-            f"{owner}: {name} {_tree.key_str(key)} is not stored in the buffer (stored keys: {stored})"
-        ) from None
-    return KeySpec(key, is_end, tuple(shape), np.dtype(dtype))
+        return KeySpec(key, False, tuple(shape), np.dtype(dtype))
+
+    has_end = end_key is not None or end_keys is not None
+    if traj_key is not None:
+        key = _tree.as_tuple(traj_key)
+        if key in stored:
+            return ids(key)
+        if not has_end:
+            raise missing(f"traj_key {_tree.key_str(key)} is not stored")
+    elif not has_end:
+        for key in AUTO_TRAJ_KEYS:
+            if key in stored:
+                return ids(key)
+        end_key = AUTO_END_KEY
+        if end_key not in stored:
+            tried = ", ".join(_tree.key_str(k) for k in (*AUTO_TRAJ_KEYS, AUTO_END_KEY))
+            raise missing(f"no traj_key / end_key given and none of {tried} (TorchRL's defaults) is stored")
+    if end_keys is not None:
+        keys = tuple(_tree.as_tuple(k) for k in end_keys)
+        present = tuple(k for k in keys if k in stored)
+        if not present:
+            raise missing(f"none of the end_keys {', '.join(_tree.key_str(k) for k in keys)} is stored")
+        return KeySpec(present[0], True, (), np.dtype(bool), present)
+    key = _tree.as_tuple(end_key)
+    if key not in stored:
+        raise missing(f"end_key {_tree.key_str(key)} is not stored")
+    shape, dtype = layout.spec(key)
+    return KeySpec(key, True, tuple(shape), np.dtype(dtype))
 
 
 def init(layout, spec: KeySpec) -> TrajectoryState:
@@ -149,8 +187,13 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     """
     layout = ring.layout
     n_l, cap = layout.n_lanes, layout.capacity
-    x = _tree.get(data, spec.key)
-    t_len = x.shape[layout.ndim - 1]
+    if spec.keys:  # several end flags: one bool flag per step, True if any is set
+        flags = [_tree.get(data, k) for k in spec.keys]
+        t_len = flags[0].shape[layout.ndim - 1]
+        x = functools.reduce(jnp.logical_or, [f.reshape(n_l, t_len, -1).any(-1) for f in flags])
+    else:
+        x = _tree.get(data, spec.key)
+        t_len = x.shape[layout.ndim - 1]
     total = ring.added - t_len  # stamp of the add's first step
     x = x.reshape(n_l, t_len, -1)
     if x.shape[-1] == 0:  # a key with a zero-size trailing shape carries no boundary information

@@ -73,9 +73,10 @@ def below(bits, n):
 
 
 def check_slice_config(sampler) -> None:
-    """Validate the slice fields of ``sampler`` (``num_slices``, ``slice_len``, ``traj_key`` /
-    ``end_key``; the keys are normalised to tuples and the alias ``trajectory_key`` folded into
-    ``traj_key`` at construction, see ``rlbuf._fields``)."""
+    """Validate the slice fields of ``sampler`` (``num_slices``, ``slice_len``, ``end_key`` /
+    ``end_keys``; which boundary key is used is resolved against the stored keys by
+    ``rlbuf.samplers._trajectories.key_spec``; the keys are normalised to tuples and the alias
+    ``trajectory_key`` folded into ``traj_key`` at construction, see ``rlbuf._fields``)."""
     self = sampler
     name = type(self).__name__
     if (self.num_slices is None) == (self.slice_len is None):
@@ -87,11 +88,13 @@ def check_slice_config(sampler) -> None:
         v = getattr(self, field)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
             raise ValueError(f"{name}: {field} must be a positive int, got {v!r}")
-    if (self.traj_key is None) == (self.end_key is None):
+    if self.end_key is not None and self.end_keys is not None:
         raise ValueError(
-            f"{name}: give exactly one of traj_key (alias trajectory_key) or end_key "
-            f"(got traj_key={self.traj_key!r}, end_key={self.end_key!r})"
+            f"{name}: end_key and end_keys are exclusive (one boundary flag, or several OR-ed), "
+            f"got end_key={self.end_key!r}, end_keys={self.end_keys!r}"
         )
+    if self.end_keys is not None and not self.end_keys:
+        raise ValueError(f"{name}: end_keys must name at least one key")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -102,6 +105,7 @@ class _SliceBase(Sampler):
     slice_len: Optional[int] = None
     traj_key: Any = _fields.key()
     end_key: Any = _fields.key()
+    end_keys: Any = _fields.keys()
     truncated_key: Any = _fields.key(("next", "truncated"))
     init_key: Any = _fields.key("is_init")
     strict_length: bool = True
@@ -140,7 +144,7 @@ class _SliceBase(Sampler):
         return (given, other) if self.num_slices is not None else (other, given)
 
     def _spec(self, layout) -> trj.KeySpec:
-        return trj.key_spec(layout, self.traj_key, self.end_key, owner=type(self).__name__)
+        return trj.key_spec(layout, self.traj_key, self.end_key, owner=type(self).__name__, end_keys=self.end_keys)
 
     def check(self, layout, batch_size: int) -> None:
         n_slices, n = self.shape(batch_size)
@@ -227,12 +231,19 @@ class SliceSampler(_SliceBase):
     Args:
       num_slices / slice_len: exactly one; the other is ``batch_size // given`` (the buffer's
         ``batch_size`` must be divisible).
-      traj_key (alias ``trajectory_key``) / end_key: exactly one. ``traj_key``: a trajectory is
+      traj_key (alias ``trajectory_key``) / end_key / end_keys: ``traj_key``: a trajectory is
         a run of consecutive steps of a lane with one id. ``end_key``: a trajectory ends at a
-        step whose flag is True. With ``ndim >= 2`` each lane (env) holds its own
-        trajectories along time, and a trajectory may wrap around the ring's physical end.
+        step whose flag is True; ``end_keys``: several flags OR-ed (absent ones skipped), e.g.
+        ``[("next", "terminated"), ("next", "truncated")]``. As in TorchRL, ``traj_key`` and an
+        end key may be given together (the end flags are used when the ids are not stored),
+        and with none given the stored keys decide: ``("collector", "traj_ids")``, then
+        ``"episode"``, then ``("next", "done")``; resolved at ``ReplayBuffer.init``. With
+        ``ndim >= 2`` each lane (env) holds its own trajectories along time, and a trajectory
+        may wrap around the ring's physical end.
       truncated_key: set True at each slice's last step in the returned batch (and
         ``truncated_key[:-1] + ("done",)`` or-ed with it), if the buffer stores them.
+      init_key: ``"is_init"`` (default): set True at each slice's first step, OR-ed with the
+        stored flags, if the buffer stores it (TorchRL's); ``None``: stored flags untouched.
       strict_length: True: trajectories with fewer than ``slice_len`` stored steps are never
         chosen. False: they give whole-trajectory slices padded at the end (zeros,
         ``info["mask"]`` False on the padding; shapes stay static unlike TorchRL).

@@ -442,8 +442,8 @@ def _small_example():
         (dict(num_slices=2, slice_len=3, traj_key="ep"), "exactly one of num_slices or slice_len"),
         (dict(traj_key="ep"), "exactly one of num_slices or slice_len"),
         (dict(num_slices=0, traj_key="ep"), "num_slices must be a positive int"),
-        (dict(num_slices=2), "exactly one of traj_key"),
-        (dict(num_slices=2, traj_key="ep", end_key=("next", "done")), "exactly one of traj_key"),
+        (dict(num_slices=2, end_key="d", end_keys=["a", "b"]), "end_key and end_keys are exclusive"),
+        (dict(num_slices=2, end_keys=[]), "end_keys must name at least one key"),
         (dict(num_slices=2, traj_key="ep", trajectory_key="other"), "disagree"),
     ],
 )
@@ -461,6 +461,8 @@ def test_bad_settings_raise_at_construction(kwargs, match):
         (SliceSampler(num_slices=1, traj_key="ep"), 6, "slice_len=6 is larger"),
         (SliceSampler(num_slices=2, traj_key=("collector", "traj_ids")), 8, r"traj_key \('collector', 'traj_ids'\)"),
         (SliceSampler(num_slices=2, end_key=("next", "terminated")), 8, r"end_key \('next', 'terminated'\) is not"),
+        (SliceSampler(num_slices=2, end_keys=["x", "y"]), 8, "none of the end_keys 'x', 'y' is stored"),
+        (SliceSampler(num_slices=2, traj_key="x", end_key="y"), 8, "end_key 'y' is not stored"),
     ],
 )
 def test_impossible_settings_raise_at_init(sampler, batch_size, match):
