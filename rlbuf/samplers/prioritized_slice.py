@@ -93,6 +93,11 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
     def __post_init__(self):
         check_config(self)
         check_slice_config(self)
+        if self.span != (False, False):
+            raise ValueError(
+                f"PrioritizedSliceSampler: span={self.span} is not supported (starts are drawn by priority "
+                "among the starts of whole slices); use SliceSampler(span=...)"
+            )
 
     def split(self, n_groups: int, *, ndim: int, batch_size: int):
         s = _SliceBase.split(self, n_groups, ndim=ndim, batch_size=batch_size)

@@ -72,6 +72,14 @@ def below(bits, n):
     return (xh * nh + (mid1 >> 16) + (mid2 >> 16) + (carry >> 16)).astype(jnp.int32)
 
 
+def _span_pair(span):
+    """TorchRL's ``span``: a bool or int for both sides, or a ``(left, right)`` pair."""
+    pair = tuple(span) if isinstance(span, (tuple, list)) else (span, span)
+    if len(pair) != 2 or not all(isinstance(x, bool) or isinstance(x, int) and x >= 0 for x in pair):
+        raise ValueError(f"span must be a bool, a non-negative int or a (left, right) pair of them, got {span!r}")
+    return tuple(x if isinstance(x, bool) else int(x) for x in pair)
+
+
 def check_slice_config(sampler) -> None:
     """Validate the slice fields of ``sampler`` (``num_slices``, ``slice_len``, ``end_key`` /
     ``end_keys``; which boundary key is used is resolved against the stored keys by
@@ -108,6 +116,7 @@ class _SliceBase(Sampler):
     end_keys: Any = _fields.keys()
     truncated_key: Any = _fields.key(("next", "truncated"))
     init_key: Any = _fields.key("is_init")
+    span: Any = _fields.Converted((False, False), _span_pair)
     strict_length: bool = True
     trajectory_key: Any = _fields.key(alias_of="traj_key")
 
@@ -148,6 +157,11 @@ class _SliceBase(Sampler):
 
     def check(self, layout, batch_size: int) -> None:
         n_slices, n = self.shape(batch_size)
+        for side, x in zip(("left", "right"), self.span):
+            if not isinstance(x, bool) and x >= n:
+                raise ValueError(
+                    f"{type(self).__name__}: span {side}={x} must be smaller than slice_len={n} (TorchRL's rule)"
+                )
         if n > layout.capacity:
             raise ValueError(
                 f"{type(self).__name__}: slice_len={n} is larger than the {layout.capacity} time steps "
@@ -157,14 +171,31 @@ class _SliceBase(Sampler):
 
     # --- shared pieces ----------------------------------------------------------------------
 
+    def _start_range(self, length, n: int):
+        """First and last start offsets (``[S]``) a slice of ``n`` steps may take in a trajectory of
+        ``length`` stored steps. Without ``span``: ``[0, length - n]`` (a shorter trajectory,
+        with ``strict_length=False``, only ``0``). ``span=(left, right)`` (TorchRL's): ``left``
+        True lets a slice start up to ``n - 1`` steps before the trajectory (an int ``k``: up to
+        ``k``); ``right`` True lets it start up to the last step (an int ``k``: run ``k`` steps
+        past the end). A slice then holds at least one step (``n - k`` with an int)."""
+        left, right = self.span
+        lo = -(n - 1 if left is True else int(left))
+        hi = length - 1 if right is True else length - n + int(right)
+        return lo, jnp.maximum(hi, lo)
+
     def _slices(self, ring, ranges, bits, lane, begin, end, ok, n: int):
         """Index/mask of one slice per trajectory of lane ``lane`` with stored stamps ``[begin,
-        end)`` (``[S]`` each; ``ok`` False gives an all-padding slice): a start uniform over the
-        stored part (from the uint32 ``bits``), whole (padded) trajectory if shorter than ``n``."""
+        end)`` (``[S]`` each; ``ok`` False gives an all-padding slice): a start uniform over
+        :meth:`_start_range` (from the uint32 ``bits``), whole (padded) trajectory if shorter
+        than ``n``. The real steps of a slice come first, padding (``mask`` False) after them,
+        also for a slice that starts before its trajectory (``span``)."""
         length = jnp.where(ok, end - begin, 0)
-        off = below(bits, jnp.maximum(length - n + 1, 1))
-        mask = jnp.arange(n, dtype=jnp.int32)[None, :] < length[:, None]
-        return self._slice_index(ring, lane, begin + off - ranges.oldest, ok, mask), mask
+        lo, hi = self._start_range(length, n)
+        off = lo + below(bits, hi - lo + 1)
+        first = jnp.maximum(off, 0)
+        real = jnp.minimum(off + n, length) - first
+        mask = jnp.arange(n, dtype=jnp.int32)[None, :] < real[:, None]
+        return self._slice_index(ring, lane, begin + first - ranges.oldest, ok, mask), mask
 
     @staticmethod
     def _slice_index(ring, lane, rank0, ok, mask):
