@@ -3,7 +3,8 @@
 ``QLearnerLoop`` is a mixin for an agent with ``cfg`` (``eps_start``, ``eps_end``, ``eps_fraction``,
 ``total_frames``, ``learning_starts``, ``updates_per_collect``, ``target_update_every``,
 ``target_tau``, ``log_every``, ``num_envs``, ``steps_per_collect``), ``collector``, ``rb``,
-``select`` (collected batch -> what is stored; None stores it whole), ``tx`` (an optax
+``select`` (collected batch -> what ``add`` receives, for layout changes ``ReplayBuffer(keys=...)``
+cannot express; None: the batch as collected), ``tx`` (an optax
 optimizer), ``init_params(key)`` and ``_update(state, key) -> (state, loss)``; its state is a
 ``QLearnerState``: ``params``, ``target``, ``opt``, ``buffer``, ``collector``, ``key``,
 ``updates``. ``run_chunks`` is the host-side progress/evaluation loop of ``train``; ``Seeds``

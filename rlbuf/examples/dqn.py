@@ -53,7 +53,7 @@ from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storage import LazyTensorStorage
 
-#: Keys of the collector's batch that the learner needs (the rest is not stored).
+#: Keys of the collector's batch that the learner needs: ``ReplayBuffer(keys=...)`` stores only these.
 STORED_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"))
 
 
@@ -93,16 +93,6 @@ class DQNConfig:
 
 
 DQNState = _loop.QLearnerState
-
-
-def _select(batch: dict) -> dict:
-    out: dict = {}
-    for k in STORED_KEYS:
-        if isinstance(k, tuple):
-            out.setdefault(k[0], {})[k[1]] = batch[k[0]][k[1]]
-        else:
-            out[k] = batch[k]
-    return out
 
 
 class QNetwork(nn.Module):
@@ -162,8 +152,7 @@ class DQN(_loop.QLearnerLoop):
         self.collector = Collector(self.env, policy, frames_per_batch=per_collect, num_envs=cfg.num_envs,
                                    env_params=self.env_params)
         self.rb = ReplayBuffer(storage=LazyTensorStorage(cfg.buffer_size, ndim=2), sampler=make_sampler(cfg),
-                               batch_size=cfg.batch_size)
-        self.select = _select
+                               batch_size=cfg.batch_size, keys=STORED_KEYS)  # add() stores only these
         self.total_updates = max(1, (cfg.total_frames - cfg.learning_starts) // per_collect * cfg.updates_per_collect)
         self.tx = _nets.adam(cfg.lr, cfg.lr_end, self.total_updates, cfg.max_grad_norm)
         self.chunk = jax.jit(self._chunk, donate_argnums=0)
