@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _ring, _tree
-from rlbuf.samplers.base import Sampler
+from rlbuf.samplers.base import Sampler, zero_masked
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storage import Layout, Storage
 from rlbuf.writers.base import Writer
@@ -139,6 +139,13 @@ class ReplayBuffer:
                 f"(e.g. RoundRobinWriter); {type(self.writer).__name__} provides "
                 f"{sorted(self.writer.provides) or 'none of them'}"
             )
+        missing = sorted(self.storage.requires - self.writer.provides)
+        if missing:
+            raise ValueError(
+                f"ReplayBuffer: {type(self.storage).__name__} (as configured) needs a writer that provides "
+                f"{missing} (e.g. RoundRobinWriter); {type(self.writer).__name__} provides "
+                f"{sorted(self.writer.provides) or 'none of them'}"
+            )
         self.writer.check(layout)
         self.sampler.check(layout, self.batch_size)
         # Distinct arrays: one buffer donated twice would be an error.
@@ -193,6 +200,10 @@ class ReplayBuffer:
         ring = state.ring
         sstate, index, info = self.sampler.sample(ring, state.sampler, key, self.batch_size)
         batch = self.storage.gather(ring.layout, state.storage, index)
+        ok = self.storage.valid(ring.layout, state.storage, index)
+        if ok is not None:  # items the storage cannot return exactly: masked and zeroed
+            info = dict(info, mask=info["mask"] & ok if "mask" in info else ok)
+            batch = zero_masked(batch, ok)
         batch = self.sampler.postprocess(ring, batch, info)
         if self.transform is not None:
             batch = self.transform(batch)

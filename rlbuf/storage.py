@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf import _ring, _tree
+from rlbuf import _ring, _tree, compact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +88,9 @@ class Storage:
 
     max_size: int
     ndim: int = 1
+
+    #: Writer guarantees the storage needs (``rlbuf.writers.base``), checked by ``ReplayBuffer.init``.
+    requires: ClassVar[frozenset] = frozenset()
 
     def __post_init__(self):
         name = type(self).__name__
@@ -198,6 +201,11 @@ class Storage:
     def gather(self, layout: Layout, storage: Any, index: tuple) -> Any:
         raise NotImplementedError
 
+    def valid(self, layout: Layout, storage: Any, index: tuple):
+        """Bool ``[*S]``: False for items the storage cannot return exactly (the buffer masks
+        and zeroes them); ``None`` (default) when every stored item can be returned."""
+        return None
+
     def split(self, n_groups: int) -> "Storage":
         """The storage of one of ``n_groups`` lane groups: ``max_size / n_groups`` transitions,
         the other settings unchanged."""
@@ -219,10 +227,50 @@ class LazyTensorStorage(Storage):
         (``state.layout.size``).
       ndim: batch dims of the data given to ``add``: 1 for ``[N, ...]`` (transitions),
         2 for ``[B, T, ...]``, 3 for ``[W, B, T, ...]`` (time last, as collectors emit).
+      compact_next: keep each ``("next", k)`` whose ``k`` is stored too only once: ``sample``
+        rebuilds it exactly (``rlbuf.compact``; needs a time-ordered writer). The state's
+        ``storage`` is then a ``rlbuf.compact.CompactState``.
+      final_obs_size: with ``compact_next``, rows of the final-observation table over all
+        lanes (``None``: ``ceil(capacity / 8)`` per lane, enough for episodes of 8 steps on
+        average; items past it are masked out of samples and counted in ``storage.lost``).
+      memory_kind: ``None`` (the default device memory) only, for now.
     """
+
+    compact_next: bool = dataclasses.field(default=False, kw_only=True)
+    final_obs_size: Optional[int] = dataclasses.field(default=None, kw_only=True)
+    memory_kind: Optional[str] = dataclasses.field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.compact_next, bool):
+            raise TypeError(f"LazyTensorStorage: compact_next must be a bool, got {self.compact_next!r}")
+        fs = self.final_obs_size
+        if fs is not None and (isinstance(fs, bool) or not isinstance(fs, (int, np.integer)) or fs <= 0):
+            raise ValueError(f"LazyTensorStorage: final_obs_size must be a positive int or None, got {fs!r}")
+        if self.memory_kind is not None:
+            raise NotImplementedError(
+                f"LazyTensorStorage: memory_kind={self.memory_kind!r} is not supported yet (only None)"
+            )
+
+    @property
+    def requires(self) -> frozenset:  # type: ignore[override]
+        return frozenset({"time_order"}) if self.compact_next else frozenset()
+
+    def split(self, n_groups: int) -> "Storage":
+        out = super().split(n_groups)
+        if self.final_obs_size is not None:
+            out = dataclasses.replace(out, final_obs_size=-(-self.final_obs_size // n_groups))
+        return out
+
+    def valid(self, layout: Layout, storage: Any, index: tuple):
+        if self.compact_next:
+            return compact.valid(self, layout, storage, index)
+        return None
 
     def init(self, layout: Layout) -> Any:
         """Zero-filled arrays ``[*lanes, capacity, ...]`` (unwritten slots read as zeros)."""
+        if self.compact_next:
+            return compact.init(self, layout)
         leaves = [
             jnp.zeros((*layout.lanes, layout.capacity, *shape), dtype)
             for _, shape, dtype in layout.specs
@@ -237,6 +285,8 @@ class LazyTensorStorage(Storage):
         discard items.
         In place when the storage is donated.
         """
+        if self.compact_next:
+            return compact.write(self, layout, storage, positions, data, skip)
         ax = layout.ndim - 1
         lead = (slice(None),) * ax
 
@@ -250,6 +300,8 @@ class LazyTensorStorage(Storage):
 
     def gather(self, layout: Layout, storage: Any, index: tuple) -> Any:
         """Items at ``index = (*lane_idx, t)`` (int arrays of one shape ``S``): leaves ``[*S, ...]``."""
+        if self.compact_next:
+            return compact.gather(self, layout, storage, index)
         if layout.lanes:
             flat = _ring.flat_index(index, layout.lanes, layout.capacity)
             return jax.tree_util.tree_map(
