@@ -15,6 +15,7 @@ from rlbuf.collectors.async_ import MultiAsyncCollector, MultiaSyncDataCollector
 from rlbuf.collectors.host import HostCollector, HostCollectorState
 from rlbuf.collectors.sharded import ShardedCollector, shard_collector
 from rlbuf.ensemble import EnsembleState, ReplayBufferEnsemble
+from rlbuf.frame_stack import FrameStack
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers import RandomSampler, Sampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler, set_alpha, set_beta
@@ -52,6 +53,7 @@ __all__ = [
     "ReplayBufferEnsemble",
     "datasets",
     "Layout",
+    "FrameStack",
     "LazyTensorStorage",
     "MaxValueWriter",
     "MultiStep",

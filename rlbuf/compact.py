@@ -239,6 +239,12 @@ def valid(storage, layout, st: CompactState, index: tuple):
     return _rows(storage, layout, st, index)[2]
 
 
+def breaks(storage, layout, st: CompactState, index: tuple):
+    """Bool ``[*S]``: the step at ``index`` does not continue into the following slot (a break
+    with or without a table row)."""
+    return _lanes_first(st.entry, layout)[_lane_flat(index, layout), index[-1]] != -1
+
+
 def nbytes(st: CompactState) -> int:
     """Bytes of every array of the storage state."""
     return int(sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree_util.tree_leaves(st)))

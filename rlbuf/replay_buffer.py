@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _ring, _tree
+from rlbuf.frame_stack import FrameStack
 from rlbuf.samplers.base import Sampler, zero_masked
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storage import Layout, Storage
@@ -91,6 +92,8 @@ class ReplayBuffer:
         ``rlbuf.writers.base.Writer``.
       batch_size: items per ``sample`` (for slice samplers ``num_slices * slice_len``).
       transform: optional pure function applied to every sampled batch.
+      frame_stack: a ``rlbuf.FrameStack``: single frames stored, each sampled item gets the
+        stack of its trajectory's last ``num_frames`` frames (``rlbuf.frame_stack``).
       keys: store only these keys (strings, tuples for nested keys; a key may name a subtree)
         of what ``add`` (and ``init``'s example) receives; ``None`` stores everything.
 
@@ -105,6 +108,7 @@ class ReplayBuffer:
     batch_size: int
     transform: Optional[Callable] = None
     keys: Optional[tuple] = dataclasses.field(default=None, hash=False)
+    frame_stack: Optional[FrameStack] = None
 
     def __post_init__(self):
         for name, obj, base in (("storage", self.storage, Storage), ("sampler", self.sampler, Sampler),
@@ -116,6 +120,10 @@ class ReplayBuffer:
         if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
                 or self.batch_size <= 0:
             raise ValueError(f"ReplayBuffer: batch_size must be a positive int, got {self.batch_size!r}")
+        if self.frame_stack is not None and not isinstance(self.frame_stack, FrameStack):
+            raise TypeError(
+                f"ReplayBuffer: frame_stack must be a rlbuf.FrameStack, got {type(self.frame_stack).__name__}"
+            )
         if self.keys is not None:
             if isinstance(self.keys, str) or not self._keys:
                 raise ValueError(f"ReplayBuffer: keys must be a non-empty sequence of keys, got {self.keys!r}")
@@ -147,6 +155,8 @@ class ReplayBuffer:
                 f"{sorted(self.writer.provides) or 'none of them'}"
             )
         self.writer.check(layout)
+        if self.frame_stack is not None:
+            self.frame_stack.check(layout)
         self.sampler.check(layout, self.batch_size)
         # Distinct arrays: one buffer donated twice would be an error.
         z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
@@ -205,6 +215,8 @@ class ReplayBuffer:
             info = dict(info, mask=info["mask"] & ok if "mask" in info else ok)
             batch = zero_masked(batch, ok)
         batch = self.sampler.postprocess(ring, batch, info)
+        if self.frame_stack is not None:
+            batch = self.frame_stack.apply(self.storage, ring, state.storage, index, batch, info)
         if self.transform is not None:
             batch = self.transform(batch)
         info = dict(info, index=index if ring.lanes else index[0])

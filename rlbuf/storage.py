@@ -206,6 +206,12 @@ class Storage:
         and zeroes them); ``None`` (default) when every stored item can be returned."""
         return None
 
+    def breaks(self, layout: Layout, storage: Any, index: tuple):
+        """Bool ``[*S]``: True where the stored step at ``index`` is known not to continue into
+        the following slot (used by ``rlbuf.FrameStack``); ``None`` (default): unknown, the
+        done/truncated flags decide."""
+        return None
+
     def split(self, n_groups: int) -> "Storage":
         """The storage of one of ``n_groups`` lane groups: ``max_size / n_groups`` transitions,
         the other settings unchanged."""
@@ -265,6 +271,11 @@ class LazyTensorStorage(Storage):
     def valid(self, layout: Layout, storage: Any, index: tuple):
         if self.compact_next:
             return compact.valid(self, layout, storage, index)
+        return None
+
+    def breaks(self, layout: Layout, storage: Any, index: tuple):
+        if self.compact_next:
+            return compact.breaks(self, layout, storage, index)
         return None
 
     def init(self, layout: Layout) -> Any:

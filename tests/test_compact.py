@@ -221,9 +221,10 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_per_worker_matches_plain():
     sim = Episodes((2, 2), (1, 3), 0)
-    bufs = [PerWorkerReplayBuffer(ReplayBuffer(storage=LazyTensorStorage(32, ndim=2, **(dict(compact_next=True, final_obs_size=32) if cn else {})),
+    kws = ({}, dict(compact_next=True, final_obs_size=32))
+    bufs = [PerWorkerReplayBuffer(ReplayBuffer(storage=LazyTensorStorage(32, ndim=2, **kw),
                             sampler=SliceSampler(slice_len=2, end_key=END, strict_length=False), batch_size=8),
-               num_workers=2) for cn in (False, True)]
+               num_workers=2) for kw in kws]
     first = sim.batch(1)
     states = [b.init(jax.tree_util.tree_map(lambda x: x[0], first)) for b in bufs]
     for t, reset in ((5, False), (3, True), (11, False)):

@@ -1,0 +1,116 @@
+"""``FrameStack``: single frames stored, stacks of the last ``num_frames`` built at sample time.
+
+``ReplayBuffer(..., frame_stack=FrameStack(4, keys=("observation",), axis=-1))`` stores each
+frame once; every sampled item (flat ``[N]`` or slices ``[S, L]``) gets, for each key ``k``,
+the frames of steps ``t - num_frames + 1 .. t`` of its own trajectory stacked along a new
+axis ``axis`` of the frame (``[84, 84]`` frames, ``axis=-1``: ``[84, 84, 4]``), and
+``("next", k)`` (when stored, or rebuilt by ``compact_next``) the stack of steps
+``t - num_frames + 2 .. t`` followed by the item's next observation.
+
+Frames before the trajectory's start repeat its first frame (gymnasium's
+``FrameStackObservation(padding_type="reset")``, Dopamine, TorchRL's ``CatFrames``). Step
+``s`` continues into ``s + 1`` unless ``("next", "done")`` or ``("next", "truncated")`` is
+True at ``s`` or the storage reports a break there (``Storage.breaks``: with
+``compact_next``, every step whose next observation is not the following stored one, e.g.
+the cut at the end of a ``reset_at_each_iter`` batch). The walk back never leaves the stored
+steps of the lane: if the trajectory's first steps were overwritten, its oldest stored frame
+is repeated (never a frame of a slot overwritten since).
+
+Cost: ``num_frames - 1`` extra frame gathers per item and key (the observation and next
+observation of the item are the buffer's own gather), plus one flag gather per offset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from rlbuf import _tree
+from rlbuf.samplers.base import zero_masked
+
+FLAGS = (("next", "done"), ("next", "truncated"))
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameStack:
+    """Stack the last ``num_frames`` frames of ``keys`` at sample time (see module docstring).
+
+    Args:
+      num_frames: frames per stack (``>= 1``).
+      keys: stored keys holding single frames (strings, tuples for nested keys).
+      axis: where the new stack axis goes in each frame's shape (``-1``: last; ``0``: first).
+    """
+
+    num_frames: int
+    keys: tuple = ("observation",)
+    axis: int = -1
+
+    def __post_init__(self):
+        if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
+            raise ValueError(f"FrameStack: num_frames must be an int >= 1, got {self.num_frames!r}")
+        if isinstance(self.keys, str) or not self.keys:
+            raise ValueError(f"FrameStack: keys must be a non-empty sequence of keys, got {self.keys!r}")
+        if not isinstance(self.axis, int) or isinstance(self.axis, bool):
+            raise ValueError(f"FrameStack: axis must be an int, got {self.axis!r}")
+
+    @property
+    def _keys(self) -> tuple:
+        return tuple(_tree.as_tuple(k) for k in self.keys)
+
+    def check(self, layout) -> None:
+        """Raise at ``init`` if a key is not stored or the axis does not fit its frames."""
+        for k in self._keys:
+            shape, _ = layout.spec(k)  # raises naming the key
+            if not -len(shape) - 1 <= self.axis <= len(shape):
+                raise ValueError(
+                    f"FrameStack: axis={self.axis} is out of range for key {_tree.key_str(k)} with frames "
+                    f"of shape {shape}"
+                )
+
+    def _stack(self, frames, n_batch: int):
+        ax = self.axis if self.axis < 0 else n_batch + self.axis
+        return jnp.stack(frames, axis=ax)
+
+    def apply(self, storage, ring, sstorage, index: tuple, batch, info):
+        """``batch`` (gathered at ``index``) with stacked frames; masked items stay zeros."""
+        layout = ring.layout
+        K = self.num_frames
+        if K == 1:
+            src = [index[-1]]
+        else:
+            t = index[-1]
+            rank = ring.logical(t)
+            flags = [k for k in FLAGS if k in layout.keys()]
+            src = [t]
+            cont = jnp.ones(t.shape, bool)
+            for j in range(1, K):
+                s = t - j
+                s = jnp.where(s < 0, s + ring.capacity, s)
+                idx = (*index[:-1], s)
+                brk = storage.breaks(layout, sstorage, idx)
+                brk = jnp.zeros(t.shape, bool) if brk is None else brk
+                if flags:
+                    prev = storage.gather(layout, sstorage, idx)  # only the flags survive jit's DCE
+                    for f in flags:
+                        x = _tree.get(prev, f)
+                        brk = brk | jnp.any(x.reshape(*t.shape, -1) != 0, axis=-1)
+                cont = cont & (j <= rank) & ~brk
+                src.append(jnp.where(cont, s, src[-1]))
+            src = src[::-1]  # oldest first
+        n_batch = index[-1].ndim
+        out = batch
+        for k in self._keys:
+            cur = _tree.get(batch, k)
+            frames = []
+            for s in src[:-1]:
+                g = storage.gather(layout, sstorage, (*index[:-1], s))
+                frames.append(_tree.get(g, k))
+            frames.append(cur)
+            out = _tree.set_in(out, k, self._stack(frames, n_batch))
+            nk = ("next", *k)
+            if _tree.has(batch, nk):
+                out = _tree.set_in(out, nk, self._stack(frames[1:] + [_tree.get(batch, nk)], n_batch))
+        if "mask" in info:
+            out = zero_masked(out, info["mask"])
+        return out
