@@ -68,49 +68,54 @@ class FrameStack:
                     f"of shape {shape}"
                 )
 
-    def _stack(self, frames, n_batch: int):
+    def _place(self, x, n_batch: int):
+        """``[*S, K, *frame]`` -> the stack axis moved to ``axis`` of the frame."""
         ax = self.axis if self.axis < 0 else n_batch + self.axis
-        return jnp.stack(frames, axis=ax)
+        return jnp.moveaxis(x, n_batch, ax)
 
     def apply(self, storage, ring, sstorage, index: tuple, batch, info):
         """``batch`` (gathered at ``index``) with stacked frames; masked items stay zeros."""
         layout = ring.layout
         K = self.num_frames
+        t = index[-1]
+        n_batch = t.ndim
         if K == 1:
-            src = [index[-1]]
-        else:
-            t = index[-1]
-            rank = ring.logical(t)
-            flags = [k for k in FLAGS if k in layout.keys()]
-            src = [t]
-            cont = jnp.ones(t.shape, bool)
-            for j in range(1, K):
-                s = t - j
-                s = jnp.where(s < 0, s + ring.capacity, s)
-                idx = (*index[:-1], s)
-                brk = storage.breaks(layout, sstorage, idx)
-                brk = jnp.zeros(t.shape, bool) if brk is None else brk
-                if flags:
-                    prev = storage.gather(layout, sstorage, idx)  # only the flags survive jit's DCE
-                    for f in flags:
-                        x = _tree.get(prev, f)
-                        brk = brk | jnp.any(x.reshape(*t.shape, -1) != 0, axis=-1)
-                cont = cont & (j <= rank) & ~brk
-                src.append(jnp.where(cont, s, src[-1]))
-            src = src[::-1]  # oldest first
-        n_batch = index[-1].ndim
+            out = batch
+            for k in self._keys:
+                out = _tree.set_in(out, k, self._place(jnp.expand_dims(_tree.get(batch, k), n_batch), n_batch))
+                nk = ("next", *k)
+                if _tree.has(batch, nk):
+                    out = _tree.set_in(out, nk, self._place(jnp.expand_dims(_tree.get(batch, nk), n_batch), n_batch))
+            return out
+        # Slots t-1 .. t-(K-1) of the item's lane, [*S, K-1] (one gather each for flags and frames).
+        j = jnp.arange(1, K, dtype=t.dtype)
+        s = t[..., None] - j
+        s = jnp.where(s < 0, s + ring.capacity, s)
+        lanes = tuple(jnp.broadcast_to(i[..., None], s.shape) for i in index[:-1])
+        idx = (*lanes, s)
+        brk = storage.breaks(layout, sstorage, idx)
+        brk = jnp.zeros(s.shape, bool) if brk is None else brk
+        flags = [f for f in FLAGS if f in layout.keys()]
+        if flags:
+            prev = storage.gather(layout, sstorage, idx)  # only the flags survive jit's DCE
+            for f in flags:
+                x = _tree.get(prev, f)
+                brk = brk | jnp.any(x.reshape(*s.shape, -1) != 0, axis=-1)
+        ok = (j <= ring.logical(t)[..., None]) & ~brk
+        n_cont = jnp.sum(jnp.cumprod(ok, axis=-1, dtype=jnp.int32), axis=-1)  # steps back in the trajectory
+        first = jnp.take_along_axis(s, jnp.maximum(n_cont - 1, 0)[..., None], axis=-1)[..., 0]
+        first = jnp.where(n_cont == 0, t, first)
+        src = jnp.where(j <= n_cont[..., None], s, first[..., None])[..., ::-1]  # oldest first
+        old = storage.gather(layout, sstorage, (*lanes, src))  # [*S, K-1, ...]
         out = batch
         for k in self._keys:
-            cur = _tree.get(batch, k)
-            frames = []
-            for s in src[:-1]:
-                g = storage.gather(layout, sstorage, (*index[:-1], s))
-                frames.append(_tree.get(g, k))
-            frames.append(cur)
-            out = _tree.set_in(out, k, self._stack(frames, n_batch))
+            frames = jnp.concatenate([_tree.get(old, k), jnp.expand_dims(_tree.get(batch, k), n_batch)], axis=n_batch)
+            out = _tree.set_in(out, k, self._place(frames, n_batch))
             nk = ("next", *k)
             if _tree.has(batch, nk):
-                out = _tree.set_in(out, nk, self._stack(frames[1:] + [_tree.get(batch, nk)], n_batch))
+                nxt = jnp.concatenate([frames[(slice(None),) * n_batch + (slice(1, None),)],
+                                       jnp.expand_dims(_tree.get(batch, nk), n_batch)], axis=n_batch)
+                out = _tree.set_in(out, nk, self._place(nxt, n_batch))
         if "mask" in info:
             out = zero_masked(out, info["mask"])
         return out

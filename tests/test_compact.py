@@ -148,11 +148,11 @@ def run_pair(ndim, cap, sampler, t_lens, lengths, resets, with_done, final_obs_s
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler(sampler):
     """Each sampler once: lanes, wrap-arounds, episodes crossing adds, a reset add."""
-    run_pair(2, 5, sampler, (3, 1, 11, 3), (1, 2, 4), (False, False, False, True), True, seed=1)
+    run_pair(2, 5, sampler, (3, 11, 3), (1, 2, 4), (False, False, True), True, seed=1, draws=1)
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     ndim=st.sampled_from((1, 2, 3)),
     cap=st.sampled_from((3, 8)),

@@ -108,7 +108,7 @@ def test_axis_first_and_uint8():
 
 
 @pytest.mark.slow
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     ndim=st.sampled_from((1, 2, 3)),
     cap=st.sampled_from((4, 7)),
