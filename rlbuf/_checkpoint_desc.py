@@ -232,8 +232,9 @@ def _checksum_jax(x, flat: bool):
 def checksums(arrays: list) -> list:
     """The checksum (a Python int) of each array (jax or numpy; typed keys as key_data). jax
     arrays are summed on their devices (dispatched together, one transfer of 4 bytes each)."""
-    pending = [_checksum_jax(x, flat=len(x.sharding.device_set) == 1) if isinstance(x, jax.Array) else None
-               for x in arrays]
+    # Arrays in host memory (memory_kind="pinned_host" storage) are summed by numpy.
+    on_device = lambda x: isinstance(x, jax.Array) and getattr(x.sharding, "memory_kind", None) in (None, "device")  # noqa: E731
+    pending = [_checksum_jax(x, flat=len(x.sharding.device_set) == 1) if on_device(x) else None for x in arrays]
     return [int(np.asarray(p)) if p is not None else checksum_np(x) for x, p in zip(arrays, pending)]
 
 

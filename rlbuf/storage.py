@@ -239,7 +239,11 @@ class LazyTensorStorage(Storage):
       final_obs_size: with ``compact_next``, rows of the final-observation table over all
         lanes (``None``: ``ceil(capacity / 8)`` per lane, enough for episodes of 8 steps on
         average; items past it are masked out of samples and counted in ``storage.lost``).
-      memory_kind: ``None`` (the default device memory) only, for now.
+      memory_kind: ``None`` (device memory) or ``"pinned_host"``: the storage's arrays live in
+        host memory (JAX memory kinds); ``add`` moves the written batch there, ``sample``
+        computes indices on the device and moves only the sampled items back. Works under
+        ``jit`` with donation, every sampler, ``FrameStack`` and checkpoints; not with
+        ``compact_next`` (its bookkeeping compares stored frames; use one or the other).
     """
 
     compact_next: bool = dataclasses.field(default=False, kw_only=True)
@@ -253,10 +257,19 @@ class LazyTensorStorage(Storage):
         fs = self.final_obs_size
         if fs is not None and (isinstance(fs, bool) or not isinstance(fs, (int, np.integer)) or fs <= 0):
             raise ValueError(f"LazyTensorStorage: final_obs_size must be a positive int or None, got {fs!r}")
-        if self.memory_kind is not None:
-            raise NotImplementedError(
-                f"LazyTensorStorage: memory_kind={self.memory_kind!r} is not supported yet (only None)"
+        if self.memory_kind not in (None, "pinned_host"):
+            raise ValueError(
+                f"LazyTensorStorage: memory_kind must be None or 'pinned_host', got {self.memory_kind!r}"
             )
+        if self.memory_kind is not None and self.compact_next:
+            raise NotImplementedError("LazyTensorStorage: memory_kind='pinned_host' with compact_next=True")
+
+    def _host(self, x):
+        """``x`` moved to the storage's memory (a no-op for device storage)."""
+        return x if self.memory_kind is None else jax.device_put(x, jax.memory.Space.Host)
+
+    def _device(self, x):
+        return x if self.memory_kind is None else jax.device_put(x, jax.memory.Space.Device)
 
     @property
     def requires(self) -> frozenset:  # type: ignore[override]
@@ -283,7 +296,7 @@ class LazyTensorStorage(Storage):
         if self.compact_next:
             return compact.init(self, layout)
         leaves = [
-            jnp.zeros((*layout.lanes, layout.capacity, *shape), dtype)
+            self._host(jnp.zeros((*layout.lanes, layout.capacity, *shape), dtype))
             for _, shape, dtype in layout.specs
         ]
         return jax.tree_util.tree_unflatten(layout.treedef, leaves)
@@ -300,11 +313,12 @@ class LazyTensorStorage(Storage):
             return compact.write(self, layout, storage, positions, data, skip)
         ax = layout.ndim - 1
         lead = (slice(None),) * ax
+        positions = self._host(positions)
 
         def put(buf, x):
             if skip:
                 x = jax.lax.slice_in_dim(x, skip, x.shape[ax], axis=ax)
-            return buf.at[lead + (positions,)].set(x, mode="drop", unique_indices=True)
+            return buf.at[lead + (positions,)].set(self._host(x), mode="drop", unique_indices=True)
 
         return jax.tree_util.tree_map(put, storage, data)
 
@@ -313,11 +327,13 @@ class LazyTensorStorage(Storage):
         """Items at ``index = (*lane_idx, t)`` (int arrays of one shape ``S``): leaves ``[*S, ...]``."""
         if self.compact_next:
             return compact.gather(self, layout, storage, index)
+        # Host storage: the index goes to the host, only the gathered items come back.
         if layout.lanes:
-            flat = _ring.flat_index(index, layout.lanes, layout.capacity)
+            flat = self._host(_ring.flat_index(index, layout.lanes, layout.capacity))
             return jax.tree_util.tree_map(
-                lambda x: jnp.take(x.reshape(layout.size, *x.shape[layout.ndim :]), flat, axis=0,
-                                   mode="clip"),
+                lambda x: self._device(jnp.take(x.reshape(layout.size, *x.shape[layout.ndim :]), flat, axis=0,
+                                                mode="clip")),
                 storage,
             )
-        return jax.tree_util.tree_map(lambda x: jnp.take(x, index[0], axis=0, mode="clip"), storage)
+        i = self._host(index[0])
+        return jax.tree_util.tree_map(lambda x: self._device(jnp.take(x, i, axis=0, mode="clip")), storage)
