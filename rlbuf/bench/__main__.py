@@ -15,7 +15,7 @@ import sys
 
 from rlbuf.bench._timing import print_rows
 
-MODULES = ["buffer", "slice", "prioritized", "collect", "scale", "ppo", "offline", "checkpoint", "host"]
+MODULES = ["buffer", "slice", "prioritized", "collect", "scale", "ppo", "offline", "checkpoint", "host", "pixels"]
 
 
 def machine() -> str:

@@ -7,14 +7,15 @@ Run it::
 
 ``gymnasium`` + ``ale-py`` (the ROMs ship with ale-py) run the game on the host;
 :class:`rlbuf.HostCollector` steps a vector env of them with a random policy and returns
-``[B, T]`` batches as device arrays; they go into ``LazyTensorStorage(ndim=2)`` (one lane per
-env) and a ``SliceSampler`` draws ``[num_slices, slice_len, 84, 84]`` sequences that never cross
-an episode. Frames are preprocessed the DQN way (gymnasium's ``AtariPreprocessing``): ALE's
+``[B, T]`` batches as device arrays; they go into ``LazyTensorStorage(ndim=2,
+compact_next=True)`` (one lane per env; each frame stored once, ``("next", "observation")``
+rebuilt at sample time) and a ``SliceSampler`` draws ``[num_slices, slice_len, 84, 84, 4]``
+sequences that never cross an episode, each step's last 4 frames stacked at sample time
+(``ReplayBuffer(frame_stack=rlbuf.FrameStack(4))``, the first frame repeated before an
+episode's start). Frames are preprocessed the DQN way (gymnasium's ``AtariPreprocessing``): ALE's
 grayscale screen, 4 frames per step (``frameskip=4``, sticky actions off), max over the last
 two frames against flicker, resized from 210x160 to 84x84 (a 2x2 box filter then nearest
 sampling, in numpy: no OpenCV needed), up to 30 no-op actions at reset.
-``("next", "observation")`` doubles the frame memory here; compact storage and frame stacking
-come with ``LazyTensorStorage(compact_next=True)`` and ``ReplayBuffer(frame_stack=...)``.
 """
 
 from __future__ import annotations
@@ -107,10 +108,10 @@ def main(argv=None) -> dict:
 
     hc = rlbuf.HostCollector(make_vec(a.game, a.num_envs, a.vectorization), None,
                              frames_per_batch=a.frames_per_batch)
-    rb = rlbuf.ReplayBuffer(storage=rlbuf.LazyTensorStorage(a.capacity, ndim=2),
+    rb = rlbuf.ReplayBuffer(storage=rlbuf.LazyTensorStorage(a.capacity, ndim=2, compact_next=True),
                             sampler=rlbuf.SliceSampler(num_slices=a.num_slices,
                                                        traj_key=("collector", "traj_ids")),
-                            batch_size=a.num_slices * a.slice_len)
+                            batch_size=a.num_slices * a.slice_len, frame_stack=rlbuf.FrameStack(4))
     add, sample = jax.jit(rb.add, donate_argnums=0), jax.jit(rb.sample)
     state, t0, episodes = None, time.perf_counter(), 0
     try:
@@ -126,7 +127,8 @@ def main(argv=None) -> dict:
     print(f"{a.game}: {a.frames} frames from {a.num_envs} envs in {elapsed:.1f}s "
           f"({a.frames / elapsed:.0f} frames/s), {episodes} episodes ended")
     print(f"buffer: {int(np.sum(state.count))} transitions stored, "
-          f"frames {tuple(state.storage['observation'].shape)} {state.storage['observation'].dtype}")
+          f"frames {tuple(state.storage.data['observation'].shape)} {state.storage.data['observation'].dtype} "
+          "(ring slots, final-observation table, head row)")
     print(f"sampled slices: observation {tuple(obs.shape)} {obs.dtype}, traj ids per slice "
           f"{np.asarray(slices['collector']['traj_ids'])[:, 0].tolist()}")
     return {"state": state, "slices": slices, "info": info, "episodes": episodes}

@@ -22,12 +22,13 @@ def test_fills_a_buffer_and_samples_slices(capsys):
     out = atari.main(["--num-envs", "2", "--frames", "64", "--frames-per-batch", "32", "--capacity", "128",
                       "--num-slices", "2", "--slice-len", "4"])
     obs = np.asarray(out["slices"]["observation"])
-    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    assert obs.shape == (2, 4, 84, 84, 4) and obs.dtype == np.uint8
     ids = np.asarray(out["slices"]["collector"]["traj_ids"])
     assert (ids == ids[:, :1]).all()
     # a slice is consecutive steps: the next frame of a step is the following step's frame
     np.testing.assert_array_equal(obs[:, 1:], np.asarray(out["slices"]["next"]["observation"])[:, :-1])
-    stored = np.asarray(out["state"].storage["observation"])
-    assert stored.shape == (2, 64, 84, 84)
-    np.testing.assert_array_equal(stored[tuple(np.asarray(i) for i in out["info"]["index"])], obs)
-    assert "sampled slices: observation (2, 4, 84, 84) uint8" in capsys.readouterr().out
+    # compact_next + FrameStack(4): single frames stored (64 ring slots + 8 table rows + head row)
+    stored = np.asarray(out["state"].storage.data["observation"])
+    assert stored.shape == (2, 64 + 8 + 1, 84, 84) and "observation" not in out["state"].storage.data["next"]
+    np.testing.assert_array_equal(stored[tuple(np.asarray(i) for i in out["info"]["index"])], obs[..., -1])
+    assert "sampled slices: observation (2, 4, 84, 84, 4) uint8" in capsys.readouterr().out
