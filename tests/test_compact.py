@@ -266,3 +266,26 @@ def test_errors():
             {"observation": data["observation"], "reward": data["reward"]})
     with pytest.raises(ValueError, match="final_obs_size"):
         LazyTensorStorage(16, compact_next=True, final_obs_size=0)
+
+
+def test_sharded_with_frame_stack_matches_plain():
+    """``rlbuf.shard`` over this process's devices: compact_next + FrameStack equals the plain
+    sharded buffer with the same FrameStack (slices, resets, wrap-around)."""
+    from rlbuf import FrameStack, shard
+
+    mesh = jax.sharding.Mesh(jax.devices(), ("data",))
+    G = len(jax.devices())
+    sim = Episodes((2 * G,), (1, 3), 0)
+    mk = lambda **kw: shard(ReplayBuffer(  # noqa: E731
+        storage=LazyTensorStorage(16 * G, ndim=2, **kw), batch_size=4 * G,
+        sampler=SliceSampler(slice_len=2, end_key=END, strict_length=False),
+        frame_stack=FrameStack(2, keys=("pixels",))), mesh)
+    a, b = mk(), mk(compact_next=True, final_obs_size=16 * G)
+    first = sim.batch(1)
+    sa, sb = a.init(first), b.init(first)
+    for t in (5, 3, 11):
+        d = sim.batch(t)
+        sa, sb = jax.jit(a.add)(sa, d), jax.jit(b.add)(sb, d)
+        (sa, ba, ia), (sb, bb, ib) = jax.jit(a.sample)(sa, jax.random.key(t)), jax.jit(b.sample)(sb, jax.random.key(t))
+        np.testing.assert_array_equal(ia["mask"], ib["mask"])
+        assert_tree_equal(bb, ba)
