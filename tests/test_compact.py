@@ -270,7 +270,8 @@ def test_errors():
 
 def test_sharded_with_frame_stack_matches_plain():
     """``rlbuf.shard`` over this process's devices: compact_next + FrameStack equals the plain
-    sharded buffer with the same FrameStack (slices, resets, wrap-around)."""
+    sharded buffer with the same FrameStack (slices, wrap-around; no reset adds: the plain
+    buffer cannot see a cut that no done/truncated flag marks)."""
     from rlbuf import FrameStack, shard
 
     mesh = jax.sharding.Mesh(jax.devices(), ("data",))
