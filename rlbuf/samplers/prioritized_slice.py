@@ -77,6 +77,10 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
     (TorchRL normalises by the minimum over all steps, valid starts or not, so its weights
     can exceed 1; ours are always in ``(0, 1]``).
 
+    ``burn_in=b``: as ``SliceSampler`` (the start is drawn as above; the ``b`` steps before it
+    are context). Priorities and ``info["weight"]`` refer to the learning steps: weights are 0
+    on burn-in steps; update with the learning steps' index, ``[i[:, b:] for i in index]``.
+
     ``update_priority(index, priority)``: ``index`` as in ``info["index"]`` (``[num_slices,
     slice_len]`` arrays), ``priority`` the same shape (per step) or a scalar. Duplicates:
     the last occurrence wins; padding steps point at their slice's start, so pass the
@@ -175,9 +179,10 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
         valid, pos = self._valid(ring, s.traj, lane, t0, n)
         ok = ok & valid  # (always true when ok; guards the all-zero case)
         mask = jnp.arange(n, dtype=jnp.int32)[None, :] < jnp.where(ok, jnp.minimum(pos.after, n), 0)[:, None]
-        index = self._slice_index(ring, jnp.where(ok, lane, 0), ring.logical(t0), ok, mask)
-        weight = jnp.where(mask, w[:, None], 0).astype(self.dtype)
-        return s, index, {"weight": weight, "mask": mask}
+        index, info = self._sequence(ring, jnp.where(ok, lane, 0), ring.logical(t0), pos.before, ok, mask)
+        # Weights on the learning steps (the ones a loss uses; burn-in steps only warm up a carry).
+        weight = jnp.where(info["learning_mask"], w[:, None], 0).astype(self.dtype)
+        return s, index, {**info, "weight": weight}
 
     def can_sample(self, ring, s, batch_size: int):
         _, n = self.shape(batch_size)

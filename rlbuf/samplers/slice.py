@@ -96,6 +96,9 @@ def check_slice_config(sampler) -> None:
         v = getattr(self, field)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
             raise ValueError(f"{name}: {field} must be a positive int, got {v!r}")
+    b = self.burn_in
+    if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+        raise ValueError(f"{name}: burn_in must be a non-negative int, got {b!r}")
     if self.end_key is not None and self.end_keys is not None:
         raise ValueError(
             f"{name}: end_key and end_keys are exclusive (one boundary flag, or several OR-ed), "
@@ -118,6 +121,7 @@ class _SliceBase(Sampler):
     init_key: Any = _fields.key("is_init")
     span: Any = _fields.Converted((False, False), _span_pair)
     strict_length: bool = True
+    burn_in: int = 0
     trajectory_key: Any = _fields.key(alias_of="traj_key")
 
     # Padding (strict_length=False, empty buffer) is zeroed by ``postprocess``.
@@ -195,16 +199,37 @@ class _SliceBase(Sampler):
         first = jnp.maximum(off, 0)
         real = jnp.minimum(off + n, length) - first
         mask = jnp.arange(n, dtype=jnp.int32)[None, :] < real[:, None]
-        return self._slice_index(ring, lane, begin + first - ranges.oldest, ok, mask), mask
+        return self._sequence(ring, lane, begin + first - ranges.oldest, first, ok, mask)
+
+    def _sequence(self, ring, lane, rank0, before, ok, mask):
+        """``(index, info)`` of the ``[S, burn_in + n]`` sequences whose learning steps start at
+        age rank ``rank0`` (``[S]``) with learning mask ``mask`` (``[S, n]``), ``before`` (``[S]``)
+        stored steps of the same trajectory preceding them. The burn-in steps are the
+        ``min(before, burn_in)`` steps just before the learning start; the missing ones are
+        padding at the front (the trajectory starts later, or was overwritten). ``info``:
+        ``"mask"`` (real steps) and ``"learning_mask"`` (the real learning steps), ``[S, b + n]``.
+        Burn-in steps are real stored steps of the trajectory, so a sequence never crosses a
+        trajectory, the write head or an unwritten slot when its learning part does not."""
+        b = self.burn_in
+        if b == 0:
+            index = self._slice_index(ring, lane, rank0, ok, mask)
+            return index, {"mask": mask, "learning_mask": mask}
+        pad = b - jnp.minimum(jnp.where(ok, before, 0), b)
+        k = jnp.arange(b, dtype=jnp.int32)[None, :]
+        burn = (k >= pad[:, None]) & ok[:, None]
+        full = jnp.concatenate([burn, mask], axis=1)
+        learn = jnp.concatenate([jnp.zeros_like(burn), mask], axis=1)
+        return self._slice_index(ring, lane, rank0, ok, full, shift=b), {"mask": full, "learning_mask": learn}
 
     @staticmethod
-    def _slice_index(ring, lane, rank0, ok, mask):
+    def _slice_index(ring, lane, rank0, ok, mask, shift: int = 0):
         """The one slice-index builder: ``(*lane_idx, t)``, ``[S, n]`` int32 each, of slices of
-        flat lanes ``lane`` starting at age rank ``rank0`` (``[S]``). Padding (``mask`` False)
-        points at its slice's first step and an all-padding slice (``ok`` False) at slot 0:
+        flat lanes ``lane`` whose step ``k`` is at age rank ``rank0 + k - shift`` (``rank0``:
+        ``[S]``; ``shift``: the burn-in length). Padding (``mask`` False) points at rank
+        ``rank0`` (the first learning step) and an all-padding slice (``ok`` False) at slot 0:
         always a real storage location, zeroed by ``postprocess``. Slices never cross the write
-        head, so ``rank0 + k < count <= capacity`` (:func:`rlbuf._ring.physical_near`)."""
-        steps = jnp.arange(mask.shape[1], dtype=jnp.int32)
+        head, so ``0 <= rank0 + k - shift < count <= capacity`` (:func:`rlbuf._ring.physical_near`)."""
+        steps = jnp.arange(mask.shape[1], dtype=jnp.int32) - shift
         rank = jnp.where(ok, rank0, 0)[:, None] + jnp.where(mask, steps[None, :], 0)
         t = _ring.physical_near(rank, ring.cursor, ring.count, ring.capacity).astype(jnp.int32)
         t = jnp.where(ok[:, None], t, 0)
@@ -278,6 +303,14 @@ class SliceSampler(_SliceBase):
       strict_length: True: trajectories with fewer than ``slice_len`` stored steps are never
         chosen. False: they give whole-trajectory slices padded at the end (zeros,
         ``info["mask"]`` False on the padding; shapes stay static unlike TorchRL).
+      burn_in: ``b >= 0`` steps before each slice, for a recurrent learner to warm its state
+        up (R2D2): sequences are ``[num_slices, b + slice_len, ...]``; the ``slice_len``
+        learning steps are drawn exactly as with ``burn_in=0`` (the same draw for the same
+        key); the ``b`` steps before them are those just before in the same trajectory, and
+        where the stored trajectory starts later the missing ones are padding at the front
+        (zeros, ``info["mask"]`` False). ``info["learning_mask"]`` (``[num_slices, b +
+        slice_len]``) marks the real learning steps. ``batch_size`` still counts learning
+        steps: ``num_slices * slice_len == batch_size``.
 
     Distribution (TorchRL's): each slice independently picks a trajectory uniformly among the
     eligible stored ones (all lanes together), then a start uniformly among its
@@ -286,8 +319,10 @@ class SliceSampler(_SliceBase):
 
     Output: leaves ``[num_slices, slice_len, ...]``; ``info["index"]`` is ``(*lane_idx, t)``
     of ``[num_slices, slice_len]`` int32 arrays (an array for ``ndim=1``); ``info["mask"]``
-    ``[num_slices, slice_len]`` bool. No eligible trajectory (empty or too-short buffer):
-    ``can_sample`` False, ``sample`` returns zeros with ``info["mask"]`` all False.
+    ``[num_slices, slice_len]`` bool (``[num_slices, burn_in + slice_len]`` with burn-in, and
+    ``info["learning_mask"]`` the same shape; without burn-in it equals ``info["mask"]``). No
+    eligible trajectory (empty or too-short buffer): ``can_sample`` False, ``sample`` returns
+    zeros with ``info["mask"]`` all False.
 
     Cost: ``on_write`` O(lanes × steps added); ``sample`` O(num_slices × slice_len + lanes),
     independent of the capacity, and it never writes the ``[lanes, capacity]`` bookkeeping (so
@@ -462,8 +497,8 @@ class SliceSampler(_SliceBase):
         else:
             lane, begin, end, total = self._choose_fast(ring, s, ranges, n, bits[0])
         ok = jnp.broadcast_to(total > 0, (n_slices,))
-        index, mask = self._slices(ring, ranges, bits[1], lane, begin, end, ok, n)
-        return s, index, {"mask": mask}
+        index, info = self._slices(ring, ranges, bits[1], lane, begin, end, ok, n)
+        return s, index, info
 
     def can_sample(self, ring, s, batch_size: int):
         _, n = self.shape(batch_size)
@@ -589,9 +624,9 @@ class SliceSamplerWithoutReplacement(_SliceBase):
         begin, end = trj.bounds(ring, s.traj, ranges, lane, seq)
         ok = in_epoch & stored & (end - begin >= (n if self.strict_length else 1))
         bits = jax.random.bits(k_start, (n_slices,), jnp.uint32)
-        index, mask = self._slices(ring, ranges, bits, lane, begin, end, ok, n)
+        index, info = self._slices(ring, ranges, bits, lane, begin, end, ok, n)
         s = dataclasses.replace(s, pos=jnp.where(real, jnp.minimum(s.pos + n_slices, s.epoch_items), s.pos))
-        return s, index, {"mask": mask}
+        return s, index, info
 
     def _exhausted(self, s, n_slices: int):
         """True when the epoch cannot give a batch: used up, or (``drop_last``) fewer than
