@@ -199,8 +199,38 @@ def torchrl_rows(quick: bool) -> list[Row]:
                 "rlbuf in a jitted scan; TorchRL eager (its normal use)")]
 
 
+BURN_IN = 10
+
+
+def burn_in_rows(quick: bool) -> list[Row]:
+    """``SliceSampler(slice_len=10, burn_in=10)`` against plain slices of ``slice_len + burn_in
+    = 20`` steps (the same data moved; target <= 1.2×): the cost of the front padding and the
+    learning mask. Same scan as :func:`scan_rows` (add ``[4, 1]`` then sample)."""
+    iters = 50 if quick else 200
+    repeats = 5 if quick else 15
+    size = 10_000 if quick else 100_000
+    data = transitions(jax.random.key(0), (LANES, size // LANES))
+    adds = transitions(jax.random.key(2), (iters, LANES, 1))
+    fns, carries = {}, {}
+    for name, sampler in (
+        ("burn", SliceSampler(slice_len=SLICE_LEN, burn_in=BURN_IN, end_key=("next", "done"))),
+        ("plain", SliceSampler(slice_len=SLICE_LEN + BURN_IN, end_key=("next", "done"))),
+    ):
+        n = sampler.slice_len - (0 if name == "burn" else BURN_IN)
+        rb = ReplayBuffer(storage=LazyTensorStorage(size, ndim=2), sampler=sampler, batch_size=NUM_SLICES * n)
+        state = jax.jit(rb.add, donate_argnums=0)(rb.init(data), data)
+        fns[name] = _loop(rb.add, _sample_ours(rb))
+        carries[name] = (state, jax.random.key(3), jnp.zeros((), jnp.float32))
+    t = threaded(fns, carries, adds, repeats=repeats)
+    us = {k: v[0] / iters * 1e6 for k, v in t.items()}
+    a, b = (t[k][1] / iters * 1e6 for k in ("burn", "plain"))
+    case = (f"add 4x1 + slice {NUM_SLICES}x({BURN_IN} burn-in + {SLICE_LEN}) from {size // 1000}k, ndim=2, in scan")
+    return [Row("slice", case, f"plain slices of {SLICE_LEN + BURN_IN}", us["burn"], us["plain"], "iter",
+                f"target ratio <= 1.2; min-of-repeats {a:.1f} vs {b:.1f} µs ({a / b:.2f}×)")]
+
+
 def run(quick: bool = False) -> list[Row]:
-    return scan_rows(quick) + torchrl_rows(quick)
+    return scan_rows(quick) + burn_in_rows(quick) + torchrl_rows(quick)
 
 
 if __name__ == "__main__":
