@@ -15,7 +15,9 @@ import sys
 
 from rlbuf.bench._timing import print_rows
 
-MODULES = ["buffer", "slice", "prioritized", "collect", "scale", "ppo", "offline", "checkpoint", "host", "pixels"]
+MODULES = [
+    "buffer", "slice", "slice_add", "prioritized", "collect", "scale", "ppo", "offline", "checkpoint", "host", "pixels",
+]
 
 
 def machine() -> str:
