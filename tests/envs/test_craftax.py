@@ -24,10 +24,15 @@ def env_params():
 
 
 @pytest.fixture(scope="module")
-def run(env_params):
+def collected(env_params):
     env, params = env_params
     c = rlbuf.Collector(env, frames_per_batch=B * T, num_envs=B, env_params=params)
-    return collect_batches(c, 3)[1]
+    return collect_batches(c, 3)
+
+
+@pytest.fixture(scope="module")
+def run(collected):
+    return collected[1]
 
 
 def test_invariants_and_time_limit(env_params, run):
@@ -38,7 +43,7 @@ def test_invariants_and_time_limit(env_params, run):
     assert r["observation"].dtype == np.float32 and r["action"].dtype == np.int32
 
 
-def test_step_is_the_suites_from_the_same_state(env_params):
+def test_step_is_the_suites_from_the_same_state(env_params, collected):
     """The adapter's auto-resetting ``step`` vs Craftax's own ``step_env`` from the same state and
     key: the final observation is the suite's; a dead player is a termination, not truncation."""
     env, params = env_params
@@ -51,7 +56,9 @@ def test_step_is_the_suites_from_the_same_state(env_params):
         r_obs, r_state, r_reward, r_done, _ = raw.step_env(k_step, state.inner, action, params.inner)
         return info["final_observation"], obs, reward, term, trunc, r_obs, r_reward, r_done
 
-    _, state = env.reset(jax.random.key(1), params)
+    # env 0's freshly reset state from the collector's jitted init (an eager ``env.reset`` runs
+    # Craftax's world generation op by op: tens of seconds on 2 cores)
+    state = jax.tree.map(lambda x: x[0], collected[0][0].env_state)
     for health, t in ((9.0, 0), (0.0, 0), (9.0, MAX_T - 1)):
         inner = state.inner.replace(player_health=jnp.asarray(health, state.inner.player_health.dtype),
                                     timestep=jnp.asarray(t, state.inner.timestep.dtype))
