@@ -178,8 +178,8 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
         lane, t0 = flat // ring.capacity, flat % ring.capacity
         valid, pos = self._valid(ring, s.traj, lane, t0, n)
         ok = ok & valid  # (always true when ok; guards the all-zero case)
-        mask = jnp.arange(n, dtype=jnp.int32)[None, :] < jnp.where(ok, jnp.minimum(pos.after, n), 0)[:, None]
-        index, info = self._sequence(ring, jnp.where(ok, lane, 0), ring.logical(t0), pos.before, ok, mask)
+        real = jnp.where(ok, jnp.minimum(pos.after, n), 0)
+        index, info = self._sequence(ring, jnp.where(ok, lane, 0), ring.logical(t0), pos.before, ok, real, n)
         # Weights on the learning steps (the ones a loss uses; burn-in steps only warm up a carry).
         weight = jnp.where(info["learning_mask"], w[:, None], 0).astype(self.dtype)
         return s, index, {**info, "weight": weight}

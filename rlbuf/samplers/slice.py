@@ -198,28 +198,27 @@ class _SliceBase(Sampler):
         off = lo + below(bits, hi - lo + 1)
         first = jnp.maximum(off, 0)
         real = jnp.minimum(off + n, length) - first
-        mask = jnp.arange(n, dtype=jnp.int32)[None, :] < real[:, None]
-        return self._sequence(ring, lane, begin + first - ranges.oldest, first, ok, mask)
+        return self._sequence(ring, lane, begin + first - ranges.oldest, first, ok, real, n)
 
-    def _sequence(self, ring, lane, rank0, before, ok, mask):
+    def _sequence(self, ring, lane, rank0, before, ok, real, n: int):
         """``(index, info)`` of the ``[S, burn_in + n]`` sequences whose learning steps start at
-        age rank ``rank0`` (``[S]``) with learning mask ``mask`` (``[S, n]``), ``before`` (``[S]``)
-        stored steps of the same trajectory preceding them. The burn-in steps are the
-        ``min(before, burn_in)`` steps just before the learning start; the missing ones are
-        padding at the front (the trajectory starts later, or was overwritten). ``info``:
-        ``"mask"`` (real steps) and ``"learning_mask"`` (the real learning steps), ``[S, b + n]``.
-        Burn-in steps are real stored steps of the trajectory, so a sequence never crosses a
-        trajectory, the write head or an unwritten slot when its learning part does not."""
+        age rank ``rank0`` (``[S]``), the first ``real`` (``[S]``) of their ``n`` real (the rest
+        padding), ``before`` (``[S]``) stored steps of the same trajectory preceding them. The
+        burn-in steps are the ``min(before, burn_in)`` steps just before the learning start; the
+        missing ones are padding at the front (the trajectory starts later, or was overwritten).
+        ``info``: ``"mask"`` (real steps) and ``"learning_mask"`` (the real learning steps),
+        ``[S, b + n]``. Burn-in steps are real stored steps of the trajectory, so a sequence
+        never crosses a trajectory, the write head or an unwritten slot when its learning part
+        does not. Masks come from one iota (no concatenation: fewer XLA ops per sample)."""
         b = self.burn_in
+        k = jnp.arange(b + n, dtype=jnp.int32)[None, :]
+        learn = (k >= b) & (k < b + real[:, None])
         if b == 0:
-            index = self._slice_index(ring, lane, rank0, ok, mask)
-            return index, {"mask": mask, "learning_mask": mask}
-        pad = b - jnp.minimum(jnp.where(ok, before, 0), b)
-        k = jnp.arange(b, dtype=jnp.int32)[None, :]
-        burn = (k >= pad[:, None]) & ok[:, None]
-        full = jnp.concatenate([burn, mask], axis=1)
-        learn = jnp.concatenate([jnp.zeros_like(burn), mask], axis=1)
-        return self._slice_index(ring, lane, rank0, ok, full, shift=b), {"mask": full, "learning_mask": learn}
+            mask = learn
+        else:
+            pad = b - jnp.minimum(jnp.where(ok, before, 0), b)
+            mask = learn | ((k >= pad[:, None]) & (k < b) & ok[:, None])
+        return self._slice_index(ring, lane, rank0, ok, mask, shift=b), {"mask": mask, "learning_mask": learn}
 
     @staticmethod
     def _slice_index(ring, lane, rank0, ok, mask, shift: int = 0):
