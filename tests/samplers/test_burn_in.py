@@ -180,3 +180,24 @@ def test_burn_in_per_worker_and_split():
         sinfo = {k: (tuple(np.asarray(i)[rows] for i in v[1:]) if k == "index" else np.asarray(v)[rows])
                  for k, v in info.items()}
         check_burn_in(refs[g], sub, sinfo, True)
+
+
+def test_is_init_at_first_burn_in_step():
+    """TorchRL's init_key rule with burn-in: ``is_init`` True at each sequence's first real step
+    (the first real burn-in step, or the learning start when all burn-in is padding), OR-ed with
+    the stored flags; False on padding."""
+    rb = ReplayBuffer(storage=LazyTensorStorage(16), sampler=SliceSampler(slice_len=2, burn_in=3, traj_key="ep"),
+                      batch_size=2 * 8)
+    ep = np.repeat(np.arange(1, 5), 4)
+    data = {"ep": jnp.asarray(ep), "step": jnp.asarray(np.tile(np.arange(4), 4)),
+            "is_init": jnp.asarray(np.tile(np.arange(4), 4) == 0)}
+    state = rb.add(rb.init(data), data)
+    _, batch, info = jax.jit(rb.sample)(state, jax.random.key(1))
+    mask, init, step = (np.asarray(x) for x in (info["mask"], batch["is_init"], batch["step"]))
+    for i in range(mask.shape[0]):
+        first = int(np.argmax(mask[i]))
+        want = np.zeros(5, bool)
+        want[first] = True
+        want |= mask[i] & (step[i] == 0)  # the stored flags
+        np.testing.assert_array_equal(init[i], want)
+        assert step[i, first] == max(step[i, 3] - 3, 0)  # burn-in reaches back to the episode start
