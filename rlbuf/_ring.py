@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlbuf import _xla
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -137,11 +139,9 @@ def physical(rank, cursor, count, capacity: int):
 
 
 def physical_near(rank, cursor, count, capacity: int):
-    """:func:`physical` for ``0 <= rank < capacity`` (e.g. any age rank of a stored step) with a
-    compare and subtract instead of ``%``: XLA:CPU fuses index math into gathers, where an
-    integer modulo per element does not vectorize."""
-    t = oldest(cursor, count, capacity) + rank
-    return jnp.where(t >= capacity, t - capacity, t)
+    """:func:`physical` for ``0 <= rank < capacity`` (e.g. any age rank of a stored step), without
+    a modulo on CPU (``rlbuf._xla.wrap_once``)."""
+    return _xla.wrap_once(oldest(cursor, count, capacity) + rank, capacity)
 
 
 def window_fits(t, n, cursor, count, capacity: int):

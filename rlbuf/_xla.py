@@ -1,15 +1,46 @@
 """XLA tricks, named and in one place.
 
-Each is a workaround for how XLA compiles a pattern on a given backend; their measured
-effect is in ``BENCHMARKS.md`` ("XLA tricks"), not here.
+Each works around how XLA compiles a pattern; the timings they were tuned with (a shared
+2-core CPU) are in ``BENCHMARKS.md`` ("XLA tricks"), not here. Tricks that only pay on CPU
+are gated on ``jax.default_backend()`` at trace time (on GPU a data-dependent loop or
+conditional can cost a host round trip); every form computes the same values.
 
-- :func:`run_at_most_once`: a conditional update of a large carry without copying it.
+- :func:`run_at_most_once` (all backends): a conditional update of a large carry without
+  copying it, which stays conditional under ``vmap`` (``PerWorkerReplayBuffer``).
+- :func:`materialize` (CPU): compute a value once into a buffer instead of letting fusion
+  recompute it in every consumer (the sum tree's descent, once per level).
+- :func:`wrap_once` (CPU): ``x % n`` for ``0 <= x < 2n`` as a compare and subtract.
+- :func:`searchsorted_method` (CPU): which ``jnp.searchsorted`` method for a small sorted array.
+- :func:`below` (all backends; it defines the random stream): integers in ``[0, n)`` from
+  uniform 32-bit words by multiply-shift in 16-bit limbs.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
+
+_generic = False  # set by generic_forms(); read at trace time only
+
+
+def on_cpu() -> bool:
+    """Whether the program is being traced for the CPU backend (and the CPU forms are wanted)."""
+    return jax.default_backend() == "cpu" and not _generic
+
+
+@contextlib.contextmanager
+def generic_forms(generic: bool = True):
+    """Within this block, functions *traced* use the generic forms of the CPU-gated tricks (as
+    on GPU/TPU): for the benchmark and the tests that compare the two forms. Already compiled
+    functions are unaffected (jit caches on the function, not on this switch)."""
+    global _generic
+    old, _generic = _generic, generic
+    try:
+        yield
+    finally:
+        _generic = old
 
 
 def run_at_most_once(pred, body, carry, deps=()):
@@ -21,6 +52,12 @@ def run_at_most_once(pred, body, carry, deps=()):
     an ``optimization_barrier`` together with the carry, which keeps XLA from hoisting the
     body's O(capacity) work, loop-invariant but for the carry, out of the loop (it would then
     run on every call).
+
+    Why it is also the form of every data-dependent branch of the samplers (rather than
+    ``lax.cond(pred, costly, cheap)``, written ``run_at_most_once(~pred, costly, cheap())``):
+    under ``vmap`` a cond whose predicate is batched becomes a ``select`` that runs *both*
+    branches for every member, so the O(capacity) branch would run on every call; a while loop
+    with a batched predicate stays a loop, which runs its body only when some member needs it.
     """
 
     def step(c):
@@ -28,3 +65,55 @@ def run_at_most_once(pred, body, carry, deps=()):
         return body(x, *d), False
 
     return jax.lax.while_loop(lambda c: c[1], step, (carry, jnp.asarray(pred, bool)))[0]
+
+
+def materialize(xs):
+    """``xs`` (a pytree of arrays, the first integer or float), unchanged, but computed once into
+    buffers.
+
+    Why: XLA:CPU fuses cheap elementwise producers into *every* consumer, recomputing them; the
+    sum tree's child choice (~70 elementwise ops per level) was recomputed inside each later
+    level's gather and each consumer of the sampled indices (2-3x the whole sample + update).
+    ``lax.optimization_barrier`` does not prevent this on CPU (it is removed before fusion); a
+    loop is never fused through. The loop runs zero times (its predicate, ``min(xs[0]) < 0``,
+    is false for the callers' non-negative values) and, unlike a ``cond``, stays a loop under
+    ``vmap``. Other backends: ``optimization_barrier``.
+    """
+    if not on_cpu():
+        return jax.lax.optimization_barrier(xs)
+    first = jax.tree_util.tree_leaves(xs)[0]
+    return run_at_most_once(jnp.min(first, initial=0) < 0, lambda y: jax.tree_util.tree_map(jnp.zeros_like, y), xs)
+
+
+def wrap_once(x, n):
+    """``x % n`` for ``0 <= x < 2 * n``. On CPU a compare and subtract: index math is fused into
+    the gathers that use it, where an integer modulo per element does not vectorize."""
+    if not on_cpu():
+        return x % n
+    return jnp.where(x >= n, x - n, x)
+
+
+def searchsorted_method(size: int) -> str:
+    """``jnp.searchsorted`` method for a sorted array of ``size`` elements: on CPU, compare
+    against all of them when few (no loop), else an unrolled binary search; elsewhere the
+    default ``"scan"``."""
+    if not on_cpu():
+        return "scan"
+    return "compare_all" if size <= 64 else "scan_unrolled"
+
+
+def below(bits, n):
+    """Integers in ``[0, n)`` from uniform uint32 ``bits`` (``n``: int32 array, ``1 <= n < 2**31``).
+
+    Multiply-shift: ``floor(bits * n / 2**32)``, computed in 16-bit limbs so nothing overflows
+    uint32. Each value has probability within ``1 / 2**32`` of ``1 / n`` (TorchRL's
+    ``floor(rand() * n)`` on float32 is coarser). Why not ``jax.random.randint``: it runs three
+    threefry hashes per call, which on CPU dominated the cost of a whole slice sample.
+    """
+    x = bits.astype(jnp.uint32)
+    n = n.astype(jnp.uint32)
+    m16 = jnp.uint32(0xFFFF)
+    xh, xl, nh, nl = x >> 16, x & m16, n >> 16, n & m16
+    mid1, mid2 = xh * nl, xl * nh
+    carry = ((xl * nl) >> 16) + (mid1 & m16) + (mid2 & m16)
+    return (xh * nh + (mid1 >> 16) + (mid2 >> 16) + (carry >> 16)).astype(jnp.int32)

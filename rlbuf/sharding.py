@@ -97,21 +97,23 @@ def _offset_index(index: Any, layout, g) -> Any:
     return index + g * layout.capacity
 
 
+def _ignore_foreign(index: tuple, owned, priority):
+    """``(index, priority)`` for one group's ``update_priority``: entries that another group owns
+    get the time index -1, which every sampler ignores (``Sampler.update_priority``: out-of-range
+    entries are skipped), so no branch on "does this group own any entry" is needed."""
+    priority = jnp.broadcast_to(jnp.asarray(priority), owned.shape)
+    return (*index[:-1], jnp.where(owned, index[-1], -1)), priority
+
+
 def _own_index(index: Any, layout, g, priority):
-    """Inverse of :func:`_offset_index` for ``update_priority``; items that another group owns
-    are remapped to a duplicate of the first owned item (a no-op for set-like priority
-    updates). Returns ``(local_index, priority, any_owned)``."""
+    """Inverse of :func:`_offset_index` for ``update_priority``: the group-local index, entries of
+    other groups ignored (:func:`_ignore_foreign`)."""
     index = index if isinstance(index, tuple) else (index,)
     span = layout.lanes[0] if layout.lanes else layout.capacity
     first = index[0] - g * span
     owned = (first >= 0) & (first < span)
-    local = (first, *index[1:])
-    flat_owned = owned.reshape(-1)
-    pick = jnp.argmax(flat_owned)
-    fill = lambda x: jnp.where(owned, x, x.reshape(-1)[pick])  # noqa: E731
-    local = tuple(fill(i) for i in local)
-    priority = jnp.broadcast_to(jnp.asarray(priority), owned.shape)
-    return local, fill(priority), jnp.any(flat_owned)
+    local, priority = _ignore_foreign((first, *index[1:]), owned, priority)
+    return (local if layout.lanes else local[0]), priority
 
 
 def _rank1(x):
@@ -239,8 +241,8 @@ class ShardedReplayBuffer:
 
         def f(st, index, priority):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
-            local, prio, any_owned = _own_index(index, st.layout, self._index(), priority)
-            st = jax.lax.cond(any_owned, lambda s: self._local.update_priority(s, local, prio), lambda s: s, st)
+            local, prio = _own_index(index, st.layout, self._index(), priority)
+            st = self._local.update_priority(st, local, prio)
             return jax.tree_util.tree_map(lambda x: x[None], st)
 
         spec = P(self.axis_name)
@@ -375,13 +377,7 @@ class PerWorkerReplayBuffer:
         index = tuple(split(i) for i in index)
 
         def one(st, w, index, priority):
-            owned = index[0] == w
-            pick = jnp.argmax(owned.reshape(-1))
-            fill = lambda x: jnp.where(owned, x, x.reshape(-1)[pick])  # noqa: E731
-            local = tuple(fill(i) for i in index[1:])
-            local = local if st.layout.lanes else local[0]
-            return jax.lax.cond(
-                jnp.any(owned), lambda s: self._local.update_priority(s, local, fill(priority)), lambda s: s, st
-            )
+            local, prio = _ignore_foreign(index[1:], index[0] == w, priority)
+            return self._local.update_priority(st, local if st.layout.lanes else local[0], prio)
 
         return jax.vmap(one)(state, jnp.arange(W, dtype=jnp.int32), index, priority)

@@ -16,7 +16,8 @@ import sys
 from rlbuf.bench._timing import print_rows
 
 MODULES = [
-    "buffer", "slice", "slice_add", "prioritized", "collect", "scale", "ppo", "offline", "checkpoint", "host", "pixels",
+    "buffer", "slice", "slice_add", "prioritized", "xla", "collect", "scale", "ppo", "offline", "checkpoint", "host",
+    "pixels",
 ]
 
 

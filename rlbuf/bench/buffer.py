@@ -137,8 +137,33 @@ def add_rows(quick: bool) -> list[Row]:
     ]
 
 
+def call_rows(quick: bool) -> list[Row]:
+    repeats = 11 if quick else 51
+    rb, state = _full_buffer(2)
+    copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)  # noqa: E731
+
+    def threaded_state(f):  # sample returns (state, batch, info): thread the state
+        return lambda s, key: f(s, key)[0]
+
+    readme = jax.jit(rb.sample, donate_argnums=0)  # as the README writes it
+    donated = jax.jit(lambda s, key: rb.sample(s, key), donate_argnums=0)
+    fns = {"readme": threaded_state(readme), "donated": threaded_state(donated),
+           "undonated": threaded_state(jax.jit(rb.sample))}
+    states = {k: copy(state) for k in fns}
+    del state
+    t = medians(threaded(fns, states, jax.random.key(5), repeats=repeats))
+    case = f"uniform sample {SAMPLE} from {SIZE // 1000}k ndim=2 ({LANES} lanes), one jitted call per sample"
+    return [
+        Row("buffer", case + ": README's jax.jit(rb.sample, donate_argnums=0)", "donated jitted call",
+            t["readme"] * 1e6, t["donated"] * 1e6, "call", "target ratio <= 1.1"),
+        Row("buffer", case + ": README's jax.jit(rb.sample, donate_argnums=0)", "undonated jax.jit(rb.sample)",
+            t["readme"] * 1e6, t["undonated"] * 1e6, "call",
+            "the undonated call copies the storage (sample returns the state)"),
+    ]
+
+
 def run(quick: bool = False) -> list[Row]:
-    return sample_rows(quick) + add_rows(quick)
+    return sample_rows(quick) + add_rows(quick) + call_rows(quick)
 
 
 if __name__ == "__main__":

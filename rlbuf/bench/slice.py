@@ -15,6 +15,10 @@ References, each in the same scan with its own add:
 - TorchRL's ``SliceSampler`` (``end_key``, ``LazyTensorStorage(100k, ndim=2)``): an eager
   Python loop of ``extend`` of a ``[4, 1]`` batch + ``sample``; skipped if torchrl is missing.
 
+- ``PerWorkerReplayBuffer`` (4 workers of 4 lanes, one ``[4, 4, 1]`` add of every worker + 32
+  slices per iteration, at 400k; 100k with ``--quick``) against a plain buffer of the same 16
+  lanes (a ``[16, 1]`` add + 32 slices). Target <= 1.2.
+
 Each side threads its own donated state; repeats are interleaved in one process; medians
 (the note adds the min-of-repeats ratio, less sensitive to a shared machine's load); compile
 time never counts.
@@ -32,6 +36,7 @@ import numpy as np
 from rlbuf.bench._timing import Row, main_for, threaded
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSampler
+from rlbuf.sharding import PerWorkerReplayBuffer
 from rlbuf.storage import LazyTensorStorage
 
 LANES = 4
@@ -229,8 +234,47 @@ def burn_in_rows(quick: bool) -> list[Row]:
                 f"target ratio <= 1.2; min-of-repeats {a:.1f} vs {b:.1f} µs ({a / b:.2f}×)")]
 
 
+def per_worker_rows(quick: bool) -> list[Row]:
+    workers, size = 4, (100_000 if quick else 400_000)
+    iters, repeats = (50, 5) if quick else (200, 11)
+
+    def buffer(size):
+        return ReplayBuffer(storage=LazyTensorStorage(size, ndim=2), batch_size=NUM_SLICES * SLICE_LEN,
+                            sampler=SliceSampler(num_slices=NUM_SLICES, end_key=("next", "done")))
+
+    def filled(rb, data, one):
+        state = jax.jit(rb.add, donate_argnums=0)(rb.init(one), data)
+        state, _, _ = jax.jit(rb.sample, donate_argnums=0)(state, jax.random.key(1))
+        return jax.jit(rb.add, donate_argnums=0)(state, one)  # builds the slice queue (once)
+
+    lanes = workers * LANES
+    data = transitions(jax.random.key(0), (lanes, size // lanes))
+    per_w = lambda x: x.reshape(workers, LANES, *x.shape[1:])  # noqa: E731
+    plain, prb = buffer(size), PerWorkerReplayBuffer(buffer(size), workers)
+    one = transitions(jax.random.key(4), (lanes, 1))
+    states = {"plain": filled(plain, data, one)}
+    pw_one = jax.tree_util.tree_map(per_w, one)
+    pw_state = jax.jit(prb.add, donate_argnums=0)(prb.init(jax.tree_util.tree_map(lambda x: x[0], pw_one)),
+                                                   jax.tree_util.tree_map(per_w, data))
+    pw_state, _, _ = jax.jit(prb.sample, donate_argnums=0)(pw_state, jax.random.key(1))
+    states["per_worker"] = jax.jit(prb.add, donate_argnums=0)(pw_state, pw_one)
+    del data, pw_state
+    adds = transitions(jax.random.key(2), (iters, lanes, 1))
+    fns = {"plain": _loop(plain.add, _sample_ours(plain)),
+           "per_worker": _loop(lambda s, x: prb.add(s, jax.tree_util.tree_map(per_w, x)), _sample_ours(prb))}
+    carries = {k: (states[k], jax.random.key(3), jnp.zeros((), jnp.float32)) for k in fns}
+    t = threaded(fns, carries, adds, repeats=repeats)
+    us = {k: v[0] / iters * 1e6 for k, v in t.items()}
+    mins = {k: v[1] / iters * 1e6 for k, v in t.items()}
+    return [Row("slice", f"add {workers}x{LANES}x1 + slice {NUM_SLICES}x{SLICE_LEN} from {size // 1000}k, "
+                f"PerWorkerReplayBuffer ({workers} workers x {LANES} lanes), in scan",
+                f"plain buffer of the same {lanes} lanes", us["per_worker"], us["plain"], "iter",
+                f"target ratio <= 1.2; min-of-repeats {mins['per_worker']:.1f} vs {mins['plain']:.1f} µs "
+                f"({mins['per_worker'] / mins['plain']:.2f}×)")]
+
+
 def run(quick: bool = False) -> list[Row]:
-    return scan_rows(quick) + burn_in_rows(quick) + torchrl_rows(quick)
+    return scan_rows(quick) + burn_in_rows(quick) + per_worker_rows(quick) + torchrl_rows(quick)
 
 
 if __name__ == "__main__":

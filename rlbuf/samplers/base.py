@@ -19,6 +19,8 @@ view (``cursor``, ``count``, ``added``, static ``layout``), and the sampler's ow
   the items whose ``info["mask"]`` is False when ``pads`` is True);
 - ``can_sample(ring, sstate, batch_size) -> bool array``;
 - ``update_priority(ring, sstate, index, priority) -> sstate``: prioritized samplers only;
+  entries whose ``index`` is not a written slot (e.g. a time index of -1) must be ignored:
+  ``rlbuf.shard`` and ``PerWorkerReplayBuffer`` mark other groups' entries that way;
 - ``split(n_groups, *, ndim, batch_size) -> Sampler``: the sampler each of ``n_groups`` lane
   groups runs (``rlbuf.shard``, ``PerWorkerReplayBuffer``) when the buffer's ``batch_size``
   is split evenly; raise if the sampler cannot be split so (default: itself);

@@ -55,23 +55,6 @@ class SliceState:
     want: jax.Array
 
 
-def below(bits, n):
-    """Integers in ``[0, n)`` from uniform uint32 ``bits`` (``n``: int32 array, ``1 <= n < 2**31``).
-
-    Multiply-shift: ``floor(bits * n / 2**32)``, computed in 16-bit limbs so nothing overflows
-    uint32. Each value has probability within ``1 / 2**32`` of ``1 / n`` (TorchRL's
-    ``floor(rand() * n)`` on float32 is coarser). Why not ``jax.random.randint``: it runs three
-    threefry hashes per call, which on CPU dominated the cost of a whole slice sample.
-    """
-    x = bits.astype(jnp.uint32)
-    n = n.astype(jnp.uint32)
-    m16 = jnp.uint32(0xFFFF)
-    xh, xl, nh, nl = x >> 16, x & m16, n >> 16, n & m16
-    mid1, mid2 = xh * nl, xl * nh
-    carry = ((xl * nl) >> 16) + (mid1 & m16) + (mid2 & m16)
-    return (xh * nh + (mid1 >> 16) + (mid2 >> 16) + (carry >> 16)).astype(jnp.int32)
-
-
 def _span_pair(span):
     """TorchRL's ``span``: a bool or int for both sides, or a ``(left, right)`` pair."""
     pair = tuple(span) if isinstance(span, (tuple, list)) else (span, span)
@@ -195,7 +178,7 @@ class _SliceBase(Sampler):
         also for a slice that starts before its trajectory (``span``)."""
         length = jnp.where(ok, end - begin, 0)
         lo, hi = self._start_range(length, n)
-        off = lo + below(bits, hi - lo + 1)
+        off = lo + _xla.below(bits, hi - lo + 1)
         first = jnp.maximum(off, 0)
         real = jnp.minimum(off + n, length) - first
         return self._sequence(ring, lane, begin + first - ranges.oldest, first, ok, real, n)
@@ -333,7 +316,7 @@ class SliceSampler(_SliceBase):
     entry start and end, queue rank), i.e. 20 bytes per transition beside the data.
 
     Requires the round-robin writer (the bookkeeping assumes each ``add`` fills the next slots
-    in time). Random draws map 32 random bits to ``[0, n)`` by multiply-shift (:func:`below`):
+    in time). Random draws map 32 random bits to ``[0, n)`` by multiply-shift (``rlbuf._xla.below``):
     each outcome's probability is within ``2**-32`` of exact.
     """
 
@@ -452,17 +435,14 @@ class SliceSampler(_SliceBase):
             head, counts = ranges.first, ranges.n_stored
         cum = jnp.cumsum(counts)
         total = cum[-1]
-        u = below(bits, jnp.maximum(total, 1))
-        # Few lanes: compare against all of them (no loop); many: an unrolled binary search.
-        method = "compare_all" if layout.n_lanes <= 64 else "scan_unrolled"
-        lane = jnp.searchsorted(cum, u, side="right", method=method)
+        u = _xla.below(bits, jnp.maximum(total, 1))
+        lane = jnp.searchsorted(cum, u, side="right", method=_xla.searchsorted_method(layout.n_lanes))
         lane = jnp.minimum(lane, layout.n_lanes - 1).astype(jnp.int32)
         within = u - (cum[lane] - counts[lane])
         if self.strict_length:
             # within < counts <= capacity: one conditional subtract instead of a per-slice modulo.
             cap = layout.capacity
-            k = (head % cap)[lane] + within
-            k = jnp.where(k >= cap, k - cap, k)
+            k = _xla.wrap_once((head % cap)[lane] + within, cap)
             begin, end = self._entry_bounds(s.queue[lane, k], ranges)
         else:
             begin, end = trj.bounds(ring, s.traj, ranges, lane, head[lane] + within)
@@ -474,7 +454,7 @@ class SliceSampler(_SliceBase):
         lengths, _ = self._lengths_all(ring, s.traj, ranges)
         cum = jnp.cumsum((lengths >= n).reshape(-1), dtype=jnp.int32)
         total = cum[-1]
-        u = below(bits, jnp.maximum(total, 1))
+        u = _xla.below(bits, jnp.maximum(total, 1))
         item = jnp.minimum(jnp.searchsorted(cum, u, side="right"), layout.size - 1).astype(jnp.int32)
         lane = item // layout.capacity
         begin, end = trj.bounds(ring, s.traj, ranges, lane, ranges.first[lane] + item % layout.capacity)
@@ -486,10 +466,13 @@ class SliceSampler(_SliceBase):
         # One threefry call for all the randomness of the batch.
         bits = jax.random.bits(key, (2, n_slices), jnp.uint32)
         if self.strict_length:
-            lane, begin, end, total = jax.lax.cond(
-                s.thr == n,
-                lambda: self._choose_fast(ring, s, ranges, n, bits[0]),
-                lambda: self._choose_slow(ring, s, ranges, n, bits[0]),
+            # The O(L × capacity) draw only when the queue is not kept for n (the fast draw's
+            # result is then replaced; it reads clipped, meaningless entries, harmlessly).
+            lane, begin, end, total = _xla.run_at_most_once(
+                s.thr != n,
+                lambda _, s_, ranges_, bits_: self._choose_slow(ring, s_, ranges_, n, bits_),
+                self._choose_fast(ring, s, ranges, n, bits[0]),
+                (s, ranges, bits[0]),
             )
             # Ask the next add to keep the queue for this length (a scalar: no array is copied).
             s = dataclasses.replace(s, want=jnp.full((), n, jnp.int32))
@@ -505,11 +488,12 @@ class SliceSampler(_SliceBase):
             return ring.count > 0
         ranges = trj.lane_ranges(ring, s.traj)
 
-        def slow():
-            lengths, _ = self._lengths_all(ring, s.traj, ranges)
+        def slow(_, traj, ranges_):
+            lengths, _ = self._lengths_all(ring, traj, ranges_)
             return jnp.any(lengths >= n)
 
-        return jax.lax.cond(s.thr == n, lambda: jnp.sum(self._eligible(ring, s, ranges, n)[1]) > 0, slow)
+        fast = jnp.sum(self._eligible(ring, s, ranges, n)[1]) > 0
+        return _xla.run_at_most_once(s.thr != n, slow, fast, (s.traj, ranges))
 
 
 @jax.tree_util.register_dataclass

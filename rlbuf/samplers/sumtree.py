@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlbuf import _fields, _xla
+
 
 def last_wins(scratch, idx):
     """Deterministic "last occurrence wins" among duplicate indices of ``idx`` (int32 ``[K]``).
@@ -52,22 +54,6 @@ def last_wins(scratch, idx):
 def _positive(x):
     """Min-tree view of sum-tree leaves: zero (never sampled) leaves read as ``+inf``."""
     return jnp.where(x > 0, x, jnp.inf).astype(x.dtype)
-
-
-def materialize(xs):
-    """``xs`` (a pytree of arrays), unchanged, but computed once into buffers.
-
-    Why: XLA:CPU fuses cheap elementwise producers into *every* consumer, recomputing them.
-    The descent's child choice (~70 elementwise ops per level) would otherwise be recomputed
-    inside each later level's gather (quadratic in depth) and inside every consumer of the
-    sampled indices (each storage leaf's gather, the weights, the update's scatters): measured
-    2-3x the whole sample + update step. ``lax.optimization_barrier`` does not prevent this on
-    CPU (it is removed before fusion); a ``cond`` is never fused through. Its predicate is
-    always true for the callers here (non-negative node indices), the other branch is dead.
-    """
-    first = jax.tree_util.tree_leaves(xs)[0]
-    pred = jnp.min(first, initial=0) >= 0
-    return jax.lax.cond(pred, lambda y: y, lambda y: jax.tree_util.tree_map(jnp.zeros_like, y), xs)
 
 
 @jax.tree_util.register_dataclass
@@ -98,7 +84,7 @@ class SumTree:
 
     n: int
     branching: int = 8
-    dtype: str = "float32"
+    dtype: str = _fields.dtype_name("float32")
     dense_levels: int = 512
 
     def __post_init__(self):
@@ -108,7 +94,6 @@ class SumTree:
             raise ValueError(f"SumTree: branching must be an int >= 2, got {self.branching!r}")
         if not np.issubdtype(np.dtype(self.dtype), np.floating):
             raise TypeError(f"SumTree: dtype must be a float dtype, got {self.dtype!r}")
-        object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
 
     @property
     def sizes(self) -> tuple:
@@ -306,11 +291,11 @@ class SumTree:
             val = jnp.where(over, last_val, val)
             mass = jnp.maximum(mass - before, 0)
             node = node * b + c
-            # Computed once per level, not re-derived by every later use: see ``materialize``.
+            # Computed once per level, not re-derived by every later use: see ``rlbuf._xla.materialize``.
             if lvl < self.depth:
-                node, mass = materialize((node, mass))
+                node, mass = _xla.materialize((node, mass))
             else:
-                node, val = materialize((node, val))
+                node, val = _xla.materialize((node, val))
         return (node, val) if with_value else node
 
     def sample(self, tree: TreeState, key, k: int, stratified: bool = True, with_value: bool = False):

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rlbuf import _ring
+from rlbuf import _ring, _xla
 from rlbuf.samplers.base import Sampler
 
 
@@ -78,7 +78,7 @@ class SamplerWithoutReplacement(Sampler):
         # When can_sample is False (empty buffer, or drop_last with fewer items than a batch)
         # no epoch begins and the batch is all padding (TorchRL raises; shapes stay static).
         can = self.can_sample(ring, s, batch_size)
-        s = jax.lax.cond(need & can, lambda: self._new_epoch(ring, s, key), lambda: s)
+        s = _xla.run_at_most_once(need & can, lambda c, k: self._new_epoch(ring, c, k), s, (key,))
         real = can | ~need  # False: no batch at all (the state is left as it was)
         k = s.pos + jnp.arange(batch_size, dtype=jnp.int32)
         mask = (k < s.epoch_items) & real

@@ -1,0 +1,63 @@
+"""``rlbuf._xla``: each trick computes the same values in its CPU and generic forms, and
+``run_at_most_once`` runs its body exactly when asked, also under ``vmap``, as a loop."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlbuf import _xla
+from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.samplers.prioritized import PrioritizedSampler
+from rlbuf.samplers.slice import SliceSampler
+from rlbuf.storage import LazyTensorStorage
+
+
+def test_run_at_most_once_runs_the_body_when_asked():
+    body = lambda c, d: c + d  # noqa: E731
+    assert int(_xla.run_at_most_once(jnp.bool_(True), body, jnp.int32(1), (jnp.int32(5),))) == 6
+    assert int(_xla.run_at_most_once(jnp.bool_(False), body, jnp.int32(1), (jnp.int32(5),))) == 1
+    f = jax.vmap(lambda p, c: _xla.run_at_most_once(p, lambda x: x * 10, c))
+    np.testing.assert_array_equal(f(jnp.array([True, False, True]), jnp.array([1, 2, 3])), [10, 2, 30])
+    prims = [e.primitive.name for e in jax.make_jaxpr(f)(jnp.array([True]), jnp.array([1])).jaxpr.eqns]
+    assert "while" in prims and "select_n" not in prims[: prims.index("while")]
+
+
+def test_below_is_in_range_and_wrap_once_is_a_modulo():
+    bits = jax.random.bits(jax.random.key(0), (10_000,), jnp.uint32)
+    for n in (1, 3, 1000, 2**31 - 1):
+        u = np.asarray(_xla.below(bits, jnp.full((10_000,), n, jnp.int32)))
+        assert u.min() >= 0 and u.max() < n
+    x = jnp.arange(20, dtype=jnp.int32)
+    for generic in (False, True):
+        with _xla.generic_forms(generic):
+            np.testing.assert_array_equal(jax.jit(lambda x: _xla.wrap_once(x, 10))(x), np.arange(20) % 10)
+
+
+def _run(rb, data, generic):
+    with _xla.generic_forms(generic):
+        add, sample = jax.jit(rb.add), jax.jit(rb.sample)
+        state = add(rb.init(data), data)
+        outs = []
+        for i in range(3):
+            state, batch, info = sample(state, jax.random.key(i))
+            outs.append((batch, info))
+            if "weight" in info:
+                state = jax.jit(rb.update_priority)(state, info["index"], jnp.arange(info["weight"].size) % 5)
+            state = add(state, data)
+        return outs
+
+
+@pytest.mark.parametrize("which", ["slice", "prioritized"])
+def test_cpu_and_generic_forms_sample_the_same(which):
+    if which == "slice":
+        rb = ReplayBuffer(storage=LazyTensorStorage(4 * 16, ndim=2), sampler=SliceSampler(slice_len=3, traj_key="ep"),
+                          batch_size=12)
+        data = {"ep": jnp.asarray(np.arange(4 * 7).reshape(4, 7) // 4, jnp.int32)}
+    else:
+        rb = ReplayBuffer(storage=LazyTensorStorage(100), sampler=PrioritizedSampler(100, 0.7, 0.5), batch_size=16)
+        data = {"ep": jnp.arange(30, dtype=jnp.int32)}
+    for a, b in zip(jax.tree_util.tree_leaves(_run(rb, data, False)), jax.tree_util.tree_leaves(_run(rb, data, True))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
