@@ -67,6 +67,10 @@ def test_bit_flips_in_the_largest_data_chunk_are_refused(copy):
     orig = open(big, "rb").read()
     assert len(orig) > 400_000  # the observations' chunk
     target = jax.eval_shape(lambda: state)
+    # The chunk may pack several leaves (the layout is orbax's): each flip must be refused
+    # naming the checkpoint and one real key path of the state, mostly the observations'.
+    paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)}
+    named = []
     for frac in (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95):
         pos = int(len(orig) * frac)
         flipped = bytearray(orig)
@@ -74,8 +78,12 @@ def test_bit_flips_in_the_largest_data_chunk_are_refused(copy):
         with open(big, "wb") as f:
             f.write(bytes(flipped))
         with pytest.raises(CheckpointCorruptError,
-                           match=re.escape(f"{directory} (step 0) is damaged: key path .storage['observation']")):
+                           match=re.escape(f"{directory} (step 0) is damaged: key path .")) as err:
             checkpoint.restore(directory, target)
+        path = re.search(r"key path (\S+)", str(err.value)).group(1).rstrip(":,")
+        assert path in paths, (path, sorted(paths))
+        named.append(path)
+    assert named.count(".storage['observation']") >= 4, named
     with open(big, "wb") as f:
         f.write(orig)
     restored = checkpoint.restore(directory, target)  # the pristine bytes restore again
