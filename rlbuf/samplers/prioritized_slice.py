@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from rlbuf import _ring, _xla
 from rlbuf.samplers import _trajectories as trj
+from rlbuf.samplers._slice_base import _SliceBase, check_slice_config
 from rlbuf.samplers.prioritized import PrioritizedSampler, check_capacity, check_config
-from rlbuf.samplers.slice import _SliceBase, check_slice_config
 from rlbuf.samplers.sumtree import TreeState, last_wins
 
 
