@@ -15,9 +15,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public through this module)
+    DISABLED,
+    NEXT_STEP,
+    SAME_STEP,
+    _alloc,
+    _as_groups,
+    _final_obs,
+    _Group,
+    _put,
+    _tmap,
+    make_groups,
+)
 from rlbuf.collectors._policy import call_policy, check_carry, check_extras, init_carry
-
-NEXT_STEP, SAME_STEP, DISABLED = "nextstep", "samestep", "disabled"
 
 
 @jax.tree_util.register_dataclass
@@ -50,97 +60,6 @@ class HostCollectorState:
     episode_reward: np.ndarray
     frames: np.ndarray
     policy_carry: Any = None
-
-
-def _autoreset_mode(vec: Any) -> str:
-    mode = getattr(vec, "metadata", {}).get("autoreset_mode", None)
-    if mode is None:
-        mode = getattr(vec, "autoreset_mode", NEXT_STEP)
-    return str(getattr(mode, "value", mode)).lower().replace("_", "")
-
-
-class _Group:
-    """One vector env with the few operations the collector needs, whatever its autoreset mode.
-
-    Every end of episode is turned into an immediate reset of exactly the envs that ended
-    (``reset(options={"reset_mask": m})``), so with every mode each step is a real transition
-    and the next observation of a done step is its final one.
-    """
-
-    def __init__(self, vec: Any):
-        self.vec = vec
-        self.envpool = type(vec).__module__.split(".")[0] == "envpool"
-        self.num = int(vec.num_envs) if hasattr(vec, "num_envs") else len(vec)
-        self.mode = NEXT_STEP if self.envpool else _autoreset_mode(vec)
-        if self.mode not in (NEXT_STEP, SAME_STEP, DISABLED):
-            raise ValueError(f"unknown gymnasium autoreset mode {self.mode!r}")
-        # gymnasium vector envs: single_action_space; an EnvPool pool's action_space is one env's
-        self.action_space = getattr(vec, "single_action_space", None) or vec.action_space
-        self.async_ = hasattr(vec, "step_async") and hasattr(vec, "step_wait")
-        self._pending = None
-
-    def reset_all(self, seed: int):
-        if self.envpool:
-            return self.vec.reset()[0]
-        self.vec.action_space.seed(seed)
-        return self.vec.reset(seed=seed)[0]
-
-    def reset_some(self, mask: np.ndarray, obs: Any):
-        if self.envpool:  # EnvPool resets by env id and returns only those envs' observations
-            ids = np.nonzero(mask)[0].astype(np.int32)
-            new = self.vec.reset(ids)[0]
-
-            def put(o, n):
-                o = np.array(o, copy=True)
-                o[ids] = n
-                return o
-            return jax.tree.map(put, obs, new)
-        return self.vec.reset(options={"reset_mask": mask})[0]
-
-    def step_async(self, action: np.ndarray):
-        if self.async_ and not self.envpool:
-            self.vec.step_async(action)
-        else:
-            self._pending = action
-
-    def step_wait(self):
-        if self.async_ and not self.envpool:
-            out = self.vec.step_wait()
-        else:
-            out = self.vec.step(self._pending)
-        obs, rew, term, trunc, info = out
-        return obs, np.asarray(rew, np.float32), np.asarray(term, bool), np.asarray(trunc, bool), info
-
-    def random_actions(self):
-        if self.envpool:
-            return np.stack([self.action_space.sample() for _ in range(self.num)])
-        return self.vec.action_space.sample()
-
-    def close(self):
-        self.vec.close()
-
-
-def _as_groups(env: Any) -> list[_Group]:
-    if isinstance(env, (list, tuple)):
-        envs = list(env)
-    else:
-        envs = [env]
-    groups = []
-    for e in envs:
-        if callable(e) and not hasattr(e, "step"):
-            e = e()
-        if not hasattr(e, "step") or not hasattr(e, "reset"):
-            raise TypeError(f"HostCollector needs a gymnasium VectorEnv (or a callable making one, or an "
-                            f"EnvPool pool), got {type(e).__name__}")
-        groups.append(_Group(e))
-    return groups
-
-
-def _final_obs(info: dict, i: int) -> Any:
-    final = info.get("final_obs", info.get("final_observation"))
-    if final is None:
-        raise KeyError("same-step autoreset env returned a done step without info['final_obs']")
-    return final[i]
 
 
 class HostCollector:
@@ -451,52 +370,6 @@ class HostCollector:
             next_traj_id=np.asarray(next_id, np.int32), step_count=count, episode_reward=ret,
             frames=np.asarray(int(state.frames) + B * T, np.int64), policy_carry=final_carry)
         return new, buf, ex, st
-
-
-def _alloc(obs, action, B, T):
-    """Host buffers ``[B, T, ...]`` for one batch (observations keep their dtype and structure;
-    float64 is stored as float32, as JAX would)."""
-
-    def like(x):
-        x = np.asarray(x)
-        dtype = jax.dtypes.canonicalize_dtype(x.dtype)
-        return np.empty((B, T) + x.shape[1:], dtype)
-
-    a = np.asarray(action)
-    return {
-        "observation": jax.tree.map(like, obs),
-        "action": np.empty((B, T) + a.shape[1:], jax.dtypes.canonicalize_dtype(a.dtype)),
-        "step_count": np.empty((B, T), np.int32),
-        "next": {
-            "observation": jax.tree.map(like, obs),
-            "reward": np.empty((B, T), np.float32),
-            "terminated": np.empty((B, T), bool),
-            "truncated": np.empty((B, T), bool),
-            "done": np.empty((B, T), bool),
-            "episode_reward": np.empty((B, T), np.float32),
-        },
-        "collector": {"traj_ids": np.empty((B, T), np.int32)},
-    }
-
-
-def _tmap(fn, *trees):
-    """``jax.tree.map`` with a fast path for plain arrays (the common observation), since the
-    collector's per-step host work is part of every frame's cost."""
-    if isinstance(trees[0], np.ndarray):
-        return fn(*trees)
-    return jax.tree.map(fn, *trees)
-
-
-def _put(buf, a, b, t, value):
-    _tmap(lambda dst, src: dst.__setitem__((slice(a, b), t), src), buf, value)
-
-
-def make_groups(make_env: Callable[[int], Any], num_envs: int, num_groups: int = 2) -> list:
-    """``num_groups`` vector envs of ``num_envs // num_groups`` envs each, from
-    ``make_env(n) -> VectorEnv``: the ``env=`` of a :class:`HostCollector` that alternates them."""
-    if num_envs % num_groups:
-        raise ValueError(f"num_envs={num_envs} is not divisible by num_groups={num_groups}")
-    return [make_env(num_envs // num_groups) for _ in range(num_groups)]
 
 
 __all__: Sequence[str] = ("HostCollector", "HostCollectorState", "make_groups")
