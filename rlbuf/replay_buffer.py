@@ -140,20 +140,15 @@ class ReplayBuffer:
         ``ndim`` leading batch dims; the time length of the example does not matter)."""
         example = _tree.nest(example, "ReplayBuffer.init")  # TorchRL-style tuple keys, list leaves
         layout = self.storage.layout(self._stored(example, "ReplayBuffer.init"))
-        missing = sorted(self.sampler.requires - self.writer.provides)
-        if missing:
-            raise ValueError(
-                f"ReplayBuffer: {type(self.sampler).__name__} needs a writer that provides {missing} "
-                f"(e.g. RoundRobinWriter); {type(self.writer).__name__} provides "
-                f"{sorted(self.writer.provides) or 'none of them'}"
-            )
-        missing = sorted(self.storage.requires - self.writer.provides)
-        if missing:
-            raise ValueError(
-                f"ReplayBuffer: {type(self.storage).__name__} (as configured) needs a writer that provides "
-                f"{missing} (e.g. RoundRobinWriter); {type(self.writer).__name__} provides "
-                f"{sorted(self.writer.provides) or 'none of them'}"
-            )
+        # Sampler and storage declare what they need from the writer; one check for both.
+        for part, what in ((self.sampler, ""), (self.storage, " (as configured)")):
+            missing = sorted(part.requires - self.writer.provides)
+            if missing:
+                raise ValueError(
+                    f"ReplayBuffer: {type(part).__name__}{what} needs a writer that provides {missing} "
+                    f"(e.g. RoundRobinWriter); {type(self.writer).__name__} provides "
+                    f"{sorted(self.writer.provides) or 'none of them'}"
+                )
         self.writer.check(layout)
         if self.frame_stack is not None:
             self.frame_stack.check(layout)
