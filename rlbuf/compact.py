@@ -21,8 +21,11 @@ Memory: each compacted ``k`` is one array ``[*lanes, capacity + F + 1, ...]``: t
 ``capacity`` slots, then ``F`` table rows, then the head row. ``F`` (rows per lane) is
 ``ceil(final_obs_size / n_lanes)``, by default ``ceil(capacity / 8)``: enough for episodes of
 8 steps on average. When a lane stores more breaks than ``F``, the oldest lose their row;
-those items are never returned wrong: ``valid`` is False for them (``ReplayBuffer.sample``
-masks and zeroes them, ``info["mask"]`` False) and ``CompactState.lost`` counts them.
+those items are never sampled: ``valid`` is False for them, and ``ReplayBuffer.sample``
+has the sampler redraw every item (or slice) holding one (``Sampler.draw``: the sampler's
+distribution restricted to the other items; prioritized samplers also zero their priority).
+Samplers without replacement cannot redraw: for them such items are masked (zeros,
+``info["mask"]`` False). ``CompactState.lost`` counts them.
 
 Requires a time-ordered writer (``RoundRobinWriter``): ``ReplayBuffer.init`` refuses others.
 """
@@ -60,7 +63,7 @@ class CompactState:
     - ``table_cursor``: int32 ``[*lanes]``, the next table row to fill (a ring per lane);
     - ``newest``: int32 ``[]``, physical slot of the newest step (``-1`` while empty);
     - ``lost``: int32 ``[]``, breaks that lost (or never got) their table row while their
-      step was stored (cumulative; such items are masked out of every sample).
+      step was stored (cumulative; such items are never sampled).
     """
 
     data: Any

@@ -18,6 +18,7 @@ writer hook sees the ring through one read-only view, ``rlbuf._ring.Ring`` (``st
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -203,10 +204,13 @@ class ReplayBuffer:
         """
         _tree.check_prng_key(key, "ReplayBuffer.sample(state, key)")
         ring = state.ring
-        sstate, index, info = self.sampler.sample(ring, state.sampler, key, self.batch_size)
+        # Items the storage cannot return exactly (Storage.valid) are redrawn by the sampler
+        # (Sampler.draw); any left after its last round are masked and zeroed.
+        valid = functools.partial(self.storage.valid, ring.layout, state.storage)
+        sstate, index, info = self.sampler.draw(ring, state.sampler, key, self.batch_size, valid)
         batch = self.storage.gather(ring.layout, state.storage, index)
-        ok = self.storage.valid(ring.layout, state.storage, index)
-        if ok is not None:  # items the storage cannot return exactly: masked and zeroed
+        ok = valid(index)
+        if ok is not None:
             info = dict(info, mask=info["mask"] & ok if "mask" in info else ok)
             batch = zero_masked(batch, ok)
         batch = self.sampler.postprocess(ring, batch, info)

@@ -13,6 +13,10 @@ The interface (``ReplayBuffer`` calls nothing else, so a new storage is a new fi
 - ``write(layout, storage, positions, data, skip) -> storage``: put ``data[..., skip:, ...]``
   at time slots ``positions`` of every lane (slots ``>= capacity`` are dropped);
 - ``gather(layout, storage, index) -> batch``: the items at ``index = (*lane_idx, t)``;
+- ``valid(layout, storage, index)``: bool ``[*S]``, False for stored items it cannot return
+  (never sampled: ``rlbuf.samplers.base.Sampler.draw``), or ``None``: all can be returned;
+- ``breaks(layout, storage, index)``: bool ``[*S]``, True where it knows a stored step does
+  not continue into the following slot (``rlbuf.FrameStack``), or ``None``: unknown;
 - ``split(n_groups) -> Storage``: the storage each of ``n_groups`` lane groups runs
   (``rlbuf.shard``, ``PerWorkerReplayBuffer``).
 
@@ -202,8 +206,10 @@ class Storage:
         raise NotImplementedError
 
     def valid(self, layout: Layout, storage: Any, index: tuple):
-        """Bool ``[*S]``: False for items the storage cannot return exactly (the buffer masks
-        and zeroes them); ``None`` (default) when every stored item can be returned."""
+        """Bool ``[*S]``: False for items the storage cannot return exactly; ``None`` (default)
+        when every stored item can be returned. ``ReplayBuffer.sample`` hands it to the
+        sampler (``Sampler.draw``), which redraws the draws holding such items, so they are
+        never sampled (samplers without replacement mask and zero them instead)."""
         return None
 
     def breaks(self, layout: Layout, storage: Any, index: tuple):
@@ -238,7 +244,7 @@ class LazyTensorStorage(Storage):
         ``storage`` is then a ``rlbuf.compact.CompactState``.
       final_obs_size: with ``compact_next``, rows of the final-observation table over all
         lanes (``None``: ``ceil(capacity / 8)`` per lane, enough for episodes of 8 steps on
-        average; items past it are masked out of samples and counted in ``storage.lost``).
+        average; items that lose their row are never sampled and are counted in ``storage.lost``).
       memory_kind: ``None`` (device memory) or ``"pinned_host"``: the storage's arrays live in
         host memory (JAX memory kinds); ``add`` moves the written batch there, ``sample``
         computes indices on the device and moves only the sampled items back. Works under

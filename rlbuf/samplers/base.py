@@ -26,15 +26,35 @@ view (``cursor``, ``count``, ``added``, static ``layout``), and the sampler's ow
   is split evenly; raise if the sampler cannot be split so (default: itself);
 - ``requires``: guarantees needed from the writer (``rlbuf.writers.base``, e.g.
   ``"time_order"``), checked by ``ReplayBuffer.init``.
+
+The storage seam: a storage may hold items it cannot return exactly (``Storage.valid``, e.g.
+``compact_next`` items whose final observation left the table). ``ReplayBuffer.sample`` calls
+``draw(ring, sstate, key, batch_size, valid)``, which runs ``sample`` and, while a *row* of
+the draw (an item, or a whole slice: the first axis of ``index``) holds a real step that
+``valid`` rejects, tells the sampler (``exclude``) and redraws those rows with fresh keys, at
+most ``MAX_REDRAWS`` times. The result is the sampler's own distribution conditioned on
+containing no rejected item (uniform over the valid items; for slices, over the slices that
+avoid them; for prioritized samplers, ``p_i`` over the valid items). Samplers whose draws
+are not independent (without replacement: a redraw would consume items of the epoch) set
+``redraws = False``: their rejected items stay masked (``info["mask"]`` False, zeros).
+
+- ``exclude(ring, sstate, index, bad) -> sstate``: told that the items at ``index`` where
+  ``bad`` is True cannot be returned; default: nothing (prioritized samplers zero their
+  priority so the items drop out of the tree's mass).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
+
+#: Rounds of redraws of rows holding items the storage cannot return (``Sampler.draw``).
+#: With a fraction ``q`` of such rows, a row is still bad after them with probability
+#: ``q ** (MAX_REDRAWS + 1)``; it is then masked (zeros, ``info["mask"]`` False), never wrong.
+MAX_REDRAWS = 16
 
 
 def _mask_leaf(x, mask):
@@ -55,6 +75,9 @@ class Sampler:
     pads: ClassVar[bool] = False
     #: Guarantees this sampler needs from the writer (see ``rlbuf.writers.base``).
     requires: ClassVar[frozenset] = frozenset()
+    #: True if ``sample`` may be called again with another key to redraw rows (independent
+    #: draws); False for samplers without replacement (see the module docstring).
+    redraws: ClassVar[bool] = True
 
     def check(self, layout, batch_size: int) -> None:
         pass
@@ -67,6 +90,40 @@ class Sampler:
 
     def sample(self, ring, sstate, key, batch_size: int):
         raise NotImplementedError
+
+    def exclude(self, ring, sstate, index: tuple, bad) -> Any:
+        return sstate
+
+    def draw(self, ring, sstate, key, batch_size: int, valid: Optional[Callable] = None):
+        """``sample``, with the rows holding items ``valid(index)`` (bool ``[*S]``, or ``None``:
+        all valid) rejects redrawn (see the module docstring); ``valid=None`` or
+        ``redraws=False``: plain ``sample``."""
+        sstate, index, info = self.sample(ring, sstate, key, batch_size)
+        if valid is None or not self.redraws or valid(index) is None:  # None: every item valid
+            return sstate, index, info
+
+        def bad_rows(index, info):
+            bad = ~valid(index)
+            if "mask" in info:
+                bad = bad & info["mask"]
+            return bad, jnp.any(bad.reshape(bad.shape[0], -1), axis=1)
+
+        def body(c):
+            r, sstate, index, info, bad, rows = c
+            sstate = self.exclude(ring, sstate, index, bad)
+            sstate, index2, info2 = self.sample(ring, sstate, jax.random.fold_in(key, r), batch_size)
+
+            def pick(new, old):  # the bad rows take the redraw
+                return jnp.where(rows.reshape(rows.shape + (1,) * (old.ndim - 1)), new, old)
+
+            index = tuple(map(pick, index2, index))
+            info = jax.tree_util.tree_map(pick, info2, info)
+            return (r + 1, sstate, index, info, *bad_rows(index, info))
+
+        r0 = jnp.ones((), jnp.int32)
+        c = (r0, sstate, index, info, *bad_rows(index, info))
+        c = jax.lax.while_loop(lambda c: (c[0] <= MAX_REDRAWS) & jnp.any(c[5]), body, c)
+        return c[1], c[2], c[3]
 
     def postprocess(self, ring, batch, info):
         if self.pads and "mask" in info:

@@ -254,6 +254,14 @@ class PrioritizedSampler(Sampler):
     def can_sample(self, ring, sstate, batch_size: int):
         return (ring.count > 0) & (self._tree(ring.layout).total(sstate.tree) > 0)
 
+    def exclude(self, ring, sstate, index, bad):
+        """Items the storage cannot return get priority 0: out of the tree's mass and of
+        ``p_min`` (their slot's next write gives them the new-item priority again)."""
+        flat = ring.flat(tuple(i.reshape(-1) for i in index))
+        tree = self._tree(ring.layout).update(sstate.tree, flat, jnp.zeros(flat.shape, self.dtype),
+                                              valid=bad.reshape(-1))
+        return dataclasses.replace(sstate, tree=tree)
+
     def update_priority(self, ring, sstate, index, priority):
         flat, raw, good = self._priorities(ring, index, priority)
         tree = self._tree(ring.layout).update(sstate.tree, flat, self._leaf(raw, sstate.alpha, ring.layout))

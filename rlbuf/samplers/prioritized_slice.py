@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from rlbuf import _ring, _xla
 from rlbuf.samplers import _trajectories as trj
 from rlbuf.samplers._slice_base import _SliceBase, check_slice_config
+from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.prioritized import PrioritizedSampler, check_capacity, check_config
 from rlbuf.samplers.sumtree import TreeState, last_wins
 
@@ -170,6 +171,9 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
         flat = lane * cap + t
         tree = self._tree(layout).update(s.tree, flat, jnp.where(valid, prio[flat], 0), unique=True)
         return dataclasses.replace(s, tree=tree)
+
+    # Its tree holds slice starts, not items: rejected slices are only redrawn (Sampler.draw).
+    exclude = Sampler.exclude
 
     def sample(self, ring, s, key, batch_size: int):
         n_slices, n = self.shape(batch_size)

@@ -57,6 +57,7 @@ class SliceSamplerWithoutReplacement(_SliceBase):
       O(num_slices × slice_len).
     """
 
+    redraws = False  # a redraw would consume slices of the epoch: rejected items stay masked
     drop_last: bool = False
     shuffle: bool = True
 

@@ -49,6 +49,7 @@ class SamplerWithoutReplacement(Sampler):
     drop_last: bool = False
     shuffle: bool = True
     pads = True
+    redraws = False  # a redraw would consume items of the epoch: rejected items stay masked
 
     def init(self, layout):
         z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers, for donation)
