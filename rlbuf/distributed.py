@@ -43,6 +43,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rlbuf import _tree
+
 
 def initialize(
     coordinator_address: str,
@@ -89,9 +91,11 @@ def global_batch(local_data: Any, mesh: Mesh, axis_name: Any = "data") -> Any:
 
     ``local_data`` leaves ``[n_local, ...]`` (this process's share of the leading axis, in
     process order); the result has leaves ``[n_local * num_processes, ...]`` sharded on the
-    leading axis over ``axis_name``.
+    leading axis over ``axis_name``. TorchRL-style tuple keys (``{("next", "obs"): x}``) become
+    nesting, as in the buffers' ``add``.
     """
     sharding = NamedSharding(mesh, P(axis_name))
+    local_data = _tree.nest(local_data, "distributed.global_batch")  # TorchRL-style tuple keys
     return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_data)
 
 
@@ -99,6 +103,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     """Replicate ``tree`` over ``mesh`` (every process must pass the same values, e.g. the
     initial policy parameters from the same key)."""
     sharding = NamedSharding(mesh, P())
+    tree = _tree.nest(tree, "distributed.replicate")  # TorchRL-style tuple keys
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree
     )

@@ -20,6 +20,9 @@ trajectories, so a trajectory's probability is ``1 / (G * n_traj(group))``: unif
 trajectories only when groups hold equally many (in expectation, for i.i.d. envs). With unequal
 groups (``PerWorkerReplayBuffer`` after workers of different speed delivered different numbers
 of batches) small groups are over-represented. ``transform`` runs per group, on its items.
+
+Batches and examples may use TorchRL-style tuple keys (``{("next", "obs"): x}``) as
+:class:`ReplayBuffer` does: they are nested (and ``keys=`` applied) once, on the global batch.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ def _split_buffer(rb: ReplayBuffer, n: int, who: str) -> ReplayBuffer:
     if not isinstance(rb, ReplayBuffer):
         raise TypeError(f"{who}: expected a ReplayBuffer, got {type(rb).__name__}")
     return rb.split(n, who)
+
+
+def _stored(rb: ReplayBuffer, data: Any, who: str) -> Any:
+    """``data`` as ``rb.add`` would store it: TorchRL-style tuple keys turned into nesting, list
+    leaves into arrays, and only ``rb.keys`` kept. Done once on the global batch, so the checks
+    below see what is stored and the groups receive only stored keys (``nest``/``keys`` are
+    idempotent: the groups' own ``add`` finds nothing left to do)."""
+    return rb._stored(_tree.nest(data, who), who)
 
 
 def _local_example(example: Any, ndim: int, n: int, who: str) -> Any:
@@ -195,6 +206,7 @@ class ShardedReplayBuffer:
     def init(self, example: Any) -> BufferState:
         """An empty sharded buffer for global ``add`` batches like ``example`` (arrays or
         ``ShapeDtypeStruct``s, leaves ``[*lanes, T, ...]``); each device allocates its own shard."""
+        example = _tree.nest(example, "ShardedReplayBuffer.init")  # TorchRL-style tuple keys, list leaves
         local = _local_example(example, self._local.storage.ndim, self._n, "shard")
         leaves, treedef = jax.tree_util.tree_flatten(local)
         # jit's own cache, keyed on the (hashable) example signature: one compile per signature.
@@ -202,6 +214,7 @@ class ShardedReplayBuffer:
 
     def add(self, state: BufferState, data: Any) -> BufferState:
         """Write the global batch ``data`` (leaves ``[*lanes, T, ...]``), each shard its lanes."""
+        data = _stored(self.buffer, data, "ShardedReplayBuffer.add")
         _check_global(self.buffer, state.layout, data, self._n, "ShardedReplayBuffer")
 
         def f(st, d):
@@ -330,6 +343,7 @@ class PerWorkerReplayBuffer:
 
     def init(self, example: Any) -> BufferState:
         """Empty sub-buffers for worker batches like ``example`` (one worker's batch)."""
+        example = _tree.nest(example, "PerWorkerReplayBuffer.init")
         states = [self._local.init(example) for _ in range(self.num_workers)]
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
@@ -342,6 +356,7 @@ class PerWorkerReplayBuffer:
 
     def add(self, state: BufferState, batch: Any) -> BufferState:
         """Write a batch of every worker (leaves ``[W, *lanes, T, ...]``)."""
+        batch = _stored(self.buffer, batch, "PerWorkerReplayBuffer.add")
         for key, x in _tree.leaves_with_keys(batch):
             if not np.shape(x) or np.shape(x)[0] != self.num_workers:
                 raise ValueError(

@@ -140,3 +140,84 @@ def test_update_priority_reaches_only_the_owning_worker(name):
         pick = lambda s: (s.tree.sums, s.tree.mins, s.max_priority, getattr(s, "prio", ()))  # noqa: E731
         for a, b_ in zip(jax.tree_util.tree_leaves(pick(got.sampler)), jax.tree_util.tree_leaves(pick(want.sampler))):
             np.testing.assert_allclose(a, b_)
+
+
+# ---------------------------------------------------------------- TorchRL-style tuple keys
+def _tuple_keyed(nested: dict) -> dict:
+    """``{"a": x, "next": {"b": y}}`` -> ``{"a": x, ("next", "b"): y}`` (TorchRL's ``td["next", "b"]``)."""
+    out = {}
+    for k, v in nested.items():
+        if isinstance(v, dict):
+            out.update({(k, *((kk,) if isinstance(kk, str) else kk)): vv for kk, vv in _tuple_keyed(v).items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _nested_batch(lead, start):
+    """A batch ``[*lead, T]`` with a ``next`` sub-dict; ``id`` numbers every step."""
+    n = int(np.prod(lead)) * T
+    ids = (start + np.arange(n, dtype=np.int32)).reshape(*lead, T)
+    return {"id": ids, "next": {"obs": ids.astype(np.float32) + 0.5, "done": ids % 3 == 2}}
+
+
+def _assert_same(a, b):
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in la] == [p for p, _ in lb]
+    for (p, x), (_, y) in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(p))
+
+
+def test_per_worker_accepts_tuple_keys():
+    """``PerWorkerReplayBuffer`` takes ``{("next", "obs"): x}`` as nesting (as ``ReplayBuffer``
+    does) in ``init``, ``add_worker`` and ``add``, flat or mixed with nested dicts: the state and
+    samples equal those of the same batches written nested; ``keys=`` selects after nesting."""
+    rb = ReplayBuffer(storage=LazyTensorStorage(W * LANES * CAP, ndim=2), sampler=RandomSampler(), batch_size=4)
+    for prb in (PerWorkerReplayBuffer(rb, W),
+                PerWorkerReplayBuffer(ReplayBuffer(storage=rb.storage, batch_size=4, keys=["id", ("next", "obs")]), W)):
+        one, both = _nested_batch((LANES,), 0), _nested_batch((W, LANES), 100)
+        mixed = dict(_tuple_keyed(one), next={"done": one["next"]["done"]})
+        del mixed[("next", "done")]
+        want = prb.add(prb.add_worker(prb.init(one), 1, one), both)
+        for example, b1, b2 in ((_tuple_keyed(one), _tuple_keyed(one), _tuple_keyed(both)), (mixed, mixed, both)):
+            got = prb.add(prb.add_worker(prb.init(example), 1, b1), b2)
+            _assert_same(got, want)
+            _assert_same(prb.sample(got, jax.random.key(1))[1], prb.sample(want, jax.random.key(1))[1])
+        if prb.buffer.keys is not None:
+            assert sorted(want.storage) == ["id", "next"] and sorted(want.storage["next"]) == ["obs"]
+
+
+def test_sharded_accepts_tuple_keys_and_names_conflicts():
+    """``shard(rb, mesh)`` on the one in-process device: tuple-keyed ``init``/``add`` equal the
+    nested ones; a key given both ways, or a missing worker axis, raises naming the key and the
+    public method (the 4-device form is ``buffer_tuple_keys`` in ``tests/multidevice``)."""
+    from jax.sharding import Mesh
+
+    from rlbuf.sharding import shard
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    srb = shard(ReplayBuffer(storage=LazyTensorStorage(LANES * CAP, ndim=2), batch_size=4), mesh)
+    b = _nested_batch((LANES,), 0)
+    want = srb.add(srb.init(b), b)
+    _assert_same(srb.add(srb.init(_tuple_keyed(b)), _tuple_keyed(b)), want)
+    twice = dict(_tuple_keyed(b), next={"obs": b["next"]["obs"]})
+    with pytest.raises(ValueError, match=r"ShardedReplayBuffer.add: key \('next', 'obs'\) is given twice"):
+        srb.add(want, twice)
+    with pytest.raises(ValueError, match=r"ShardedReplayBuffer.init: key \('next', 'obs'\) is given twice"):
+        srb.init(twice)
+    prb = PerWorkerReplayBuffer(ReplayBuffer(storage=LazyTensorStorage(W * LANES * CAP, ndim=2), batch_size=4), W)
+    with pytest.raises(ValueError, match=r"PerWorkerReplayBuffer.add: key 'id' has shape \(3, 5\), expected a lead"):
+        prb.add(prb.init(b), _tuple_keyed(_nested_batch((3,), 0)))
+
+
+def test_distributed_helpers_accept_tuple_keys():
+    """``distributed.global_batch``/``replicate`` (single process here) nest tuple keys like the
+    buffers, so their output feeds ``srb.add`` and a learner unchanged."""
+    from jax.sharding import Mesh
+
+    from rlbuf import distributed as dist
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    b = _nested_batch((LANES,), 0)
+    _assert_same(dist.global_batch(_tuple_keyed(b), mesh), b)
+    _assert_same(dist.replicate(_tuple_keyed(b), mesh), b)

@@ -345,6 +345,32 @@ def buffer_prioritized_sharded():
         assert np.asarray(srb.shard_of(odd, g).sampler.max_priority) < 100.0
 
 
+@check
+def buffer_tuple_keys():
+    """TorchRL-style tuple keys (``{("next", "r"): x}``) on 4 shards: ``init``/``add`` of a
+    tuple-keyed batch (host data, and ``distributed.global_batch`` of a str/tuple mix) give the state and
+    samples of the nested batch; ``keys=`` selects after nesting; a repeated tuple-keyed add does not recompile."""
+    from rlbuf import distributed as dist
+
+    def flat(d, mixed=False):  # a jit argument cannot mix str and tuple keys (JAX cannot sort them)
+        return {"obs" if mixed else ("obs",): d["obs"], ("id",): d["id"], ("next", "r"): d["next"]["r"]}
+
+    rng = np.random.default_rng(7)
+    d0, d1 = data(rng, 8, 3), data(rng, 8, 5, base=100)
+    for keys in (None, ["id", ("next", "r")]):
+        srb = shard(ReplayBuffer(storage=LazyTensorStorage(8 * 6, ndim=2), batch_size=8, keys=keys), MESH)
+        add, sample = jax.jit(srb.add), jax.jit(srb.sample)
+        want = add(add(srb.init(d0), d0), d1)
+        got = add(add(srb.init(flat(d0)), flat(d0)), dist.global_batch(flat(d1, mixed=True), MESH))
+        assert tree_equal(got, want), f"keys={keys}: tuple-keyed state differs from the nested one"
+        assert sorted(want.storage) == (["id", "next", "obs"] if keys is None else ["id", "next"])
+        key = jax.random.key(2)
+        assert tree_equal(sample(got, key)[1], sample(want, key)[1])
+        n = add._cache_size()  # (one per argument structure: a tuple-keyed dict is another pytree)
+        add(got, dist.global_batch(flat(d1, mixed=True), MESH))
+        assert add._cache_size() == n, (n, add._cache_size())
+
+
 # -------------------------------------------------------------------------------- collectors
 def assert_ids_consistent(batches):
     """Every traj id names exactly one (env_id, episode_id), and vice versa."""

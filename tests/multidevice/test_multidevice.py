@@ -22,6 +22,7 @@ CHECKS = [
     "hlo_no_storage_collectives",
     "buffer_slice_sharded",
     "buffer_prioritized_sharded",
+    "buffer_tuple_keys",
     "collector_sharded_matches_local",
     "multisync_sharded",
     "collector_sharded_carry",
