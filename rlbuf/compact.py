@@ -104,7 +104,7 @@ def init(storage, layout) -> CompactState:
     data: dict = {}
     for k, shape, dtype in _stored_specs(layout):
         rows = layout.capacity + (F + 1 if k in compact else 0)
-        data = _tree.set_in(data, k, jnp.zeros((*layout.lanes, rows, *shape), dtype))
+        data = _tree.set_in(data, k, storage._host(jnp.zeros((*layout.lanes, rows, *shape), dtype)))
     lanes = layout.lanes
     return CompactState(
         data=data,
@@ -138,7 +138,8 @@ def write(storage, layout, st: CompactState, positions, data: Any, skip: int = 0
 
     obs = {k: steps(k) for k in compact}
     nxt = {k: steps((NEXT, *k)) for k in compact}
-    head = {k: _lanes_first(_tree.get(st.data, k), layout)[:, cap + F] for k in compact}  # [L, ...]
+    host, device = storage._host, storage._device  # host memory: data there, bookkeeping here
+    head = {k: device(_lanes_first(_tree.get(st.data, k), layout)[:, cap + F]) for k in compact}  # [L, ...]
 
     # Breaks inside the batch: next observation != the following step's observation, or done.
     brk = jnp.zeros((L, n), bool)
@@ -181,15 +182,18 @@ def write(storage, layout, st: CompactState, positions, data: Any, skip: int = 0
 
     out: dict = {}
     compact_set = set(compact)
+    pos_h = host(positions)
+    if compact:
+        lane_h, rows_h = host(lane), host(jnp.where(keep, cap + row, cap + F + 1))
     for k, _, _ in _stored_specs(layout):
         buf = _lanes_first(_tree.get(st.data, k), layout)
         x = steps(k)
-        buf = buf.at[:, positions].set(x, mode="drop", unique_indices=True)
+        buf = buf.at[:, pos_h].set(host(x), mode="drop", unique_indices=True)
         if k in compact_set:
             vals = jnp.concatenate([head[k][:, None], nxt[k]], axis=1)  # [L, n + 1, ...]
             # Out-of-range rows (cap + F + 1) are dropped; the head row cap + F is never hit.
-            buf = buf.at[lane, jnp.where(keep, cap + row, cap + F + 1)].set(vals, mode="drop")
-            buf = buf.at[:, cap + F].set(nxt[k][:, -1])
+            buf = buf.at[lane_h, rows_h].set(host(vals), mode="drop")
+            buf = buf.at[:, cap + F].set(host(nxt[k][:, -1]))
         out = _tree.set_in(out, k, buf.reshape(*layout.lanes, *buf.shape[1:]))
     new_t = (tcur[:, 0] + m[:, 0]) % F
     return CompactState(
@@ -229,11 +233,15 @@ def gather(storage, layout, st: CompactState, index: tuple) -> Any:
     t = index[-1]
     compact = set(compacted_keys(layout))
     leaves = []
+    rows = {}  # host memory: the flat rows go there, only the gathered items come back
     for k, _, _ in layout.specs:
         src = k[1:] if k[0] == NEXT and k[1:] in compact else k
         x = _lanes_first(_tree.get(st.data, src), layout)
         r = nrow if src != k else t
-        leaves.append(jnp.take(x.reshape(-1, *x.shape[2:]), lane * x.shape[1] + r, axis=0, mode="clip"))
+        key = (src != k, x.shape[1])
+        if key not in rows:
+            rows[key] = storage._host(lane * x.shape[1] + r)
+        leaves.append(storage._device(jnp.take(x.reshape(-1, *x.shape[2:]), rows[key], axis=0, mode="clip")))
     return jax.tree_util.tree_unflatten(layout.treedef, leaves)
 
 

@@ -248,8 +248,9 @@ class LazyTensorStorage(Storage):
       memory_kind: ``None`` (device memory) or ``"pinned_host"``: the storage's arrays live in
         host memory (JAX memory kinds); ``add`` moves the written batch there, ``sample``
         computes indices on the device and moves only the sampled items back. Works under
-        ``jit`` with donation, every sampler, ``FrameStack`` and checkpoints; not with
-        ``compact_next`` (its bookkeeping compares stored frames; use one or the other).
+        ``jit`` with donation, every sampler, ``FrameStack``, checkpoints and ``compact_next``
+        (its frames and table rows in host memory, its bookkeeping on the device; each
+        ``add`` brings back only the head row it compares with the new batch).
     """
 
     compact_next: bool = dataclasses.field(default=False, kw_only=True)
@@ -267,8 +268,6 @@ class LazyTensorStorage(Storage):
             raise ValueError(
                 f"LazyTensorStorage: memory_kind must be None or 'pinned_host', got {self.memory_kind!r}"
             )
-        if self.memory_kind is not None and self.compact_next:
-            raise NotImplementedError("LazyTensorStorage: memory_kind='pinned_host' with compact_next=True")
 
     def _host(self, x):
         """``x`` moved to the storage's memory (a no-op for device storage)."""

@@ -1,11 +1,12 @@
 """``LazyTensorStorage(memory_kind="pinned_host")``: the storage stays in host memory through
 jitted, donated ``add`` and ``sample``; samples equal a device buffer's for every sampler;
-``FrameStack`` and the checkpoint round trip work; bad settings raise."""
+``FrameStack``, ``compact_next`` and the checkpoint round trip work; bad settings raise."""
 
 import jax
 import numpy as np
 import pytest
 from test_compact import END, Episodes, assert_tree_equal
+from test_compact import all_items as all_items_of
 
 from rlbuf import checkpoint
 from rlbuf.frame_stack import FrameStack
@@ -75,5 +76,41 @@ def test_frame_stack_and_checkpoint(tmp_path):
 def test_errors():
     with pytest.raises(ValueError, match="memory_kind"):
         LazyTensorStorage(8, memory_kind="device_host")
-    with pytest.raises(NotImplementedError, match="compact_next"):
-        LazyTensorStorage(8, compact_next=True, memory_kind="pinned_host")
+
+
+@pytest.mark.parametrize("sampler", ("random", "slice"))
+def test_compact_next_on_host(sampler, tmp_path):
+    """``compact_next`` in host memory: its frames and table rows stay there through jitted,
+    donated adds and samples (bookkeeping on the device); every sample equals the device
+    compact buffer's (episodes crossing adds, a ``reset_at_each_iter`` cut, wrap-arounds, a
+    small table that overflows: lost items are redrawn the same way on host and device); every
+    stored item equals the plain buffer's; checkpoint."""
+    fs = FrameStack(2, keys=("pixels",))
+    mk = lambda **kw: ReplayBuffer(storage=LazyTensorStorage(16, ndim=2, **kw),  # noqa: E731
+                                   sampler=SAMPLERS[sampler](), batch_size=4, frame_stack=fs)
+    host, comp, plain = mk(compact_next=True, memory_kind="pinned_host", final_obs_size=4), \
+        mk(compact_next=True, final_obs_size=4), mk()
+    sim = Episodes((2,), (1, 3), 2)
+    first = sim.batch(1)
+    sh, sc, sp = host.init(first), comp.init(first), plain.init(first)
+    data_kinds = lambda st: {x.sharding.memory_kind for x in jax.tree_util.tree_leaves(st.storage.data)}  # noqa: E731
+    assert data_kinds(sh) == {"pinned_host"}
+    add_h, sam_h = jax.jit(host.add, donate_argnums=0), jax.jit(host.sample, donate_argnums=0)
+    for i, (t, reset) in enumerate(((5, False), (3, True), (11, False), (3, False))):
+        data = sim.batch(t, reset=reset)
+        sh, sc, sp = add_h(sh, data), comp.add(sc, data), plain.add(sp, data)
+        assert data_kinds(sh) == {"pinned_host"}
+        sh, bh, ih = sam_h(sh, jax.random.key(i))
+        sc, bc, ic = jax.jit(comp.sample)(sc, jax.random.key(i))
+        assert {x.sharding.memory_kind for x in jax.tree_util.tree_leaves(bh)} == {"device"}
+        assert_tree_equal(bh, bc)  # host == device compact (same redraws)
+        assert_tree_equal(ih, ic)
+    assert int(sh.storage.lost) > 0
+    ref = plain.storage.gather(sp.layout, sp.storage, all_items_of(sp))
+    got = host.storage.gather(sh.layout, sh.storage, all_items_of(sh))
+    ok = np.asarray(host.storage.valid(sh.layout, sh.storage, all_items_of(sh)))
+    assert_tree_equal(got, ref, ok)
+    checkpoint.save(tmp_path / "ck", sh)
+    back = checkpoint.restore(tmp_path / "ck", host.init(first))
+    assert data_kinds(back) == {"pinned_host"}
+    assert_tree_equal(back, sh)
