@@ -26,17 +26,20 @@ class SliceState:
 
     - ``traj``: the boundary bookkeeping (``_trajectories.TrajectoryState``).
     - ``queue``: ``[L, capacity, 2]`` int32, per lane a ring of entries of the trajectories that
-      reached ``thr`` steps, in time order (entry ``k`` at ``k % capacity``): ``(start, end)``, the
+      reached ``thr`` steps, in time order (entry ``k`` at :meth:`SliceState.entry_slot`): ``(start, end)``, the
       stamp of the trajectory's first step (possibly no longer stored; the stored part begins at
       ``max(start, oldest)``) and one past its newest step (the ongoing trajectory's end is
       refreshed by every ``add``). Why not the trajectory number: a sample then reads one queue
       entry and the data, instead of queue -> trajectory record -> data (each a cache miss at
       large capacities).
-    - ``queued``: ``[L]`` int32, entries ever appended per lane.
+    - ``queued``: ``[L]`` int32, entries ever appended per lane (wraps after 2**31).
+    - ``qhead``: ``[L]`` int32 in ``[0, capacity)``, the slot of entry ``queued`` (the next one):
+      entry ``k`` is at ``(qhead + (k - queued)) mod capacity``, exact across the int32 wrap
+      whatever the capacity (``k % capacity`` is not: see ``_trajectories.record_slot``).
     - ``qrank``: ``[L, capacity]`` int32, beside the trajectory records of ``traj.start``:
-      ``qrank[l, s % capacity]`` is the number of queue entries of lane ``l`` before
+      ``qrank[l, record_slot(l, s)]`` is the number of queue entries of lane ``l`` before
       trajectory ``s`` (final once ``s`` begins, since every earlier trajectory has ended), so
-      the first queue entry still stored is ``qrank[l, first[l] % capacity]``, O(1).
+      the first queue entry still stored is ``qrank[l, record_slot(l, first[l])]``, O(1).
     - ``thr``: ``[]`` int32, the length the queue is kept for (0: none yet).
     - ``want``: ``[]`` int32, the ``slice_len`` of the last ``sample``; the next ``add``
       rebuilds the queue for it (once, O(L × capacity)) if it differs from ``thr``.
@@ -48,6 +51,11 @@ class SliceState:
     qrank: jax.Array
     thr: jax.Array
     want: jax.Array
+    qhead: jax.Array
+
+    def entry_slot(self, lane, k):
+        """Slot in ``[0, capacity)`` of queue entry number ``k`` of flat lane ``lane``."""
+        return (self.qhead[lane] + (k - self.queued[lane])) % self.queue.shape[1]
 
 
 def _span_pair(span):

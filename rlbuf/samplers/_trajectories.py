@@ -20,9 +20,13 @@ Model (per lane; lanes are the ``ndim - 1`` leading batch dims, flattened row-ma
   ``[added - count, added)``).
 - Trajectories of a lane are numbered ``0, 1, 2, ...`` in time order (``seq``; int32,
   monotone). ``TrajectoryState.seq[l, t]`` is the number of the trajectory holding slot
-  ``t`` of lane ``l``, and ``TrajectoryState.start[l, s % capacity]`` the stamp of the first
+  ``t`` of lane ``l``, and ``TrajectoryState.start[l, record_slot(s)]`` the stamp of the first
   step of trajectory ``s`` (a ring of records: at most ``capacity`` trajectories of a lane
   can be stored at once, so the record of every stored trajectory is intact).
+  ``record_slot(s) = (rec_head[l] + (s - n_traj[l])) mod capacity``: a per-lane slot kept
+  reduced modulo the capacity plus a difference of int32 numbers, so it stays right after the
+  numbers wrap at 2**31 whatever the capacity (``s % capacity`` would not: 2**32 is not a
+  multiple of a capacity that is not a power of two).
 - The stored trajectories of lane ``l`` are exactly ``first[l] .. last[l]`` (consecutive
   numbers; :func:`lane_ranges`), the stored part of trajectory ``s`` spans the stamps
   ``[begin, end)`` given by :func:`bounds`.
@@ -33,6 +37,7 @@ buffer's ``rlbuf._ring.Ring`` view):
 - :func:`key_spec` — validate ``traj_key``/``end_key`` against a ``Layout`` (clear errors).
 - :func:`init` / :func:`update` — create the state / fold one ``add`` into it (call from
   ``Sampler.init`` / ``Sampler.on_write``; ``update`` is O(L × T) for a ``T``-step add).
+- :func:`record_slot` — where the record of trajectory ``(lane, seq)`` lives.
 - :func:`lane_ranges` — ``first``, ``last``, ``n_stored`` per lane and the oldest stamp.
 - :func:`bounds` — stored ``[begin, end)`` stamps of trajectories ``(lane, seq)``.
 - :func:`slot_position` — for slots ``(*lane_idx, t)``: trajectory number, steps of its
@@ -70,10 +75,12 @@ class TrajectoryState:
     - ``seq``: ``[L, capacity]`` int32, trajectory number of each physical slot (lane-major,
       lanes flattened row-major; meaningless for unwritten slots).
     - ``start``: ``[L, capacity]`` int32, ring of trajectory records:
-      ``start[l, s % capacity]`` is the stamp of the first step of trajectory ``s`` of lane
+      ``start[l, record_slot(l, s)]`` is the stamp of the first step of trajectory ``s`` of lane
       ``l`` (possibly older than the oldest stored step: use :func:`bounds`).
     - ``n_traj``: ``[L]`` int32, trajectories ever begun per lane (the newest is
-      ``n_traj - 1``).
+      ``n_traj - 1``; wraps after 2**31).
+    - ``rec_head``: ``[L]`` int32 in ``[0, capacity)``, the record slot of trajectory ``n_traj``
+      (the next one to begin); see :func:`record_slot`.
     - ``last``: ``[L, F]`` boundary-key values of each lane's newest step (``F`` = the key's
       trailing elements, at least 1), to tell whether the next ``add`` continues it.
 
@@ -84,6 +91,14 @@ class TrajectoryState:
     start: jax.Array
     n_traj: jax.Array
     last: jax.Array
+    rec_head: jax.Array
+
+
+def record_slot(ts: TrajectoryState, lane, seq, capacity: int):
+    """Slot in ``[0, capacity)`` of the record of trajectory ``seq`` of flat lane ``lane`` (any
+    matching shapes). Consecutive numbers get consecutive slots modulo ``capacity``; exact across the int32 wrap
+    of the numbers (only their difference to ``n_traj`` is used)."""
+    return (ts.rec_head[lane] + (seq - ts.n_traj[lane])) % capacity
 
 
 class KeySpec(NamedTuple):
@@ -173,6 +188,7 @@ def init(layout, spec: KeySpec) -> TrajectoryState:
         start=jnp.zeros((n, cap), jnp.int32),
         n_traj=jnp.zeros((n,), jnp.int32),
         last=jnp.zeros((n, feat), spec.dtype),
+        rec_head=jnp.zeros((n,), jnp.int32),
     )
 
 
@@ -214,7 +230,8 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     # stamps, so it stays right if stamps wrap).
     last_new = jax.lax.cummax(jnp.where(new, steps, -1), axis=1)
     lanes = jnp.arange(n_l, dtype=jnp.int32)
-    ongoing = ts.start[lanes, jnp.maximum(ts.n_traj - 1, 0) % cap]
+    # (with n_traj == 0 step 0 is new, so the garbage record read here is never used)
+    ongoing = ts.start[lanes, (ts.rec_head - 1) % cap]
     start = jnp.where(last_new >= 0, total + last_new, ongoing[:, None])
 
     skip = write.skip
@@ -225,13 +242,15 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     # One record per trajectory that has a kept step: written at its first kept step (at most
     # `capacity` consecutive numbers, hence distinct modulo capacity).
     first_kept = jnp.arange(seq_k.shape[1]) == 0
-    rec = jnp.where(new_k | first_kept[None, :], seq_k % cap, cap)
+    slot_k = (ts.rec_head[:, None] + (seq_k - ts.n_traj[:, None])) % cap  # record_slot, every lane
+    rec = jnp.where(new_k | first_kept[None, :], slot_k, cap)
     start_rec = ts.start.at[lanes[:, None], rec].set(start_k, mode="drop", unique_indices=True)
     new_ts = TrajectoryState(
         seq=seq_slots,
         start=start_rec,
         n_traj=ts.n_traj + cum[:, -1],
         last=x[:, -1, :].astype(ts.last.dtype),
+        rec_head=(ts.rec_head + cum[:, -1]) % cap,
     )
     written = Written(seq_k, start_k, jnp.broadcast_to(stamp_k, seq_k.shape))
     return new_ts, written
@@ -261,9 +280,10 @@ def bounds(ring, ts: TrajectoryState, ranges: LaneRanges, lane, seq):
     numbers; any matching shapes). Only meaningful for stored trajectories
     (``ranges.first[lane] <= seq <= ranges.last[lane]``); length is ``end - begin``."""
     cap = ring.capacity
-    true_start = ts.start[lane, seq % cap]
+    rec = record_slot(ts, lane, seq, cap)
+    true_start = ts.start[lane, rec]
     begin = ranges.oldest + jnp.maximum(true_start - ranges.oldest, 0)
-    nxt = ts.start[lane, (seq + 1) % cap]
+    nxt = ts.start[lane, jnp.where(rec == cap - 1, 0, rec + 1)]
     end = jnp.where(seq - ranges.last[lane] < 0, nxt, ring.added)
     return begin, end
 

@@ -92,6 +92,7 @@ class SliceSampler(_SliceBase):
             qrank=jnp.zeros((n_l, cap), jnp.int32),
             thr=jnp.full((), thr, jnp.int32),
             want=jnp.full((), thr, jnp.int32),
+            qhead=jnp.zeros((n_l,), jnp.int32),
         )
 
     def on_write(self, ring, sstate, write, data):
@@ -110,29 +111,32 @@ class SliceSampler(_SliceBase):
         reached_in_skip = first_kept & (off > thr - 1) & (w.start + thr - 1 - old_total >= 0)
         mark = (thr > 0) & ((off == thr - 1) | (reached_in_skip if write.skip else False))
         cap = layout.capacity
-        # Entry of the newest queued trajectory as of each step.
-        pos = sstate.queued[:, None] + jnp.cumsum(mark, axis=1, dtype=jnp.int32) - 1
+        # Entry of the newest queued trajectory as of each step, relative to entry `queued`.
+        rel = jnp.cumsum(mark, axis=1, dtype=jnp.int32) - 1
         # (Re)write the entry of every queued trajectory this add extended, once, at its last step
         # here: its start, and its end as of this add. A trajectory is queued iff it has reached
-        # thr steps (off >= thr - 1), and then it is the newest queued one, entry `pos`.
+        # thr steps (off >= thr - 1), and then it is the newest queued one, entry `queued + rel`.
         last_here = jnp.concatenate(
             [w.seq[:, 1:] != w.seq[:, :-1], jnp.ones((off.shape[0], 1), jnp.bool_)], axis=1
         )
         live = (thr > 0) & (off - (thr - 1) >= 0) & last_here
-        idx = jnp.where(live, pos % cap, cap)
+        idx = jnp.where(live, (sstate.qhead[:, None] + rel) % cap, cap)
         lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
         entry = jnp.stack([w.start, w.stamp + 1], axis=-1)
         queue = sstate.queue.at[lanes, idx].set(entry, mode="drop", unique_indices=True)
-        queued = sstate.queued + jnp.sum(mark, axis=1, dtype=jnp.int32)
+        n_marked = jnp.sum(mark, axis=1, dtype=jnp.int32)
+        queued = sstate.queued + n_marked
+        qhead = (sstate.qhead + n_marked) % cap
         # Queue rank of every trajectory with a record written by this add (the same slots as
         # trj.update's records): for one begun in this add, the entries appended before its
         # first step; one begun earlier keeps its rank.
-        rec = jnp.where((w.start == w.stamp) | first_kept, w.seq % cap, cap)
+        slot = trj.record_slot(ts, lanes, w.seq, cap)
+        rec = jnp.where((w.start == w.stamp) | first_kept, slot, cap)
         begun_here = w.start - old_total >= 0
-        excl = sstate.queued[:, None] + jnp.cumsum(mark, axis=1, dtype=jnp.int32) - mark
-        rank = jnp.where(begun_here, excl, sstate.qrank[lanes, w.seq % cap])
+        excl = sstate.queued[:, None] + rel + 1 - mark
+        rank = jnp.where(begun_here, excl, sstate.qrank[lanes, slot])
         qrank = sstate.qrank.at[lanes, rec].set(rank, mode="drop", unique_indices=True)
-        s = SliceState(ts, queue, queued, qrank, thr, sstate.want)
+        s = SliceState(traj=ts, queue=queue, queued=queued, qrank=qrank, thr=thr, want=sstate.want, qhead=qhead)
         # If the last sample asked for another length, rebuild the queue for it from the updated
         # records (once; see rlbuf._xla.run_at_most_once for why not a cond). It comes last, so
         # the records it reads are final and are not copied either.
@@ -141,12 +145,12 @@ class SliceSampler(_SliceBase):
 
         def rebuild(carry, traj, ranges_):
             r = self._rebuild(ring, dataclasses.replace(s, traj=traj, queue=carry[0], qrank=carry[1]), ranges_, want)
-            return r.queue, r.qrank, r.queued, r.thr
+            return r.queue, r.qrank, r.queued, r.thr, r.qhead
 
-        queue, qrank, queued, thr = _xla.run_at_most_once(
-            (want > 0) & (want != s.thr), rebuild, (s.queue, s.qrank, s.queued, s.thr), (s.traj, ranges)
+        queue, qrank, queued, thr, qhead = _xla.run_at_most_once(
+            (want > 0) & (want != s.thr), rebuild, (s.queue, s.qrank, s.queued, s.thr, s.qhead), (s.traj, ranges)
         )
-        return dataclasses.replace(s, queue=queue, qrank=qrank, queued=queued, thr=thr)
+        return dataclasses.replace(s, queue=queue, qrank=qrank, queued=queued, thr=thr, qhead=qhead)
 
     def _rebuild(self, ring, s: SliceState, ranges, n) -> SliceState:
         """The queue for length ``n`` (traced int32) from scratch, O(L × capacity)."""
@@ -160,11 +164,13 @@ class SliceSampler(_SliceBase):
             jnp.stack([begin, end], axis=-1), mode="drop", unique_indices=True
         )
         stored = jnp.arange(layout.capacity)[None, :] < ranges.n_stored[:, None]
-        qrank = s.qrank.at[lanes, jnp.where(stored, seq % layout.capacity, layout.capacity)].set(
+        slot = trj.record_slot(s.traj, lanes, seq, layout.capacity)
+        qrank = s.qrank.at[lanes, jnp.where(stored, slot, layout.capacity)].set(
             pos + 1 - long, mode="drop", unique_indices=True
         )
         queued = jnp.sum(long, axis=1, dtype=jnp.int32)
-        return SliceState(s.traj, queue, queued, qrank, jnp.asarray(n, jnp.int32), s.want)
+        return SliceState(traj=s.traj, queue=queue, queued=queued, qrank=qrank, thr=jnp.asarray(n, jnp.int32),
+                          want=s.want, qhead=queued % layout.capacity)
 
     def _eligible(self, ring, s: SliceState, ranges, n: int):
         """Per lane ``(head, count)``: the queue entries ``head .. head + count - 1`` are exactly
@@ -172,11 +178,11 @@ class SliceSampler(_SliceBase):
         cap = ring.capacity
         lanes = jnp.arange(ring.n_lanes, dtype=jnp.int32)
         hi = s.queued
-        head = s.qrank[lanes, ranges.first % cap]
+        head = s.qrank[lanes, trj.record_slot(s.traj, lanes, ranges.first, cap)]
         # Only the oldest stored trajectory can have shrunk below n (overwritten from its start):
         # every later queued one is whole, with at least thr = n steps.
-        begin, end = self._entry_bounds(s.queue[lanes, head % cap], ranges)
-        shrunk = (head < hi) & (end - begin < n)
+        begin, end = self._entry_bounds(s.queue[lanes, s.entry_slot(lanes, head)], ranges)
+        shrunk = (head - hi < 0) & (end - begin < n)
         head = head + shrunk
         return head, jnp.where(ranges.n_stored > 0, hi - head, 0)
 
@@ -203,7 +209,7 @@ class SliceSampler(_SliceBase):
         if self.strict_length:
             # within < counts <= capacity: one conditional subtract instead of a per-slice modulo.
             cap = layout.capacity
-            k = _xla.wrap_once((head % cap)[lane] + within, cap)
+            k = _xla.wrap_once(s.entry_slot(jnp.arange(layout.n_lanes), head)[lane] + within, cap)
             begin, end = self._entry_bounds(s.queue[lane, k], ranges)
         else:
             begin, end = trj.bounds(ring, s.traj, ranges, lane, head[lane] + within)
