@@ -265,8 +265,21 @@ class ShardedReplayBuffer:
     def global_storage(self, state: BufferState) -> Any:
         """Storage leaves with the shard axis merged into the first lane axis: ``[*lanes,
         capacity, ...]`` (``[G * capacity, ...]`` for ``ndim=1``), so that
-        ``global_storage(state)[k][info["index"]]`` is the sampled ``batch[k]``."""
-        return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), state.storage)
+        ``global_storage(state)[k][info["index"]]`` is the sampled ``batch[k]``.
+
+        A storage whose arrays are not one ``[*lanes, capacity, ...]`` leaf per key (e.g.
+        ``compact_next``: ``("next", k)`` is rebuilt, ``rlbuf.compact.CompactState``) is read
+        through its ``gather`` at every slot: a materialised copy with every key of the
+        ``add`` batches (slots never written, or whose item the storage cannot return, hold
+        what ``gather`` reads there)."""
+        layout = state.layout
+        if jax.tree_util.tree_structure(state.storage) == layout.treedef:
+            return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), state.storage)
+        grids = jnp.meshgrid(*[jnp.arange(d, dtype=jnp.int32) for d in (*layout.lanes, layout.capacity)],
+                             indexing="ij")
+        gather = jax.vmap(lambda st: self._local.storage.gather(layout, st, tuple(grids)))
+        return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]),
+                                      jax.jit(gather)(state.storage))
 
     def num_stored(self, state: BufferState) -> jax.Array:
         """int32 scalar: transitions stored over all shards (jittable; a ``G``-element reduction,

@@ -371,6 +371,44 @@ def buffer_tuple_keys():
         assert add._cache_size() == n, (n, add._cache_size())
 
 
+@check
+def buffer_compact_global_storage():
+    """``compact_next`` on 4 shards (ndim 2 and 1, wrap-around): ``global_storage`` of the
+    ``CompactState`` equals the plain sharded buffer's (every key, ``("next", k)`` rebuilt),
+    ``global_storage(state)[k][info["index"]]`` is ``batch[k]``, samples equal the plain ones."""
+
+    def episodes(c, B, T):  # obs [lane, step]; done every 3rd step with a distinct final obs
+        t = c + np.arange(T)
+        obs = np.stack(np.broadcast_arrays(np.arange(B)[:, None], t[None]), -1).astype(np.int32)
+        done = np.broadcast_to((t + 1) % 3 == 0, (B, T))
+        nxt = obs.copy()
+        nxt[..., 1] = np.where(done, -(t + 1), t + 1)
+        return {"observation": obs, "next": {"observation": nxt, "done": done}}, c + T
+
+    for ndim in (2, 1):
+        flat = (lambda d: d) if ndim == 2 else (  # noqa: E731
+            lambda d: jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), d))
+        mk = lambda **kw: shard(ReplayBuffer(  # noqa: E731
+            storage=LazyTensorStorage(8 * 6, ndim=ndim, **kw), batch_size=8), MESH)
+        plain, comp = mk(), mk(compact_next=True, final_obs_size=8 * 6)
+        d, c = episodes(0, 8, 1)
+        sp, sc = plain.init(flat(d)), comp.init(flat(d))
+        for T in (4, 5, 4):
+            d, c = episodes(c, 8, T)
+            sp, sc = jax.jit(plain.add)(sp, flat(d)), jax.jit(comp.add)(sc, flat(d))
+        gp, gc = host(plain.global_storage(sp)), host(comp.global_storage(sc))
+        assert tree_equal(gc, gp), f"ndim={ndim}: compact global storage != plain"
+        key = jax.random.key(4)
+        (_, bp, ip), (_, bc, ic) = jax.jit(plain.sample)(sp, key), jax.jit(comp.sample)(sc, key)
+        assert tree_equal(bc, bp) and tree_equal(ic, ip), f"ndim={ndim}: compact samples != plain"
+        idx = ic["index"] if isinstance(ic["index"], tuple) else (ic["index"],)
+        gi = tuple(np.asarray(i) for i in idx)
+        for k in (("observation",), ("next", "observation"), ("next", "done")):
+            got = gc[k[0]] if len(k) == 1 else gc[k[0]][k[1]]
+            want = bc[k[0]] if len(k) == 1 else bc[k[0]][k[1]]
+            assert np.array_equal(got[gi], np.asarray(want)), f"ndim={ndim}: global_storage{k}[index] != batch"
+
+
 # -------------------------------------------------------------------------------- collectors
 def assert_ids_consistent(batches):
     """Every traj id names exactly one (env_id, episode_id), and vice versa."""

@@ -23,6 +23,7 @@ CHECKS = [
     "buffer_slice_sharded",
     "buffer_prioritized_sharded",
     "buffer_tuple_keys",
+    "buffer_compact_global_storage",
     "collector_sharded_matches_local",
     "multisync_sharded",
     "collector_sharded_carry",
