@@ -9,12 +9,21 @@ axis ``axis`` of the frame (``[84, 84]`` frames, ``axis=-1``: ``[84, 84, 4]``), 
 
 Frames before the trajectory's start repeat its first frame (gymnasium's
 ``FrameStackObservation(padding_type="reset")``, Dopamine, TorchRL's ``CatFrames``). Step
-``s`` continues into ``s + 1`` unless ``("next", "done")`` or ``("next", "truncated")`` is
-True at ``s`` or the storage reports a break there (``Storage.breaks``: with
-``compact_next``, every step whose next observation is not the following stored one, e.g.
-the cut at the end of a ``reset_at_each_iter`` batch). The walk back never leaves the stored
-steps of the lane: if the trajectory's first steps were overwritten, its oldest stored frame
-is repeated (never a frame of a slot overwritten since).
+``s`` continues into ``s + 1`` unless
+
+- the trajectory ids differ (``traj_key``; by default ``("collector", "traj_ids")`` or
+  ``"episode"`` when stored, the slice samplers' order): this sees every start, including a
+  ``reset_at_each_iter`` batch that begins a new trajectory without a done flag;
+- ``("next", "done")`` or ``("next", "truncated")`` is True at ``s``;
+- or the storage reports a break there (``Storage.breaks``: with ``compact_next``, every
+  step whose next observation is not the following stored one, e.g. the cut at the end of a
+  ``reset_at_each_iter`` batch).
+
+Without trajectory ids and without ``compact_next`` only flagged ends are seen: a cut that no
+flag marks is invisible (the stack then holds frames of the previous trajectory); ``init``
+warns when neither ids nor flags are stored and the storage reports no breaks. The walk back
+never leaves the stored steps of the lane: if the trajectory's first steps were overwritten,
+its oldest stored frame is repeated (never a frame of a slot overwritten since).
 
 Cost: ``num_frames - 1`` extra frame gathers per item and key (the observation and next
 observation of the item are the buffer's own gather), plus one flag gather per offset.
@@ -23,6 +32,8 @@ observation of the item are the buffer's own gather), plus one flag gather per o
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -30,6 +41,8 @@ from rlbuf import _tree
 from rlbuf.samplers.base import zero_masked
 
 FLAGS = (("next", "done"), ("next", "truncated"))
+#: Trajectory-id keys tried in order when ``traj_key`` is not given (the slice samplers' order).
+AUTO_TRAJ_KEYS = (("collector", "traj_ids"), ("episode",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +53,14 @@ class FrameStack:
       num_frames: frames per stack (``>= 1``).
       keys: stored keys holding single frames (strings, tuples for nested keys).
       axis: where the new stack axis goes in each frame's shape (``-1``: last; ``0``: first).
+      traj_key: stored trajectory ids (any int leaf, one per step; trailing dims compared
+        whole); ``None``: ``("collector", "traj_ids")``, then ``"episode"``, if stored.
     """
 
     num_frames: int
     keys: tuple = ("observation",)
     axis: int = -1
+    traj_key: Any = dataclasses.field(default=None, kw_only=True)
 
     def __post_init__(self):
         if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
@@ -53,13 +69,32 @@ class FrameStack:
             raise ValueError(f"FrameStack: keys must be a non-empty sequence of keys, got {self.keys!r}")
         if not isinstance(self.axis, int) or isinstance(self.axis, bool):
             raise ValueError(f"FrameStack: axis must be an int, got {self.axis!r}")
+        if self.traj_key is not None and not isinstance(self.traj_key, (str, tuple)):
+            raise ValueError(f"FrameStack: traj_key must be a key (a string, a tuple for nested keys), "
+                             f"got {self.traj_key!r}")
 
     @property
     def _keys(self) -> tuple:
         return tuple(_tree.as_tuple(k) for k in self.keys)
 
-    def check(self, layout) -> None:
-        """Raise at ``init`` if a key is not stored or the axis does not fit its frames."""
+    def _traj_key(self, layout):
+        """The stored trajectory-id key, or ``None``."""
+        if self.traj_key is not None:
+            return _tree.as_tuple(self.traj_key)
+        stored = set(layout.keys())
+        return next((k for k in AUTO_TRAJ_KEYS if k in stored), None)
+
+    def check(self, layout, storage=None) -> None:
+        """Raise at ``init`` if a key is not stored or the axis does not fit its frames; warn
+        when no boundary information is stored (see the module docstring)."""
+        if self.traj_key is not None:
+            layout.spec(self.traj_key)  # raises naming the key
+        elif self._traj_key(layout) is None and not any(f in layout.keys() for f in FLAGS) \
+                and not (storage is not None and storage.reports_breaks):
+            warnings.warn(
+                "FrameStack: no trajectory ids (traj_key, ('collector', 'traj_ids'), 'episode') nor "
+                "('next', 'done') / ('next', 'truncated') flags are stored: stacks cannot see where a "
+                "trajectory starts and may hold frames of the previous one", stacklevel=3)
         for k in self._keys:
             shape, _ = layout.spec(k)  # raises naming the key
             if not -len(shape) - 1 <= self.axis <= len(shape):
@@ -101,6 +136,13 @@ class FrameStack:
             for f in flags:
                 x = _tree.get(prev, f)
                 brk = brk | jnp.any(x.reshape(*s.shape, -1) != 0, axis=-1)
+        tk = self._traj_key(layout)
+        if tk is not None:  # slot t-j is a break if its id differs from slot t-j+1's
+            s0 = jnp.concatenate([t[..., None], s], axis=-1)  # [*S, K]: t, t-1, .., t-K+1
+            l0 = tuple(jnp.broadcast_to(i[..., None], s0.shape) for i in index[:-1])
+            ids = _tree.get(storage.gather(layout, sstorage, (*l0, s0)), tk)
+            ids = ids.reshape(*s0.shape, -1)
+            brk = brk | jnp.any(ids[..., 1:, :] != ids[..., :-1, :], axis=-1)
         ok = (j <= ring.logical(t)[..., None]) & ~brk
         n_cont = jnp.sum(jnp.cumprod(ok, axis=-1, dtype=jnp.int32), axis=-1)  # steps back in the trajectory
         first = jnp.take_along_axis(s, jnp.maximum(n_cont - 1, 0)[..., None], axis=-1)[..., 0]

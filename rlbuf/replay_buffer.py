@@ -152,7 +152,7 @@ class ReplayBuffer:
                 )
         self.writer.check(layout)
         if self.frame_stack is not None:
-            self.frame_stack.check(layout)
+            self.frame_stack.check(layout, self.storage)
         self.sampler.check(layout, self.batch_size)
         # Distinct arrays: one buffer donated twice would be an error.
         z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731

@@ -215,8 +215,13 @@ class Storage:
     def breaks(self, layout: Layout, storage: Any, index: tuple):
         """Bool ``[*S]``: True where the stored step at ``index`` is known not to continue into
         the following slot (used by ``rlbuf.FrameStack``); ``None`` (default): unknown, the
-        done/truncated flags decide."""
+        trajectory ids and done/truncated flags decide."""
         return None
+
+    @property
+    def reports_breaks(self) -> bool:
+        """Whether ``breaks`` returns an array (every break, flagged or not) rather than ``None``."""
+        return False
 
     def split(self, n_groups: int) -> "Storage":
         """The storage of one of ``n_groups`` lane groups: ``max_size / n_groups`` transitions,
@@ -290,6 +295,10 @@ class LazyTensorStorage(Storage):
         if self.compact_next:
             return compact.valid(self, layout, storage, index)
         return None
+
+    @property
+    def reports_breaks(self) -> bool:  # type: ignore[override]
+        return self.compact_next
 
     def breaks(self, layout: Layout, storage: Any, index: tuple):
         if self.compact_next:

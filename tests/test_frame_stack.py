@@ -2,6 +2,8 @@
 reference built from ground-truth episode ids (frames of the same episode, still stored, the
 first one repeated), with and without ``compact_next``, flat and sliced samples, ndim 1/2/3."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,13 +74,20 @@ def reference(state, batch, index, mask, axis):
     return out
 
 
-def run(ndim, cap, sampler, compact, t_lens, lengths, resets, axis=-1, seed=0):
+def with_ids(data):
+    """``data`` with ``("collector", "traj_ids")``: the ground-truth episode number."""
+    return {**data, "collector": {"traj_ids": data["observation"][..., 1]}}
+
+
+def run(ndim, cap, sampler, compact, t_lens, lengths, resets, axis=-1, seed=0, ids=False):
     plain, fs, add, sample = buffers(ndim, cap, sampler, compact, axis)
     sim = Episodes(LANES[ndim], lengths, seed)
-    first = sim.batch(1)
+    tag = with_ids if ids else (lambda d: d)
+    first = tag(sim.batch(1))
     sp, sf = plain.init(first), fs.init(first)
     for i, (t, reset) in enumerate(zip(t_lens, resets)):
-        data = sim.batch(t, reset=reset and compact)  # a cut without done/truncated: compact only
+        # A cut without done/truncated: seen through compact_next's breaks or the stored ids.
+        data = tag(sim.batch(t, reset=reset and (compact or ids)))
         sp, sf = add(plain, sp, data), add(fs, sf, data)
         key = jax.random.key(seed * 100 + i)
         sp, bp, ip = sample(plain, sp, key)
@@ -94,6 +103,28 @@ def run(ndim, cap, sampler, compact, t_lens, lengths, resets, axis=-1, seed=0):
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_stacks_match_reference(sampler, compact):
     run(2, 6, sampler, compact, (3, 1, 11, 4), (1, 2, 5), (False, True, False, True))
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_traj_ids_see_unflagged_cuts(sampler):
+    """Without ``compact_next``, stored trajectory ids (``("collector", "traj_ids")``, found
+    by default) mark the ``reset_at_each_iter`` starts that no done flag marks."""
+    run(2, 6, sampler, False, (3, 1, 11, 4), (2, 5), (False, True, False, True), ids=True)
+
+
+def test_no_boundary_information_warns():
+    data = {"observation": jnp.zeros((2, 1, 3)), "next": {"observation": jnp.zeros((2, 1, 3))}}
+    mk = lambda st, **kw: ReplayBuffer(storage=st, batch_size=2, frame_stack=FrameStack(2, **kw))  # noqa: E731
+    with pytest.warns(UserWarning, match="trajectory ids"):
+        mk(LazyTensorStorage(8, ndim=2)).init(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mk(LazyTensorStorage(8, ndim=2, compact_next=True)).init(data)  # compact_next sees every break
+        mk(LazyTensorStorage(8, ndim=2)).init({**data, "episode": jnp.zeros((2, 1), jnp.int32)})
+    with pytest.raises(KeyError, match="traj"):
+        mk(LazyTensorStorage(8, ndim=2), traj_key=("collector", "traj")).init(data)
+    with pytest.raises(ValueError, match="traj_key"):
+        FrameStack(2, traj_key=["collector", "traj_ids"])
 
 
 def test_axis_first_and_uint8():
