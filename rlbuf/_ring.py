@@ -101,12 +101,16 @@ class Ring:
         return unflatten_index(flat, self.layout.lanes, self.layout.capacity)
 
     def lane_slots(self, positions):
-        """Flat positions ``[n_lanes * len(positions)]`` of time slots ``positions`` in every lane
-        (lane-major) and whether each is a real slot (``< capacity``; writers drop the others)."""
+        """Flat positions ``[n_lanes * t]`` of time slots ``positions`` (``[t]``: the same slots
+        in every lane; ``[*lanes, t]``: each lane's own, as ``MaxValueWriter`` gives with lanes),
+        lane-major, and whether each is a real slot (``< capacity``; writers drop the others)."""
         cap, n = self.layout.capacity, self.layout.n_lanes
-        flat = (jnp.arange(n, dtype=jnp.int32)[:, None] * cap + positions[None, :]).reshape(-1)
-        valid = jnp.broadcast_to(positions < cap, (n, positions.shape[0])).reshape(-1)
-        return flat, valid
+        if positions.ndim > 1:
+            per_lane = positions.reshape(n, -1)
+        else:
+            per_lane = jnp.broadcast_to(positions, (n, positions.shape[0]))
+        flat = (jnp.arange(n, dtype=jnp.int32)[:, None] * cap + per_lane).reshape(-1)
+        return flat, (per_lane < cap).reshape(-1)
 
 
 def write_positions(cursor, t: int, capacity: int):

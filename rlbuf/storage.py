@@ -11,7 +11,8 @@ The interface (``ReplayBuffer`` calls nothing else, so a new storage is a new fi
 - ``check(layout, data) -> T``: validate an ``add`` batch (errors name the key) and return
   its time length;
 - ``write(layout, storage, positions, data, skip) -> storage``: put ``data[..., skip:, ...]``
-  at time slots ``positions`` of every lane (slots ``>= capacity`` are dropped);
+  at time slots ``positions`` (``[t]``: the same in every lane; ``[*lanes, t]``: per lane, only
+  from writers without ``"time_order"``; slots ``>= capacity`` are dropped);
 - ``gather(layout, storage, index) -> batch``: the items at ``index = (*lane_idx, t)``;
 - ``valid(layout, storage, index)``: bool ``[*S]``, False for stored items it cannot return
   (never sampled: ``rlbuf.samplers.base.Sampler.draw``), or ``None``: all can be returned;
@@ -317,7 +318,8 @@ class LazyTensorStorage(Storage):
 
 
     def write(self, layout: Layout, storage: Any, positions, data: Any, skip: int = 0) -> Any:
-        """Scatter ``data[..., skip:, ...]`` (time axis ``ndim - 1``) into time slots ``positions``.
+        """Scatter ``data[..., skip:, ...]`` (time axis ``ndim - 1``) into time slots ``positions``
+        (``[t]``, the same in every lane, or ``[*lanes, t]``, per lane).
 
         Positions ``>= capacity`` are dropped (negative ones would wrap), which writers use to
         discard items.
@@ -327,6 +329,8 @@ class LazyTensorStorage(Storage):
             return compact.write(self, layout, storage, positions, data, skip)
         ax = layout.ndim - 1
         lead = (slice(None),) * ax
+        if positions.ndim > 1:  # each lane its own slots, [*lanes, t] (MaxValueWriter with lanes)
+            lead = tuple(self._host(jax.lax.broadcasted_iota(jnp.int32, positions.shape, d)) for d in range(ax))
         positions = self._host(positions)
 
         def put(buf, x):

@@ -1,6 +1,7 @@
 """MaxValueWriter against a plain-python top-k model: kept items, tie rule, the [0, count)
 invariant, batches longer than the buffer, reductions, errors, compile once, and use with
-PrioritizedSampler."""
+PrioritizedSampler; with lanes (ndim 2/3) the same model per lane, per-worker buffers, and
+per-lane max priorities."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import PrioritizedSampler
+from rlbuf.samplers.random import RandomSampler
+from rlbuf.samplers.slice import SliceSampler
 from rlbuf.storage import LazyTensorStorage
 from rlbuf.writers import MaxValueWriter, TensorDictMaxValueWriter
 
@@ -116,9 +119,105 @@ def test_with_prioritized_sampler_new_slots_get_max_priority():
 def test_errors():
     with pytest.raises(ValueError, match="reduction must be one of"):
         MaxValueWriter(reduction="prod")
-    rb = ReplayBuffer(storage=LazyTensorStorage(8, ndim=2), writer=MaxValueWriter(), batch_size=2)
-    with pytest.raises(ValueError, match="only ndim=1 storage"):
-        rb.init({"next": {"reward": jnp.zeros((2, 1))}})
+    rb = ReplayBuffer(storage=LazyTensorStorage(8, ndim=2), writer=MaxValueWriter(), batch_size=2,
+                      sampler=SliceSampler(slice_len=2, traj_key="ep"))
+    with pytest.raises(ValueError, match=r"SliceSampler needs a writer that provides \['time_order'\]"):
+        rb.init({"ep": jnp.zeros((2, 1)), "next": {"reward": jnp.zeros((2, 1))}})
+    rb = ReplayBuffer(storage=LazyTensorStorage(8, ndim=2, compact_next=True), writer=MaxValueWriter(), batch_size=2)
+    with pytest.raises(ValueError, match=r"LazyTensorStorage \(as configured\) needs a writer"):
+        rb.init({"obs": jnp.zeros((2, 1)), "next": {"obs": jnp.zeros((2, 1)), "reward": jnp.zeros((2, 1))}})
     rb = ReplayBuffer(storage=LazyTensorStorage(8), writer=MaxValueWriter(), batch_size=2)
     with pytest.raises(ValueError, match=r"rank_key \('next', 'reward'\) is not stored"):
         rb.init({"reward": jnp.zeros((1,))})
+
+
+# ------------------------------------------------------------------------- lanes (ndim > 1)
+LANES = {2: (3,), 3: (2, 2)}
+
+
+@functools.lru_cache(maxsize=None)
+def setup_lanes(ndim, reduction):
+    lanes = LANES[ndim]
+    rb = ReplayBuffer(storage=LazyTensorStorage(int(np.prod(lanes)) * CAP, ndim=ndim),
+                      writer=MaxValueWriter("score", reduction), sampler=RandomSampler(), batch_size=16)
+    example = {"id": jnp.zeros((*lanes, 1), jnp.int32), "score": jnp.zeros((*lanes, 1, 2), jnp.float32)}
+    return rb, example, jax.jit(rb.add), jax.jit(rb.sample)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(
+    ndim=st.sampled_from([2, 3]),
+    adds=st.lists(st.tuples(st.sampled_from([1, 3, 7]), st.data()), min_size=1, max_size=5),
+    reduction=st.sampled_from(["sum", "max", "min", "mean", "median"]),
+)
+def test_lanes_against_per_lane_reference(ndim, adds, reduction):
+    """Items ``[*lanes, T]``: each lane keeps the top CAP of its own stored and new items (the
+    one-lane reference per lane, same tie rule); all lanes share ``count`` and keep the
+    ``[0, count)`` invariant; unwritten slots stay zero; a sample reads stored items only."""
+    rb, example, add, sample = setup_lanes(ndim, reduction)
+    lanes = LANES[ndim]
+    n = int(np.prod(lanes))
+    s = rb.init(example)
+    refs = [TopK(CAP) for _ in range(n)]
+    seq = 0
+    for t, draw in adds:
+        score = np.array(draw.draw(st.lists(st.sampled_from([-1.0, 0.0, 1.0, 2.5, np.nan, -np.inf]),
+                                            min_size=n * t * 2, max_size=n * t * 2)), np.float32).reshape(n, t, 2)
+        ids = (1000 * np.arange(n)[:, None] + seq + np.arange(t)[None, :]).astype(np.int32)  # (lane, item)
+        seq += t
+        s = add(s, {"id": jnp.asarray(ids.reshape(*lanes, t)), "score": jnp.asarray(score.reshape(*lanes, t, 2))})
+        red = np.sort(score, -1)[..., 0] if reduction == "median" else getattr(np, reduction)(score, -1)
+        for lane in range(n):
+            refs[lane].add(list(red[lane]), list(ids[lane]))
+        count = int(s.count)
+        stored = np.asarray(s.storage["id"]).reshape(n, CAP)
+        scores = np.asarray(s.storage["score"]).reshape(n, CAP, 2)
+        for lane in range(n):
+            assert count == len(refs[lane].slots)
+            want = [i for _, i in refs[lane].slots]
+            np.testing.assert_array_equal(stored[lane, :count], want, err_msg=f"lane {lane}")
+            assert not stored[lane, count:].any() and not scores[lane, count:].any()
+    _, batch, info = sample(s, jax.random.key(seq))
+    idx = tuple(np.asarray(i) for i in info["index"])
+    np.testing.assert_array_equal(np.asarray(s.storage["id"])[idx], batch["id"])
+    assert (idx[-1] < int(s.count)).all()
+    np.testing.assert_array_equal(np.asarray(batch["id"]) // 1000, np.ravel_multi_index(idx[:-1], lanes))
+
+
+def test_lanes_prioritized_new_slots_get_max_priority_per_lane():
+    """ndim=2: a prioritized sampler gives max priority to the slots each lane wrote, and only
+    to those (a lane whose items were all evicted-against keeps its leaves)."""
+    rb = ReplayBuffer(storage=LazyTensorStorage(2 * 3, ndim=2), writer=MaxValueWriter("score"),
+                      sampler=PrioritizedSampler(6, 1.0, 1.0, eps=0.0), batch_size=8)
+    add = jax.jit(rb.add)
+    s = add(rb.init({"score": jnp.zeros((2, 1))}), {"score": jnp.array([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]])})
+    s = jax.jit(rb.update_priority)(s, (jnp.array([0, 0, 0, 1, 1, 1]), jnp.array([0, 1, 2, 0, 1, 2])),
+                                    jnp.array([0.0, 0.5, 0.0, 0.25, 0.0, 4.0]))
+    s = add(s, {"score": jnp.array([[9.0], [0.0]])})  # lane 0 evicts its slot 0 (rank 1); lane 1 keeps all
+    assert np.asarray(s.storage["score"]).tolist() == [[9.0, 2.0, 3.0], [5.0, 6.0, 7.0]]
+    np.testing.assert_allclose(np.asarray(s.sampler.tree.sums[-1][:6]), [4.0, 0.5, 0.0, 0.25, 0.0, 4.0])
+    _, batch, info = jax.jit(rb.sample)(s, jax.random.key(0))
+    assert set(np.asarray(batch["score"]).tolist()) <= {9.0, 2.0, 5.0, 7.0}
+
+
+def test_lanes_per_worker_equals_plain_lanes():
+    """Lanes rank alone, so ``PerWorkerReplayBuffer`` (W workers of L lanes) stores exactly what
+    one plain buffer of W*L lanes stores for the same items."""
+    from rlbuf.sharding import PerWorkerReplayBuffer
+
+    W, L = 2, 2
+    writer = MaxValueWriter("score", "max")
+    prb = PerWorkerReplayBuffer(ReplayBuffer(storage=LazyTensorStorage(W * L * CAP, ndim=2), writer=writer,
+                                             batch_size=4), W)
+    plain = ReplayBuffer(storage=LazyTensorStorage(W * L * CAP, ndim=2), writer=writer, batch_size=4)
+    rng = np.random.default_rng(0)
+    ex = {"score": jnp.zeros((L, 1, 3)), "id": jnp.zeros((L, 1), jnp.int32)}
+    ps, s = prb.init(ex), plain.init({"score": jnp.zeros((W * L, 1, 3)), "id": jnp.zeros((W * L, 1), jnp.int32)})
+    for i, t in enumerate((4, 2, 5, 1)):
+        score = rng.integers(0, 4, size=(W * L, t, 3)).astype(np.float32)  # ties included
+        ids = (100 * i + np.arange(W * L * t, dtype=np.int32)).reshape(W * L, t)
+        ps = jax.jit(prb.add)(ps, {"score": score.reshape(W, L, t, 3), "id": ids.reshape(W, L, t)})
+        s = jax.jit(plain.add)(s, {"score": score, "id": ids})
+        for k in ("id", "score"):
+            np.testing.assert_array_equal(np.asarray(ps.storage[k]).reshape(np.shape(s.storage[k])), s.storage[k])
+        np.testing.assert_array_equal(np.asarray(ps.writer["rank"]).reshape(W * L, CAP), s.writer["rank"])

@@ -35,9 +35,11 @@ class WriteInfo(NamedTuple):
     """What one ``add`` did to the ring (all int32 arrays).
 
     ``positions``: ``[t]`` physical time slots written, in data order (the same slots in every
-    lane); a slot ``>= capacity`` means "dropped". ``skip``: static count of leading data steps
-    discarded before ``positions[0]`` (a batch longer than the ring). ``cursor``/``count``:
-    the ring before the write; ``new_cursor``/``new_count``: after it.
+    lane), or ``[*lanes, t]``, each lane's own slots (``MaxValueWriter`` with lanes; a writer
+    that provides ``"time_order"`` always gives ``[t]``); a slot ``>= capacity`` means
+    "dropped". ``skip``: static count of leading data steps discarded before ``positions[0]``
+    (a batch longer than the ring). ``cursor``/``count``: the ring before the write;
+    ``new_cursor``/``new_count``: after it.
     """
 
     positions: jax.Array

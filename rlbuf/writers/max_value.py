@@ -7,6 +7,15 @@ items never move, so the storage write is a plain scatter; the free slots are fi
 ascending order, which keeps the buffer's invariant that the written slots are
 ``[0, count)`` (empty slots are ranked below every item, so they are filled first).
 
+Storages with lanes (``ndim > 1``, items ``[*lanes, T]``) rank **per lane**: each lane keeps
+its own top-``capacity`` of its stored items and the ``T`` items the add brings to that lane;
+items never compete across lanes (a lane is one env's stream, as in the round-robin layout).
+Every lane receives ``T`` items per add, so all lanes share one ``count`` and each lane's
+written slots are ``[0, count)``. This is what makes ``rlbuf.shard``/``PerWorkerReplayBuffer``
+exact (a group's lanes rank alone). TorchRL refuses ``ndim > 1`` here; a global top-k over
+all lanes would need lanes of unequal fill. The writer then reports per-lane slots:
+``WriteInfo.positions`` ``[*lanes, T]``.
+
 Tie rule (deterministic): on equal ranks a stored item beats a new one (as in TorchRL, where
 an item replaces the minimum only if its rank is strictly larger), among stored items the
 lower slot wins, and among new items the earlier one (in data order) wins.
@@ -45,19 +54,23 @@ class MaxValueWriter(Writer):
       reduction: ``"sum"`` (default), ``"mean"``, ``"max"``, ``"min"`` or ``"median"`` (the lower
         median, as ``torch.median``) over the trailing dims (TorchRL's ``reduction``).
 
-    Only ``ndim=1`` storage (``LazyTensorStorage(max_size)``, items ``[N, ...]``): ranking
-    whole time rows of several lanes has no single meaning, so other layouts raise at
-    ``ReplayBuffer.init``. Ranks are compared as float32; NaN ranks count as ``-inf``.
+    Any ``ndim``: with ``ndim > 1`` (items ``[*lanes, T, ...]``) each lane keeps its own top
+    ``capacity`` items (module docstring). Ranks are compared as float32; NaN ranks count as
+    ``-inf``.
 
-    State (``BufferState.writer``): ``rank`` ``[capacity]`` int32 order keys of the stored
-    items (an empty slot holds the minimum int32).
+    State (``BufferState.writer``): ``rank`` ``[*lanes, capacity]`` int32 order keys of the
+    stored items (an empty slot holds the minimum int32); ``[capacity]`` for ``ndim=1``.
 
     ``WriteInfo.positions`` has one entry per data item: its slot, or ``capacity + j`` (``j`` its
-    position in the batch) for an item that is not kept. ``cursor`` is ``count % capacity``
+    position in the batch) for an item that is not kept; ``[T]`` for ``ndim=1``, ``[*lanes,
+    T]`` (each lane's own slots) otherwise. ``cursor`` is ``count % capacity``
     (meaningless for ranking, kept so that ring helpers stay well defined). It does not
-    provide ``"time_order"``, so samplers that rely on round-robin order (slice samplers) are
-    refused at ``ReplayBuffer.init``; uniform and prioritized samplers work (a prioritized
-    sampler gives each written slot the max priority).
+    provide ``"time_order"``, so samplers that rely on round-robin order (slice samplers) and
+    ``compact_next`` storage are refused at ``ReplayBuffer.init``; uniform, without-replacement
+    and prioritized samplers work (a prioritized sampler gives each written slot the max
+    priority). Under ``rlbuf.shard``/``PerWorkerReplayBuffer`` each group ranks alone: per lane
+    as above for ``ndim > 1``; for ``ndim=1`` each group keeps the top ``capacity / G`` of the
+    transitions it receives.
     """
 
     rank_key: object = _fields.key(("next", "reward"))
@@ -67,11 +80,6 @@ class MaxValueWriter(Writer):
         _reduce.check(self.reduction, "MaxValueWriter")
 
     def check(self, layout) -> None:
-        if layout.ndim != 1:
-            raise ValueError(
-                f"MaxValueWriter: only ndim=1 storage is supported (items [N, ...]), got ndim={layout.ndim} "
-                f"with lanes {layout.lanes}; flatten the batch to [N, ...] before adding"
-            )
         try:
             layout.spec(self.rank_key)
         except KeyError:
@@ -80,43 +88,58 @@ class MaxValueWriter(Writer):
                 f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} is not stored in the buffer "
                 f"(stored keys: {stored})"
             ) from None
-        _, dt = layout.spec(self.rank_key)
+        shape, dt = layout.spec(self.rank_key)
         if dt.kind not in "fiub":
             raise TypeError(f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} has non-numeric dtype {dt}")
+        if 0 in shape:
+            raise ValueError(f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} has no elements per item "
+                             f"(trailing shape {shape})")
 
     def init(self, layout):
         self.check(layout)
-        return {"rank": jnp.full((layout.capacity,), _EMPTY, jnp.int32)}
+        return {"rank": jnp.full((*layout.lanes, layout.capacity), _EMPTY, jnp.int32)}
 
-    def item_rank(self, data):
-        """float32 ``[T]`` rank of each item of ``data`` (leaves ``[T, ...]``)."""
+    def item_rank(self, data, ndim: int = 1):
+        """float32 ``[*lanes, T]`` rank of each item of ``data`` (leaves ``[*lanes, T, ...]``,
+        ``ndim`` batch dims): the rank key reduced over its trailing dims with ``reduction``."""
         x = _tree.get(data, self.rank_key).astype(jnp.float32)
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] == 0:
+        x = x.reshape(*x.shape[:ndim], -1)
+        if x.shape[-1] == 0:
             raise ValueError(f"MaxValueWriter: rank_key {_tree.key_str(self.rank_key)} has no elements per item")
-        return _reduce.reduce_trailing(x, 1, self.reduction)
+        return _reduce.reduce_trailing(x, ndim, self.reduction)
 
     def write(self, ring, wstate, data):
-        cap = ring.capacity
-        new = _order_key(self.item_rank(data))
-        t_len = new.shape[0]
-        stored = wstate["rank"]
-        # One top-k over (stored ∪ new): stored first, so ties keep the stored items
-        # (top_k prefers the lower index on ties).
-        _, sel = jax.lax.top_k(jnp.concatenate([stored, new]), cap)
-        chosen = jnp.zeros((cap + t_len,), bool).at[sel].set(True, unique_indices=True)
-        take = chosen[cap:]
-        # Free slots ascending: evicted slots (< count) first, then the empty ones from count
-        # on (all empty slots count as free, whichever of the tied empties top_k picked).
-        free = ~chosen[:cap] | (stored == _EMPTY)
-        free_slots = jnp.nonzero(free, size=cap, fill_value=cap)[0].astype(jnp.int32)
-        r = jnp.cumsum(take.astype(jnp.int32)) - 1
-        j = jnp.arange(t_len, dtype=jnp.int32)
-        positions = jnp.where(take, free_slots[jnp.clip(r, 0, cap - 1)], cap + j)
-        rank = stored.at[positions].set(new, mode="drop", unique_indices=True)
+        cap, lanes = ring.capacity, ring.lanes
+        new = _order_key(self.item_rank(data, ring.layout.ndim))
+        t_len = new.shape[-1]
+        if lanes:  # each lane its own top-k: the one-lane selection mapped over the flat lanes
+            positions, rank = jax.vmap(lambda s, n: _select(s, n, cap))(
+                wstate["rank"].reshape(-1, cap), new.reshape(-1, t_len))
+            positions, rank = positions.reshape(*lanes, t_len), rank.reshape(*lanes, cap)
+        else:
+            positions, rank = _select(wstate["rank"], new, cap)
         new_count = jnp.minimum(ring.count + t_len, cap).astype(jnp.int32)
         info = WriteInfo(positions, 0, ring.cursor, ring.count, new_count % cap, new_count)
         return info, {"rank": rank}, data
+
+
+def _select(stored, new, cap: int):
+    """One lane: ``(positions [T], rank [cap])`` after keeping the top ``cap`` of ``stored``
+    (order keys ``[cap]``) ∪ ``new`` (``[T]``); see the module docstring for slots and ties."""
+    t_len = new.shape[0]
+    # One top-k over (stored ∪ new): stored first, so ties keep the stored items
+    # (top_k prefers the lower index on ties).
+    _, sel = jax.lax.top_k(jnp.concatenate([stored, new]), cap)
+    chosen = jnp.zeros((cap + t_len,), bool).at[sel].set(True, unique_indices=True)
+    take = chosen[cap:]
+    # Free slots ascending: evicted slots (< count) first, then the empty ones from count
+    # on (all empty slots count as free, whichever of the tied empties top_k picked).
+    free = ~chosen[:cap] | (stored == _EMPTY)
+    free_slots = jnp.nonzero(free, size=cap, fill_value=cap)[0].astype(jnp.int32)
+    r = jnp.cumsum(take.astype(jnp.int32)) - 1
+    j = jnp.arange(t_len, dtype=jnp.int32)
+    positions = jnp.where(take, free_slots[jnp.clip(r, 0, cap - 1)], cap + j)
+    return positions, stored.at[positions].set(new, mode="drop", unique_indices=True)
 
 
 TensorDictMaxValueWriter = MaxValueWriter
