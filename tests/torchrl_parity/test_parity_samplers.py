@@ -1,9 +1,9 @@
 """Samplers against TorchRL's on the same stored data: ``drop_last`` with too few items (TorchRL
 raises, rlbuf returns all padding: the documented difference), ``is_init`` at slice starts (the
 same rule on both sides), and ``span`` (the same distribution of (trajectory, start offset),
-two-sample chi-square). TorchRL's prioritized samplers need its C++ extension, which the
-CPU wheel used here lacks, so the prioritized options are tested against numpy references in
-``tests/samplers/test_priority_params.py``."""
+two-sample chi-square). ``PrioritizedSampler`` is compared in ``test_parity_prioritized.py``;
+the prioritized options without a TorchRL run (``reduction``, ``max_priority_within_buffer``)
+are tested against numpy references in ``tests/samplers/test_priority_params.py``."""
 
 from __future__ import annotations
 
