@@ -68,6 +68,10 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
     ``slice_len`` steps stay inside one stored trajectory (``strict_length=False`` also
     allows the first stored step of a shorter trajectory, whose slice is then the whole
     trajectory padded at the end, ``info["mask"]`` False on the padding).
+    ``span=(False, right)`` (TorchRL's right span): a start may also lie within ``slice_len - 1``
+    steps of its trajectory's end (``right=True``; an int ``k``: within ``k`` steps of where a
+    whole slice would no longer fit), the slice then holds the steps to the end and padding
+    after them, as ``SliceSampler(span=...)``. Left spanning raises (TorchRL turns it off).
     As in TorchRL, a high-priority step that cannot start a slice (within ``slice_len - 1``
     of its trajectory's end) is only seen inside slices started earlier; aggregate
     priorities over slices yourself if needed.
@@ -98,10 +102,12 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
     def __post_init__(self):
         check_config(self)
         check_slice_config(self)
-        if self.span != (False, False):
+        if self.span[0]:  # True or an int > 0
+            # TorchRL warns and turns left spanning off: a start before the trajectory has no step,
+            # hence no priority. Refused here rather than changed silently.
             raise ValueError(
-                f"PrioritizedSliceSampler: span={self.span} is not supported (starts are drawn by priority "
-                "among the starts of whole slices); use SliceSampler(span=...)"
+                f"PrioritizedSliceSampler: span={self.span} spans left, which is not supported (a slice start "
+                "is a stored step drawn by its priority; TorchRL turns it off too); use span=(False, right)"
             )
 
     def split(self, n_groups: int, *, ndim: int, batch_size: int):
@@ -113,7 +119,8 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
         """Bool: slot ``t`` of flat lane ``lane`` starts a valid slice of ``n`` steps."""
         lane_idx = _ring.lane_index(lane, ring.lanes) if ring.lanes else ()
         pos = trj.slot_position(ring, ts, (*lane_idx, t))
-        ok = pos.after >= n
+        right = self.span[1]  # span right: the slice may run past the end (``_start_range``'s rule)
+        ok = pos.after >= (1 if right is True else n - int(right))
         if not self.strict_length:
             ok = ok | (pos.before == 0)
         return pos.written & ok & (n > 0), pos

@@ -1,7 +1,8 @@
 """Slice samplers' ``span`` (TorchRL's): slices may start before a trajectory's first step or
 run past its last, the missing steps being padding (``info["mask"]`` False, after the real
 steps). The distribution is TorchRL's documented one (chi-square): a trajectory uniformly,
-then a start uniformly over the allowed offsets."""
+then a start uniformly over the allowed offsets; ``PrioritizedSliceSampler`` spans right only
+(as TorchRL), each allowed start drawn by its priority."""
 
 from __future__ import annotations
 
@@ -82,5 +83,41 @@ def test_without_replacement_and_errors():
                      sampler=SliceSampler(slice_len=N, traj_key="ep", span=(0, 3))).init(d)
     with pytest.raises(ValueError, match="span must be a bool"):
         SliceSampler(slice_len=N, traj_key="ep", span=-1)
-    with pytest.raises(ValueError, match="span=.* is not supported"):
-        PrioritizedSliceSampler(32, 0.6, 0.4, slice_len=N, traj_key="ep", span=True)
+    for span in (True, (1, False), (True, 2)):
+        with pytest.raises(ValueError, match="spans left, which is not supported"):
+            PrioritizedSliceSampler(32, 0.6, 0.4, slice_len=N, traj_key="ep", span=span)
+
+
+@pytest.mark.parametrize("span", [(False, True), (0, 1), (False, 2), False])
+def test_prioritized_right_span(span):
+    """``PrioritizedSliceSampler(span=(False, right))``: the valid starts are ``SliceSampler``'s
+    right-span offsets, each drawn in proportion to its step's priority (chi-square against the
+    enumerated starts); the slice holds the steps to the trajectory's end, padding after them."""
+    rb = ReplayBuffer(storage=LazyTensorStorage(32), batch_size=S * N,
+                      sampler=PrioritizedSliceSampler(32, 1.0, 0.5, eps=1e-8, slice_len=N, traj_key="ep", span=span))
+    d = data()
+    prio = np.random.default_rng(3).uniform(0.2, 3.0, size=sum(LENGTHS)).astype(np.float32)
+
+    @jax.jit
+    def run(key):
+        state = rb.add(rb.init(d), d)
+        state = rb.update_priority(state, jnp.arange(sum(LENGTHS)), jnp.asarray(prio))
+
+        def body(state, k):
+            state, batch, info = rb.sample(state, k)
+            return state, (batch["ep"], batch["step"], info["mask"], info["weight"])
+
+        return jax.lax.scan(body, state, jax.random.split(key, CALLS))[1]
+
+    ep, step, mask, weight = (np.asarray(x).reshape(-1, N) for x in run(jax.random.key(1)))
+    real = mask.sum(1)
+    start = np.concatenate([[0], np.cumsum(LENGTHS)[:-1]])
+    assert ((ep == 0) == ~mask).all() and (mask == (np.arange(N)[None, :] < real[:, None])).all()
+    np.testing.assert_array_equal(real, np.minimum(N, np.asarray(LENGTHS)[ep[:, 0] - 1] - step[:, 0]))
+    assert ((weight > 0) == mask).all()
+    cells = [(e, o) for e, n in enumerate(LENGTHS, 1) for o in offsets(span, n) if o >= 0]
+    p = np.array([prio[start[e - 1] + o] for e, o in cells], np.float64)
+    counts = collections.Counter(zip(ep[:, 0].tolist(), step[:, 0].tolist()))
+    assert set(counts) <= set(cells), sorted(set(counts) - set(cells))
+    observed = np.array([counts[c] for c in cells])
+    assert stats.chisquare(observed, p / p.sum() * len(ep)).pvalue > 1e-3
