@@ -29,7 +29,14 @@ class _Group:
 
     def __init__(self, vec: Any):
         self.vec = vec
-        self.envpool = type(vec).__module__.split(".")[0] == "envpool"
+        self.envpool = _is_envpool(vec)
+        if self.envpool:
+            batch = int(vec.config.get("batch_size", 0) or 0) if hasattr(vec, "config") else 0
+            if batch and batch != int(vec.num_envs):
+                raise ValueError(f"HostCollector needs a synchronous EnvPool pool (batch_size == num_envs), "
+                                 f"got batch_size={batch}, num_envs={int(vec.num_envs)}: every step must "
+                                 "return every env (for overlap, pass several pools as env groups)")
+            self._ids = np.arange(int(vec.num_envs), dtype=np.int32)
         self.num = int(vec.num_envs) if hasattr(vec, "num_envs") else len(vec)
         self.mode = NEXT_STEP if self.envpool else _autoreset_mode(vec)
         if self.mode not in (NEXT_STEP, SAME_STEP, DISABLED):
@@ -58,13 +65,20 @@ class _Group:
         return self.vec.reset(options={"reset_mask": mask})[0]
 
     def step_async(self, action: np.ndarray):
-        if self.async_ and not self.envpool:
+        if self.envpool:  # the pool's threads step while the caller goes on (recv waits)
+            self.vec.send(action, self._ids)
+        elif self.async_:
             self.vec.step_async(action)
         else:
             self._pending = action
 
     def step_wait(self):
-        if self.async_ and not self.envpool:
+        if self.envpool:
+            out = self.vec.recv()
+            order = np.argsort(out[4]["env_id"])  # recv returns envs in the order they finished
+            if not np.array_equal(order, self._ids):
+                out = tuple(jax.tree.map(lambda x: np.asarray(x)[order], o) for o in out[:4]) + (out[4],)
+        elif self.async_:
             out = self.vec.step_wait()
         else:
             out = self.vec.step(self._pending)
@@ -78,6 +92,11 @@ class _Group:
 
     def close(self):
         self.vec.close()
+
+
+def _is_envpool(vec: Any) -> bool:
+    """An EnvPool pool (its gymnasium class lives in module ``abc``; its bases in ``envpool``)."""
+    return any(c.__module__.split(".")[0] == "envpool" for c in type(vec).__mro__)
 
 
 def _as_groups(env: Any) -> list[_Group]:

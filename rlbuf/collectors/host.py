@@ -79,9 +79,10 @@ class HostCollector:
 
     Args:
         env: a ``gymnasium.vector.VectorEnv`` (``SyncVectorEnv``/``AsyncVectorEnv``, any
-            ``autoreset_mode``: next-step, same-step or disabled), a callable returning one, an
-            EnvPool pool (``envpool.make_gymnasium``; its code path is not covered by the tests,
-            which run without envpool), or a list of these: *groups* stepped
+            ``autoreset_mode``: next-step, same-step or disabled), a callable returning one, a
+            synchronous EnvPool pool (``envpool.make_gymnasium(name, num_envs=n)``, stepped with
+            ``send``/``recv``, done envs reset by id; its seed is the one given to ``make``, not
+            ``init``'s key), or a list of these: *groups* stepped
             alternately, so that while one group's (async) envs step, the policy runs on the
             other's observations (Sebulba / EnvPool-async style). Envs are numbered group after
             group.
