@@ -78,9 +78,10 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
 
     ``info["weight"]``: ``[num_slices, slice_len]``, each slice's importance weight
     ``(p_s / p_min) ** -beta`` on its real steps (0 on padding), with ``p_min`` the smallest
-    positive ``p`` among valid starts, i.e. normalised by the largest weight a slice can get
-    (TorchRL normalises by the minimum over all steps, valid starts or not, so its weights
-    can exceed 1; ours are always in ``(0, 1]``).
+    positive ``p`` among valid starts, i.e. normalised by the largest weight a slice can get,
+    so the weights lie in ``(0, 1]`` and reach 1. (TorchRL takes ``p_min`` over all stored
+    steps, valid starts or not: when a step that cannot start a slice has the smallest
+    priority, its weights are all smaller than ours by one common factor and stay below 1.)
 
     ``burn_in=b``: as ``SliceSampler`` (the start is drawn as above; the ``b`` steps before it
     are context). Priorities and ``info["weight"]`` refer to the learning steps: weights are 0

@@ -18,6 +18,7 @@ With a wheel whose extension loads, the real trees are used.
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 
@@ -190,3 +191,58 @@ def test_beta_and_alpha_setters(torchrl_trees):
     leaves = _torchrl_leaves(trb, 8)
     want = (leaves / leaves.min()) ** -1.0  # beta = 1: the exact (p_i / p_min) ** -beta
     np.testing.assert_allclose([w_r[i] for i in common], want[common], rtol=1e-5)
+
+
+@pytest.mark.parametrize("span", [False, (False, 1), (False, True)])
+def test_prioritized_slices_right_span(torchrl_trees, span):
+    """``PrioritizedSliceSampler`` (``span`` right, as TorchRL supports it): the same slice starts
+    (two-sample chi-square over start steps) and real lengths, and importance weights that
+    differ from TorchRL's by one common factor, ours >= theirs (the README's row: TorchRL takes
+    ``p_min`` over every stored step, rlbuf over the valid starts)."""
+    from torchrl.data import PrioritizedSliceSampler as TPrioritizedSliceSampler
+
+    from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
+
+    lengths, n, s = (3, 4, 6, 2), 3, 64
+    ep = np.concatenate([np.full(k, j + 1) for j, k in enumerate(lengths)]).astype(np.int32)
+    i = np.arange(len(ep), dtype=np.int32)
+    prio = np.random.default_rng(4).uniform(0.2, 3.0, size=len(ep)).astype(np.float32)
+    trb = TensorDictReplayBuffer(storage=TLazyTensorStorage(32), batch_size=s * n, sampler=TPrioritizedSliceSampler(
+        32, alpha=1.0, beta=0.5, eps=1e-8, slice_len=n, traj_key="ep", span=span))
+    trb.extend(TensorDict({"ep": torch.as_tensor(ep), "i": torch.as_tensor(i)}, batch_size=[len(ep)]))
+    trb.update_priority(torch.arange(len(ep)), torch.as_tensor(prio))
+    rb = ReplayBuffer(storage=LazyTensorStorage(32), batch_size=s * n, sampler=PrioritizedSliceSampler(
+        32, 1.0, 0.5, eps=1e-8, slice_len=n, traj_key="ep", span=span))
+    state = rb.init({"ep": jnp.asarray(ep), "i": jnp.asarray(i)})
+    state = jax.jit(rb.add)(state, {"ep": jnp.asarray(ep), "i": jnp.asarray(i)})
+    state = jax.jit(rb.update_priority)(state, jnp.arange(len(ep)), jnp.asarray(prio))
+    sample = jax.jit(rb.sample)
+    np.random.seed(2)
+    theirs, ours = collections.Counter(), collections.Counter()
+    w_t, w_r = {}, {}
+    for c in range(12):
+        td, info = trb.sample(return_info=True)
+        ends = np.flatnonzero(np.asarray(td["next", "truncated"]).reshape(-1))
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        steps = np.asarray(td["i"]).reshape(-1)
+        for a, b in zip(starts, ends):
+            theirs[(int(steps[a]), int(b - a + 1))] += 1
+            w_t[int(steps[a])] = float(np.asarray(info["priority_weight"]).reshape(-1)[a])
+        state, batch, rinfo = sample(state, jax.random.key(c))
+        for row, m, w in zip(np.asarray(batch["i"]), np.asarray(rinfo["mask"]), np.asarray(rinfo["weight"])):
+            ours[(int(row[0]), int(m.sum()))] += 1
+            w_r[int(row[0])] = float(w[0])
+    if span and span[1] is True:  # ((False, 1) == (False, True) in Python)
+        # TorchRL's prioritized right=True masks each trajectory's last step (its SliceSampler does
+        # not: slices of one step); rlbuf keeps one rule for all slice samplers (README row). The
+        # two then agree conditionally on the other starts (both draw in proportion to priority).
+        assert not [c for c in theirs if c[1] == 1] and [c for c in ours if c[1] == 1]
+        ours = collections.Counter({c: k for c, k in ours.items() if c[1] > 1})
+    cells = sorted(set(theirs) | set(ours))
+    assert set(ours) == set(theirs) or min(theirs[c] + ours[c] for c in cells) < 10, (sorted(theirs), sorted(ours))
+    table = np.array([[theirs[c] for c in cells], [ours[c] for c in cells]])
+    assert stats.chi2_contingency(table).pvalue > 1e-3, (cells, table)
+    common = sorted(set(w_t) & set(w_r))
+    ratio = np.array([w_r[k] / w_t[k] for k in common])
+    assert len(common) >= 3 and ratio.min() >= 1 - 1e-5
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
