@@ -1,7 +1,8 @@
 """The rollout: one ``lax.scan`` of ``T`` steps of a collector's envs, in TorchRL's layout.
 
-Only what the env dynamics (and the policy's carry) need is carried through the loop: loop
-invariants are closed over, and trajectory ids and step counts (pure functions of the done
+Only what the env dynamics (and the policy's carry) need is carried through the loop, plus
+the stored carry's output buffer (written in place, in the batch layout): loop invariants are
+closed over, and trajectory ids and step counts (pure functions of the done
 flags) are computed after it with a few vectorized ops (:mod:`rlbuf.collectors._counters`).
 """
 
@@ -30,9 +31,11 @@ def extras_like(c: "Collector", state: "CollectorState", policy_params: Any) -> 
 
 
 def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random: bool):
-    """``T`` steps from ``state``; returns ``(state, traj)`` with ``traj`` time-major
-    (leaves ``[T, *E, ...]``). ``random``: uniform random actions (the policy is not called,
-    its carry is not advanced, its extras are zeros)."""
+    """``T`` steps from ``state``; returns ``(state, traj, carry)`` with ``traj`` time-major
+    (leaves ``[T, *E, ...]``) and ``carry`` the carry the policy received at each step, already
+    in the batch layout (leaves ``[*E, T, ...]``; None without ``store_carry``). ``random``:
+    uniform random actions (the policy is not called, its carry is not advanced, its extras
+    are zeros)."""
     # env params are compile-time constants of the collector (as in a hand-written
     # rollout closing over them), so XLA can fold what depends only on them
     params = c._params
@@ -40,9 +43,17 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
     mf = c._max_frames
     with_carry = c.policy_carry is not None
     carry0 = c._carry0() if with_carry else None
+    store = with_carry and c.store_carry
+    # The stored carry (the largest leaf with a recurrent policy) is written in place at time t
+    # of a [*E, T, ...] buffer carried through the loop: stacking it [T, *E, ...] and
+    # transposing it afterwards, like the other leaves, cost a whole extra pass over it.
+    t_axis = len(c._lead)
+    if store:
+        buf0 = jax.tree.map(lambda x: jnp.zeros(x.shape[:t_axis] + (c._T,) + x.shape[t_axis:], x.dtype), carry0)
     transition = c._env_map(c._adapter.transition, (0, 0, 0, c._pax))
 
-    def body(s, _):
+    def body(sb, t):
+        s, buf = sb
         key, k_pol, k_env = jax.random.split(s.key, 3)
         pc = s.policy_carry
         if random:
@@ -74,8 +85,8 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
             },
             **extras,
         }
-        if with_carry and c.store_carry:
-            step["collector"] = {"carry": pc}  # the carry the policy received
+        if store:  # the carry the policy received
+            buf = jax.tree.map(lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x, t, t_axis), buf, pc)
         new = dataclasses.replace(
             s,
             key=key,
@@ -84,18 +95,18 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
             episode_reward=jnp.where(done, 0.0, ret),
             **new,
         )
-        return new, step
+        return (new, buf), step
 
     slim = dataclasses.replace(state, frames=None, traj_ids=None, next_traj_id=None,
                                step_count=state.step_count if mf is not None else None)
-    carry, traj = jax.lax.scan(body, slim, None, length=c._T)
+    (carry, stored), traj = jax.lax.scan(body, (slim, buf0 if store else None), jnp.arange(c._T, dtype=jnp.int32))
     nxt = traj["next"]
     done = jnp.logical_or(nxt["terminated"], nxt["truncated"])
     traj["next"] = {**nxt, "done": done}
     ids, last_ids, next_id = traj_ids(done, state.traj_ids, state.next_traj_id)
     counts, last_count = step_counts(done, state.step_count)
     traj["step_count"] = counts
-    traj["collector"] = {**traj.get("collector", {}), "traj_ids": ids}
+    traj["collector"] = {"traj_ids": ids}
     if with_carry:
         traj["is_init"] = counts == 0
     carry = dataclasses.replace(
@@ -105,4 +116,4 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
         next_traj_id=next_id,
         step_count=last_count,
     )
-    return carry, traj
+    return carry, traj, stored
