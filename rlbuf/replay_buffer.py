@@ -196,8 +196,11 @@ class ReplayBuffer:
         ...]``); ``info["index"]`` locates each item in storage such that
         ``state.storage[k][info["index"]]`` is ``batch[k]`` before ``transform``: an int array
         for ``ndim=1``, a tuple ``(*lane_idx, t)`` otherwise. ``info["mask"]`` is False for
-        padding. When ``can_sample`` is False the batch is padding (zeros, never unwritten or
-        stale data) with ``info["mask"]`` False.
+        padding. Items the storage cannot return exactly (``Storage.valid``, e.g. a
+        ``compact_next`` step whose final observation left the table) are never sampled: the
+        sampler redraws the items or slices holding one (``Sampler.draw``). When
+        ``can_sample`` is False the batch is padding (zeros, never unwritten or stale data)
+        with ``info["mask"]`` False.
 
         Under ``jit``, donate the state (``jax.jit(rb.sample, donate_argnums=0)``): the
         returned state holds the storage, which would otherwise be copied on every call.
