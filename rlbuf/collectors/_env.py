@@ -56,7 +56,9 @@ class Transition(NamedTuple):
     ``next_obs``: the true next observation (final one at a done step). ``cont_obs`` /
     ``cont_state``: what the env itself continues from (the reset ones if it auto-reset).
     ``did_reset``: the env auto-reset. ``reset_obs`` / ``reset_state``: a fresh reset, used
-    where the episode ended and the env did not reset itself.
+    where the episode ended and the env did not reset itself (None when the adapter's
+    ``reset_on_demand``: the rollout then resets from ``reset_key`` only on steps where some
+    env needs it).
     """
 
     next_obs: Any
@@ -68,6 +70,7 @@ class Transition(NamedTuple):
     did_reset: jax.Array
     reset_obs: Any
     reset_state: Any
+    reset_key: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,6 +78,14 @@ class EnvAdapter:
     """``reset``/``transition`` of one (unbatched) env of any supported protocol."""
 
     env: Any
+
+    @functools.cached_property
+    def reset_on_demand(self) -> bool:
+        """The env's reset is costly next to a step (``env.reset_on_demand``: Craftax's world
+        generation, Brax's pipeline init): ``transition`` leaves it out and the rollout computes
+        it, for all envs at once, only on steps where an episode ended (the same keys, so the
+        same data as an eager reset)."""
+        return bool(getattr(self.env, "reset_on_demand", False))
 
     @functools.cached_property
     def native(self) -> bool:
@@ -112,6 +123,8 @@ class EnvAdapter:
                 did_reset = jnp.logical_or(term, trunc)
             else:
                 next_obs, did_reset = obs, jnp.zeros((), bool)
-        reset_obs, reset_st = self.reset(k_reset, params)
+        reset_obs = reset_st = None
+        if not self.reset_on_demand:
+            reset_obs, reset_st = self.reset(k_reset, params)
         return Transition(next_obs, obs, st, jnp.asarray(reward, jnp.float32), jnp.asarray(term, bool),
-                          jnp.asarray(trunc, bool), jnp.asarray(did_reset, bool), reset_obs, reset_st)
+                          jnp.asarray(trunc, bool), jnp.asarray(did_reset, bool), reset_obs, reset_st, k_reset)

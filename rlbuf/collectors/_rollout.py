@@ -1,9 +1,13 @@
 """The rollout: one ``lax.scan`` of ``T`` steps of a collector's envs, in TorchRL's layout.
 
-Only what the env dynamics (and the policy's carry) need is carried through the loop, plus
-the stored carry's output buffer (written in place, in the batch layout): loop invariants are
-closed over, and trajectory ids and step counts (pure functions of the done
+Only what the env dynamics (and the policy's carry) need is carried through the loop: loop
+invariants are closed over, and trajectory ids and step counts (pure functions of the done
 flags) are computed after it with a few vectorized ops (:mod:`rlbuf.collectors._counters`).
+
+Each step is written straight into the batch's ``[B, T, ...]`` buffers (carried through the
+loop, ``dynamic_update_slice`` at time ``t``), not stacked time-major by ``scan`` and
+transposed afterwards: that transpose was a second full pass over the batch's largest leaves
+(image or grid observations, a recurrent policy's stored carry).
 """
 
 from __future__ import annotations
@@ -30,12 +34,22 @@ def extras_like(c: "Collector", state: "CollectorState", policy_params: Any) -> 
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def _like(tree: Any, like: Any) -> Any:
+    """``tree`` with ``like``'s dtypes, without weak types (the two branches of a ``cond``)."""
+    return jax.tree.map(lambda x, y: jnp.asarray(x, dtype=y.dtype), tree, like)
+
+
+def _write(buf: Any, step: Any, t: jax.Array, axis: int) -> Any:
+    """``buf`` (leaves ``[*E, T, ...]``) with one step (leaves ``[*E, ...]``) written at time ``t``."""
+    return jax.tree.map(
+        lambda b, x: jax.lax.dynamic_update_slice_in_dim(b, jnp.expand_dims(x, axis).astype(b.dtype), t, axis),
+        buf, step)
+
+
 def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random: bool):
-    """``T`` steps from ``state``; returns ``(state, traj, carry)`` with ``traj`` time-major
-    (leaves ``[T, *E, ...]``) and ``carry`` the carry the policy received at each step, already
-    in the batch layout (leaves ``[*E, T, ...]``; None without ``store_carry``). ``random``:
-    uniform random actions (the policy is not called, its carry is not advanced, its extras
-    are zeros)."""
+    """``T`` steps from ``state``; returns ``(state, batch)`` with ``batch`` in TorchRL's layout
+    (leaves ``[B, T, ...]``, or ``[T, ...]`` for a single env). ``random``: uniform random
+    actions (the policy is not called, its carry is not advanced, its extras are zeros)."""
     # env params are compile-time constants of the collector (as in a hand-written
     # rollout closing over them), so XLA can fold what depends only on them
     params = c._params
@@ -43,17 +57,10 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
     mf = c._max_frames
     with_carry = c.policy_carry is not None
     carry0 = c._carry0() if with_carry else None
-    store = with_carry and c.store_carry
-    # The stored carry (the largest leaf with a recurrent policy) is written in place at time t
-    # of a [*E, T, ...] buffer carried through the loop: stacking it [T, *E, ...] and
-    # transposing it afterwards, like the other leaves, cost a whole extra pass over it.
-    t_axis = len(c._lead)
-    if store:
-        buf0 = jax.tree.map(lambda x: jnp.zeros(x.shape[:t_axis] + (c._T,) + x.shape[t_axis:], x.dtype), carry0)
     transition = c._env_map(c._adapter.transition, (0, 0, 0, c._pax))
+    reset = c._env_map(c._adapter.reset, (0, c._pax))
 
-    def body(sb, t):
-        s, buf = sb
+    def body(s, _):
         key, k_pol, k_env = jax.random.split(s.key, 3)
         pc = s.policy_carry
         if random:
@@ -72,6 +79,12 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
         if with_carry:  # an env starting a new episode starts from the initial carry
             new["policy_carry"] = tree_select(done, carry0, new_pc)
         need_reset = jnp.logical_and(done, jnp.logical_not(tr.did_reset))
+        reset_obs, reset_state = tr.reset_obs, tr.reset_state
+        if c._adapter.reset_on_demand:  # a costly reset runs only on steps where some env ended
+            cont = (tr.cont_obs, tr.cont_state)
+            reset_obs, reset_state = jax.lax.cond(
+                jnp.any(need_reset), lambda k: _like(reset(k, params), cont),
+                lambda k: _like(cont, cont), tr.reset_key)
         ret = s.episode_reward + tr.reward
         step = {
             "observation": s.observation,
@@ -85,28 +98,42 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
             },
             **extras,
         }
-        if store:  # the carry the policy received
-            buf = jax.tree.map(lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x, t, t_axis), buf, pc)
+        if with_carry and c.store_carry:
+            step["collector"] = {"carry": pc}  # the carry the policy received
         new = dataclasses.replace(
             s,
             key=key,
-            env_state=tree_select(need_reset, tr.reset_state, tr.cont_state),
-            observation=tree_select(need_reset, tr.reset_obs, tr.cont_obs),
+            env_state=tree_select(need_reset, reset_state, tr.cont_state),
+            observation=tree_select(need_reset, reset_obs, tr.cont_obs),
             episode_reward=jnp.where(done, 0.0, ret),
             **new,
         )
-        return (new, buf), step
+        return new, step
 
     slim = dataclasses.replace(state, frames=None, traj_ids=None, next_traj_id=None,
                                step_count=state.step_count if mf is not None else None)
-    (carry, stored), traj = jax.lax.scan(body, (slim, buf0 if store else None), jnp.arange(c._T, dtype=jnp.int32))
+    T = c._T
+    axis = 0 if c.num_envs is None else 1  # the time axis of the batch
+    # the batch's buffers, shaped from one (traced, not run) step
+    _, spec = jax.eval_shape(body, slim, None)
+    bufs0 = jax.tree.map(lambda x: jnp.zeros(x.shape[:axis] + (T,) + x.shape[axis:], x.dtype), spec)
+
+    def write_body(carry, t):
+        s, bufs = carry
+        s, step = body(s, None)
+        return (s, _write(bufs, step, t, axis)), None
+
+    (carry, traj), _ = jax.lax.scan(write_body, (slim, bufs0), jnp.arange(T, dtype=jnp.int32))
     nxt = traj["next"]
     done = jnp.logical_or(nxt["terminated"], nxt["truncated"])
     traj["next"] = {**nxt, "done": done}
-    ids, last_ids, next_id = traj_ids(done, state.traj_ids, state.next_traj_id)
-    counts, last_count = step_counts(done, state.step_count)
+    # the counters run time-major over [T, B] flags (small arrays; the transposes are cheap)
+    to_tm = (lambda x: x) if axis == 0 else (lambda x: jnp.swapaxes(x, 0, 1))
+    ids, last_ids, next_id = traj_ids(to_tm(done), state.traj_ids, state.next_traj_id)
+    counts, last_count = step_counts(to_tm(done), state.step_count)
+    ids, counts = to_tm(ids), to_tm(counts)
     traj["step_count"] = counts
-    traj["collector"] = {"traj_ids": ids}
+    traj["collector"] = {**traj.get("collector", {}), "traj_ids": ids}
     if with_carry:
         traj["is_init"] = counts == 0
     carry = dataclasses.replace(
@@ -116,4 +143,4 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
         next_traj_id=next_id,
         step_count=last_count,
     )
-    return carry, traj, stored
+    return carry, traj

@@ -296,22 +296,17 @@ class Collector:
         if self.reset_at_each_iter:
             state = self._reset_at_iter(state)
         if self.policy is None:
-            state, traj, carry = rollout(self, state, policy_params, random=True)
+            state, traj = rollout(self, state, policy_params, random=True)
         elif self._random_frames > 0:
-            state, traj, carry = jax.lax.cond(
+            state, traj = jax.lax.cond(
                 state.frames < self._random_frames,
                 lambda s, p: rollout(self, s, p, random=True),
                 lambda s, p: rollout(self, s, p, random=False),
                 state, policy_params,
             )
         else:
-            state, traj, carry = rollout(self, state, policy_params, random=False)
-        if self.num_envs is None:
-            batch = traj
-        else:  # scan is time-major; TorchRL's layout has time last
-            batch = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)
-        if carry is not None:  # written in the batch layout by the rollout
-            batch["collector"] = {**batch["collector"], "carry": carry}
+            state, traj = rollout(self, state, policy_params, random=False)
+        batch = traj  # already in TorchRL's layout (time last): see _rollout
         if self.postproc is not None:
             batch = self.postproc(batch)
         return state, batch

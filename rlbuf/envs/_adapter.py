@@ -105,6 +105,10 @@ class SuiteEnv(environment.Environment[SuiteState, SuiteParams]):
     ``_inner_default_params``."""
 
     suite = "suite"
+    reset_on_demand = False
+    """True where a reset costs far more than a step: the collector's rollout then computes the
+    resets (for all envs at once, from the same keys) only on steps where some episode ended,
+    instead of on every step under a ``select`` (see :class:`rlbuf.collectors._env.EnvAdapter`)."""
 
     def __init__(self, env: Any, max_steps_in_episode: int | None = None):
         super().__init__()

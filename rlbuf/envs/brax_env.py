@@ -7,7 +7,9 @@ Brax's training wrappers do not fit a collector that must store the true final o
 ``terminated`` is Brax's ``done`` (the env's own termination), ``truncated`` is the episode limit
 (``episode_length`` steps, as ``EpisodeWrapper`` counts them), and resets are fresh ones from
 the reset key (Brax's ``AutoResetWrapper`` restarts every episode of an env from one cached
-first state).
+first state, so its episodes of one env all start alike). The adapter sets ``reset_on_demand``:
+the collector runs Brax's reset (pipeline init) only on steps where some episode ended, not at
+every step under a ``select``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class BraxEnv(SuiteEnv):
     """
 
     suite = "brax"
+    reset_on_demand = True  # world generation / pipeline init: skipped on steps where no env ended
 
     def __init__(self, env: Any, episode_length: int | None = 1000, action_repeat: int = 1):
         chain, e = [], env

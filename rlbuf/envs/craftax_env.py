@@ -4,9 +4,19 @@ Craftax's ``done`` folds three ends together: the time limit (``state.timestep >
 params.max_timesteps``), dying and lava. :class:`CraftaxEnv` keeps them apart: ``terminated``
 is the game being over without the time limit, ``truncated`` the time limit. It wraps the
 *no-auto-reset* env, so the final observation is the real one; resets are fresh worlds from the
-reset key (one world generation per env step, as Craftax's own auto-reset env; Craftax's
-optimistic-reset wrapper, which shares fewer resets among many envs, is a batch-level trick
-that a per-env collector step does not express).
+reset key.
+
+Resets and their cost: world generation costs far more than a step, and Craftax's own
+auto-reset env generates a world for every env at every step (kept only where the episode
+ended, under a ``select``). The adapter sets ``reset_on_demand``, so the collector's rollout
+generates worlds (for all envs at once, from the same per-env keys, so the data is the same)
+only on steps where some episode ended. Craftax's *optimistic* resets
+(``OptimisticResetVecEnvWrapper``, in Craftax_Baselines' ``wrappers.py``, not in the ``craftax``
+package) go further at many envs: ``num_envs // reset_ratio`` worlds per step, each ended env
+taking one of them at random, so envs ending together may share a world. rlbuf does not do that:
+it would make envs of one batch dependent and is a batch-level trick a per-env adapter cannot
+express; with few envs (episodes last hundreds of steps) on-demand resets skip world generation
+on almost every step, which is what the optimistic wrapper is for.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ class CraftaxEnv(SuiteEnv):
     """
 
     suite = "craftax"
+    reset_on_demand = True  # world generation / pipeline init: skipped on steps where no env ended
 
     def __init__(self, env: Any, max_steps_in_episode: int | None = None):
         if "NoAutoReset" not in type(env).__name__:
