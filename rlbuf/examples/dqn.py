@@ -69,7 +69,8 @@ class DQNConfig:
     batch_size: int = 64
     hidden: tuple = (256, 256)
     lr: float = 2.3e-3
-    lr_end: float = 0.0  # linear decay to lr_end over the run: late updates are small, the policy settles
+    lr_end: float = 0.0  # decay to lr_end over the run: late updates are small, the policy settles
+    lr_schedule: str = "linear"  # "linear" or "cosine" (cosine: the last updates are much smaller)
     gamma: float = 0.99
     max_grad_norm: float = 10.0
     double: bool = True
@@ -121,6 +122,20 @@ def make_sampler(cfg: DQNConfig):
     return PrioritizedSampler(max_capacity=cfg.buffer_size, alpha=cfg.alpha, beta=cfg.beta)
 
 
+def make_optimizer(cfg: DQNConfig, total_updates: int):
+    """Adam after global-norm gradient clipping, its learning rate decaying from ``lr`` to ``lr_end``
+    over ``total_updates`` updates, linearly or along a half cosine (``cfg.lr_schedule``)."""
+    import optax
+
+    if cfg.lr_schedule == "linear":
+        return _nets.adam(cfg.lr, cfg.lr_end, total_updates, cfg.max_grad_norm)
+    if cfg.lr_schedule != "cosine":
+        raise ValueError(f"lr_schedule={cfg.lr_schedule!r} must be 'linear' or 'cosine'")
+    alpha = cfg.lr_end / cfg.lr if cfg.lr else 0.0
+    schedule = optax.cosine_decay_schedule(cfg.lr, max(1, int(total_updates)), alpha=alpha)
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(schedule))
+
+
 class DQN(_loop.QLearnerLoop):
     """The agent: networks, collector, buffer and the jitted training chunk for one config."""
 
@@ -154,7 +169,7 @@ class DQN(_loop.QLearnerLoop):
         self.rb = ReplayBuffer(storage=LazyTensorStorage(cfg.buffer_size, ndim=2), sampler=make_sampler(cfg),
                                batch_size=cfg.batch_size, keys=STORED_KEYS)  # add() stores only these
         self.total_updates = max(1, (cfg.total_frames - cfg.learning_starts) // per_collect * cfg.updates_per_collect)
-        self.tx = _nets.adam(cfg.lr, cfg.lr_end, self.total_updates, cfg.max_grad_norm)
+        self.tx = make_optimizer(cfg, self.total_updates)
         self.chunk = jax.jit(self._chunk, donate_argnums=0)
         self.evaluate = jax.jit(self._evaluate)
 

@@ -129,6 +129,27 @@ def test_seeds_vmapped_match_single_runs():
     np.testing.assert_allclose(many["final_return"][1], one["final_return"], atol=1.0)
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lr_schedule_matches_numpy(schedule):
+    """``make_optimizer``'s learning rate against a numpy schedule: with a constant gradient
+    (well under the clipping norm) Adam's step is ``lr(k)`` times a factor that tends to 1,
+    so each step over the first divided by ``lr(k) / lr(0)`` is constant."""
+    cfg = dataclasses.replace(dqn.DQNConfig(), lr=1e-2, lr_end=1e-3, lr_schedule=schedule)
+    n = 40
+    tx = dqn.make_optimizer(cfg, n)
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.full(3, 0.1)}
+    opt, steps = tx.init(params), []
+    for _ in range(n + 5):  # past the end the rate stays at lr_end
+        upd, opt = tx.update(grads, opt, params)
+        steps.append(-float(upd["w"][0]))
+    k = np.minimum(np.arange(n + 5), n) / n
+    lr = cfg.lr + (cfg.lr_end - cfg.lr) * (k if schedule == "linear" else 0.5 * (1 - np.cos(np.pi * k)))
+    np.testing.assert_allclose(np.array(steps) / steps[0], lr / lr[0], rtol=1e-4)
+    with pytest.raises(ValueError, match="lr_schedule='step' must be 'linear' or 'cosine'"):
+        dqn.make_optimizer(dataclasses.replace(cfg, lr_schedule="step"), n)
+
+
 def test_split_matches_per_seed_split():
     keys = jax.vmap(jax.random.key)(jnp.arange(3))
     got = _loop.split(keys, 3)
