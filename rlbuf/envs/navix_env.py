@@ -38,13 +38,24 @@ class NavixEnv(SuiteEnv):
         # collector's step does not re-render it (which made a step ~3x slower)
         self._cache = jax.jit(env.reset)(jax.random.key(0)).state.cache
 
+    def full_timestep(self, ts: Any) -> Any:
+        """The adapter's state (a Navix ``Timestep`` without its rendering cache) as Navix's own:
+        with the cache put back."""
+        return ts.replace(state=ts.state.replace(cache=self._cache))
+
+    def _strip(self, ts):
+        # the cache (rendered tiles: ~95% of a Timestep's bytes) is the same constant for every
+        # env and step: kept out of the carried state, so it is neither stored per env nor
+        # selected at every step between the reset and the continuing state
+        return ts.replace(state=ts.state.replace(cache=None))
+
     def _reset(self, key, inner_params):
         ts = self._env.reset(key, self._cache)
-        return ts.observation, ts
+        return ts.observation, self._strip(ts)
 
     def _step(self, key, ts, action, inner_params):
-        ts = self._env._step(ts, action)
-        return ts.observation, ts, ts.reward, ts.is_termination(), ts.is_truncation()
+        ts = self._env._step(self.full_timestep(ts), action)
+        return ts.observation, self._strip(ts), ts.reward, ts.is_termination(), ts.is_truncation()
 
     def action_space(self, params=None) -> spaces.Discrete:
         return spaces.Discrete(len(self._env.action_set), dtype=jnp.int32)
