@@ -1,6 +1,7 @@
 """Host-env and env-suite collection benchmarks.
 
-- ``HostCollector`` on gymnasium ``CartPole-v1``, 8 envs, the small MLP policy of
+- ``HostCollector`` on gymnasium ``CartPole-v1`` (and on an EnvPool pool where envpool is
+  installed), 8 envs, the small MLP policy of
   ``bench.collect`` (4-64-64-2, sampled action + log-prob): frames/s against the bare vector env
   stepped with random actions in the same process (the floor; target >= 0.7x of its frames/s,
   i.e. a time ratio <= 1.43) and against TorchRL's ``Collector`` on the same env and policy
@@ -106,14 +107,26 @@ def host_rows(quick: bool = False) -> list[Row]:
     hc = HostCollector([_gym_vec("async", NUM_ENVS // 2) for _ in range(2)], mlp_policy, frames_per_batch=frames)
     runs["host async 2 groups"] = _host(hc, params)
     closers.append(hc)
+    cases = [("sync", "host sync", "bare sync"), ("async", "host async", "bare async"),
+             ("async, 2 groups of 4 alternating", "host async 2 groups", "bare async")]
+    if importlib.util.find_spec("envpool"):  # EnvPool's C++ thread pool (synchronous pool)
+        import envpool
+
+        pool = envpool.make_gymnasium("CartPole-v1", num_envs=NUM_ENVS, seed=0)
+        pool.reset()
+        runs["bare envpool"] = _bare(pool, steps)
+        hc = HostCollector(envpool.make_gymnasium("CartPole-v1", num_envs=NUM_ENVS, seed=0), mlp_policy,
+                           frames_per_batch=frames)
+        runs["host envpool"] = _host(hc, params)
+        closers += [pool, hc]
+        cases.append(("EnvPool", "host envpool", "bare envpool"))
     try:
         fps = _interleaved_fps(runs, frames, reps)
     finally:
         for c in closers:
             c.close()
     rows = []
-    for case, ours, ref in (("sync", "host sync", "bare sync"), ("async", "host async", "bare async"),
-                            ("async, 2 groups of 4 alternating", "host async 2 groups", "bare async")):
+    for case, ours, ref in cases:
         (om, ob), (rm, rb) = fps[ours], fps[ref]
         rows.append(Row("host", f"HostCollector CartPole-v1 MLP {NUM_ENVS} envs {case}",
                         f"{ref} vector env, random actions", 1e6 / om, 1e6 / rm, "frame",
