@@ -36,6 +36,20 @@ def test_below_is_in_range_and_wrap_once_is_a_modulo():
             np.testing.assert_array_equal(jax.jit(lambda x: _xla.wrap_once(x, 10))(x), np.arange(20) % 10)
 
 
+def test_count_true_is_a_cumsum_in_both_forms():
+    rng = np.random.default_rng(0)
+    for shape in [(3, 1), (2, 31), (2, 33), (4, 1000), (2, 3, 65)]:
+        for p in (0.0, 0.05, 0.5, 1.0):
+            m = rng.random(shape) < p
+            want = np.cumsum(m, axis=-1)
+            for generic in (False, True):
+                with _xla.generic_forms(generic):
+                    got = jax.jit(_xla.count_true)(m)
+                    assert got.dtype == jnp.int32
+                    np.testing.assert_array_equal(got, want)
+                    np.testing.assert_array_equal(jax.jit(jax.vmap(_xla.count_true))(m), want)
+
+
 def _run(rb, data, generic):
     with _xla.generic_forms(generic):
         add, sample = jax.jit(rb.add), jax.jit(rb.sample)

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf import _ring, _tree
+from rlbuf import _ring, _tree, _xla
 
 
 @jax.tree_util.register_dataclass
@@ -119,14 +119,20 @@ AUTO_END_KEY = ("next", "done")
 
 
 class Written(NamedTuple):
-    """Per written (kept) step of one ``add``, all ``[L, n]`` int32 (``n = len(write.positions)``):
+    """Per written (kept) step of one ``add``, all ``[L, n]`` (``n = len(write.positions)``):
     ``seq`` trajectory number, ``start`` stamp of the trajectory's true first step,
     ``stamp`` the step's stamp (``offset = stamp - start`` is its step number within the
-    trajectory, counting steps that are no longer stored or were skipped)."""
+    trajectory, counting steps that are no longer stored or were skipped), ``slot`` the record
+    slot of the trajectory (:func:`record_slot`), all int32; ``record`` (bool) True where this
+    add wrote the trajectory's record (its first kept step); ``new`` (bool) True where the step
+    begins a trajectory."""
 
     seq: jax.Array
     start: jax.Array
     stamp: jax.Array
+    slot: jax.Array
+    record: jax.Array
+    new: jax.Array
 
 
 def key_spec(layout, traj_key=None, end_key=None, owner: str = "SliceSampler", end_keys=None) -> KeySpec:
@@ -219,41 +225,69 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
         new = jnp.any(prev != 0, axis=-1)
     else:
         new = jnp.any(x != prev, axis=-1)
-    # The first step ever stored in an empty ring always begins a trajectory.
-    new = new.at[:, 0].set(new[:, 0] | (write.count == 0) | (ts.n_traj == 0))
     steps = jnp.arange(t_len, dtype=jnp.int32)
-    stamp = total + steps
-    cum = jnp.cumsum(new, axis=1, dtype=jnp.int32)
-    seq = ts.n_traj[:, None] - 1 + cum
-    # Start of each step's trajectory: the last step flagged new at or before it, else the
-    # record of the lane's ongoing trajectory (index arithmetic rather than a cummax over
-    # stamps, so it stays right if stamps wrap).
-    last_new = jax.lax.cummax(jnp.where(new, steps, -1), axis=1)
+    # The first step ever stored in an empty ring always begins a trajectory.
+    new = new | ((steps == 0)[None, :] & ((write.count == 0) | (ts.n_traj == 0))[:, None])
+    cum = _xla.count_true(new)  # trajectories begun in this add up to each step
     lanes = jnp.arange(n_l, dtype=jnp.int32)
     # (with n_traj == 0 step 0 is new, so the garbage record read here is never used)
     ongoing = ts.start[lanes, (ts.rec_head - 1) % cap]
-    start = jnp.where(last_new >= 0, total + last_new, ongoing[:, None])
 
     skip = write.skip
-    kept = slice(skip, t_len)
-    seq_k, start_k, stamp_k, new_k = seq[:, kept], start[:, kept], stamp[kept], new[:, kept]
+    cum_k, new_k = cum[:, skip:], new[:, skip:]
+    stamp_k = total + steps[skip:]
+    seq_k = ts.n_traj[:, None] - 1 + cum_k
+    # Record slot of each kept step's trajectory (record_slot, with seq - n_traj = cum - 1).
+    slot_k = ts.rec_head[:, None] + cum_k - 1
+    slot_k = _wrap(slot_k, cap) if t_len <= cap else slot_k % cap
+    # One record per trajectory with a kept step, written at its first kept step (at most
+    # `capacity` consecutive numbers, hence distinct slots): a new step's stamp, or at the first
+    # kept step the start of the trajectory it continues (begun in the skipped part, or the
+    # ongoing one). Only boundaries are written; the rest of the indices are dropped.
+    start0 = ongoing
+    if skip:
+        last_new = jnp.max(jnp.where(new[:, :skip], steps[:skip], -1), axis=1)
+        start0 = jnp.where(last_new >= 0, total + last_new, ongoing)
+    first_kept = (steps[: t_len - skip] == 0)[None, :]
+    record = new_k | first_kept
+    start_rec = set_rows(ts.start, jnp.where(record, slot_k, cap), jnp.where(new_k, stamp_k, start0[:, None]))
     pos = write.positions
-    seq_slots = ts.seq.at[:, pos].set(seq_k, mode="drop", unique_indices=True)
-    # One record per trajectory that has a kept step: written at its first kept step (at most
-    # `capacity` consecutive numbers, hence distinct modulo capacity).
-    first_kept = jnp.arange(seq_k.shape[1]) == 0
-    slot_k = (ts.rec_head[:, None] + (seq_k - ts.n_traj[:, None])) % cap  # record_slot, every lane
-    rec = jnp.where(new_k | first_kept[None, :], slot_k, cap)
-    start_rec = ts.start.at[lanes[:, None], rec].set(start_k, mode="drop", unique_indices=True)
+    seq_slots = set_rows(ts.seq, jnp.broadcast_to(pos, seq_k.shape), seq_k)
+    n_new = cum[:, -1]
     new_ts = TrajectoryState(
         seq=seq_slots,
         start=start_rec,
-        n_traj=ts.n_traj + cum[:, -1],
+        n_traj=ts.n_traj + n_new,
         last=x[:, -1, :].astype(ts.last.dtype),
-        rec_head=(ts.rec_head + cum[:, -1]) % cap,
+        rec_head=(ts.rec_head + n_new) % cap,
     )
-    written = Written(seq_k, start_k, jnp.broadcast_to(stamp_k, seq_k.shape))
+    # Every kept step's trajectory has its record written above: read the starts back from it
+    # (a gather near the head instead of a cumulative max over the add).
+    start_k = start_rec.reshape(-1)[lanes[:, None] * cap + slot_k]
+    written = Written(seq_k, start_k, jnp.broadcast_to(stamp_k, seq_k.shape), slot_k, record, new_k)
     return new_ts, written
+
+
+def _wrap(x, n: int):
+    """``x % n`` for ``-n <= x < 2n`` (compares, no integer division)."""
+    return jnp.where(x < 0, x + n, jnp.where(x >= n, x - n, x))
+
+
+def set_rows(arr, col, values):
+    """``arr[l, col[l, j]] = values[l, j]`` for every lane ``l`` and ``j`` with ``0 <= col < C``
+    (others dropped; the kept ``(l, col)`` must be distinct). ``arr``: ``[L, C, ...]``; ``col``:
+    ``[L, n]`` int32; ``values``: ``[L, n, ...]``.
+
+    Why not ``arr.at[lanes, col]``: a two-index scatter makes XLA:CPU build an ``[L * n, 2]``
+    index array (a concatenate and a copy that cost more than the scatter); one flat index into
+    the row-major array is the same write.
+    """
+    n_l, c = arr.shape[:2]
+    rest = arr.shape[2:]
+    lanes = jnp.arange(n_l, dtype=jnp.int32)[:, None]
+    flat = jnp.where((col >= 0) & (col < c), lanes * c + col, n_l * c).reshape(-1)
+    out = arr.reshape(n_l * c, *rest).at[flat].set(values.reshape(-1, *rest), mode="drop", unique_indices=True)
+    return out.reshape(arr.shape)
 
 
 class LaneRanges(NamedTuple):

@@ -112,30 +112,28 @@ class SliceSampler(_SliceBase):
         mark = (thr > 0) & ((off == thr - 1) | (reached_in_skip if write.skip else False))
         cap = layout.capacity
         # Entry of the newest queued trajectory as of each step, relative to entry `queued`.
-        rel = jnp.cumsum(mark, axis=1, dtype=jnp.int32) - 1
+        rel = _xla.count_true(mark) - 1
         # (Re)write the entry of every queued trajectory this add extended, once, at its last step
         # here: its start, and its end as of this add. A trajectory is queued iff it has reached
         # thr steps (off >= thr - 1), and then it is the newest queued one, entry `queued + rel`.
-        last_here = jnp.concatenate(
-            [w.seq[:, 1:] != w.seq[:, :-1], jnp.ones((off.shape[0], 1), jnp.bool_)], axis=1
-        )
+        last_here = jnp.concatenate([w.new[:, 1:], jnp.ones((off.shape[0], 1), jnp.bool_)], axis=1)
         live = (thr > 0) & (off - (thr - 1) >= 0) & last_here
-        idx = jnp.where(live, (sstate.qhead[:, None] + rel) % cap, cap)
-        lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
-        entry = jnp.stack([w.start, w.stamp + 1], axis=-1)
-        queue = sstate.queue.at[lanes, idx].set(entry, mode="drop", unique_indices=True)
-        n_marked = jnp.sum(mark, axis=1, dtype=jnp.int32)
+        # (qhead + rel lies in [-1, 2 * capacity): at most `capacity` steps are kept)
+        idx = jnp.where(live, trj._wrap(sstate.qhead[:, None] + rel, cap), cap)
+        queue = trj.set_rows(sstate.queue, idx, jnp.stack([w.start, w.stamp + 1], axis=-1))
+        n_marked = rel[:, -1] + 1
         queued = sstate.queued + n_marked
         qhead = (sstate.qhead + n_marked) % cap
         # Queue rank of every trajectory with a record written by this add (the same slots as
         # trj.update's records): for one begun in this add, the entries appended before its
-        # first step; one begun earlier keeps its rank.
-        slot = trj.record_slot(ts, lanes, w.seq, cap)
-        rec = jnp.where((w.start == w.stamp) | first_kept, slot, cap)
+        # first step; one begun earlier is the lane's ongoing one and keeps its rank (one read
+        # per lane).
         begun_here = w.start - old_total >= 0
         excl = sstate.queued[:, None] + rel + 1 - mark
-        rank = jnp.where(begun_here, excl, sstate.qrank[lanes, slot])
-        qrank = sstate.qrank.at[lanes, rec].set(rank, mode="drop", unique_indices=True)
+        lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)
+        ongoing = sstate.qrank[lanes, (sstate.traj.rec_head - 1) % cap]
+        rank = jnp.where(begun_here, excl, ongoing[:, None])
+        qrank = trj.set_rows(sstate.qrank, jnp.where(w.record, w.slot, cap), rank)
         s = SliceState(traj=ts, queue=queue, queued=queued, qrank=qrank, thr=thr, want=sstate.want, qhead=qhead)
         # If the last sample asked for another length, rebuild the queue for it from the updated
         # records (once; see rlbuf._xla.run_at_most_once for why not a cond). It comes last, so
