@@ -252,7 +252,10 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     record = new_k | first_kept
     start_rec = set_rows(ts.start, jnp.where(record, slot_k, cap), jnp.where(new_k, stamp_k, start0[:, None]))
     pos = write.positions
-    seq_slots = set_rows(ts.seq, jnp.broadcast_to(pos, seq_k.shape), seq_k)
+    if pos.shape[0] == 1:  # (a one-step add: XLA makes this a dynamic-update-slice, cheaper still)
+        seq_slots = ts.seq.at[:, pos].set(seq_k, mode="drop", unique_indices=True)
+    else:
+        seq_slots = set_rows(ts.seq, jnp.broadcast_to(pos, seq_k.shape), seq_k)
     n_new = cum[:, -1]
     new_ts = TrajectoryState(
         seq=seq_slots,
