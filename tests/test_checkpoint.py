@@ -22,6 +22,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# jax 0.12: the first import of orbax changes jax's trace context, so every function jitted before
+# it compiles once more (documented in rlbuf.checkpoint); these tests count compiles, so import
+# orbax before any of them compiles (the lazy import itself is tested in a subprocess below).
+import orbax.checkpoint  # noqa: F401
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
