@@ -25,7 +25,7 @@ from rlbuf.examples import _loop, dqn
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = dataclasses.replace(dqn.DQNConfig(), total_frames=2_048, learning_starts=1_024, steps_per_collect=4,
                            updates_per_collect=4, log_every=1_024, eval_every=1_024, buffer_size=2_048,
-                           batch_size=32, hidden=(16,), eval_episodes=4)
+                           batch_size=32, hidden=(16,), eval_episodes=4, prioritized=False)
 
 # ---------------------------------------------------------------------------- numpy references
 
