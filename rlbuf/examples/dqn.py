@@ -17,8 +17,8 @@ The whole collect -> add -> sample -> update loop runs inside one ``jax.jit``: e
 2. ``ReplayBuffer.add`` of the ``[num_envs, steps_per_collect]`` batch into a
    ``LazyTensorStorage(ndim=2)``;
 3. ``updates_per_collect`` times: ``ReplayBuffer.sample`` + a double-DQN Huber-loss optax Adam
-   step with gradient clipping (+ ``update_priority`` of the TD errors; ``--no-prioritized``: uniform replay) and a Polyak
-   (``target_tau < 1``) or hard (``target_tau = 1``, every ``target_update_every`` updates)
+   step with gradient clipping (+ ``update_priority`` of the TD errors; ``--no-prioritized``:
+   uniform replay) and a Polyak (``target_tau < 1``) or hard (``target_tau = 1``, every ``target_update_every`` updates)
    target-network update.
 
 The training state (buffer included) is donated to the jitted call, so the replay storage is
