@@ -10,6 +10,7 @@ conditional can cost a host round trip); every form computes the same values.
 - :func:`materialize` (CPU): compute a value once into a buffer instead of letting fusion
   recompute it in every consumer (the sum tree's descent, once per level).
 - :func:`wrap_once` (CPU): ``x % n`` for ``0 <= x < 2n`` as a compare and subtract.
+- :func:`wrap_near` (all backends): ``x % n`` for ``-n <= x < 2n`` as two compares.
 - :func:`searchsorted_method` (CPU): which ``jnp.searchsorted`` method for a small sorted array.
 - :func:`below` (all backends; it defines the random stream): integers in ``[0, n)`` from
   uniform 32-bit words by multiply-shift in 16-bit limbs.
@@ -93,6 +94,12 @@ def wrap_once(x, n):
     if not on_cpu():
         return x % n
     return jnp.where(x >= n, x - n, x)
+
+
+def wrap_near(x, n):
+    """``x % n`` for ``-n <= x < 2 * n`` (slots up to one ring behind or ahead of a head), as two
+    compares on every backend: no integer division in index math that XLA fuses into scatters."""
+    return jnp.where(x < 0, x + n, jnp.where(x >= n, x - n, x))
 
 
 def searchsorted_method(size: int) -> str:

@@ -239,7 +239,7 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     seq_k = ts.n_traj[:, None] - 1 + cum_k
     # Record slot of each kept step's trajectory (record_slot, with seq - n_traj = cum - 1).
     slot_k = ts.rec_head[:, None] + cum_k - 1
-    slot_k = _wrap(slot_k, cap) if t_len <= cap else slot_k % cap
+    slot_k = _xla.wrap_near(slot_k, cap) if t_len <= cap else slot_k % cap
     # One record per trajectory with a kept step, written at its first kept step (at most
     # `capacity` consecutive numbers, hence distinct slots): a new step's stamp, or at the first
     # kept step the start of the trajectory it continues (begun in the skipped part, or the
@@ -269,11 +269,6 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     start_k = start_rec.reshape(-1)[lanes[:, None] * cap + slot_k]
     written = Written(seq_k, start_k, jnp.broadcast_to(stamp_k, seq_k.shape), slot_k, record, new_k)
     return new_ts, written
-
-
-def _wrap(x, n: int):
-    """``x % n`` for ``-n <= x < 2n`` (compares, no integer division)."""
-    return jnp.where(x < 0, x + n, jnp.where(x >= n, x - n, x))
 
 
 def set_rows(arr, col, values):

@@ -119,7 +119,7 @@ class SliceSampler(_SliceBase):
         last_here = jnp.concatenate([w.new[:, 1:], jnp.ones((off.shape[0], 1), jnp.bool_)], axis=1)
         live = (thr > 0) & (off - (thr - 1) >= 0) & last_here
         # (qhead + rel lies in [-1, 2 * capacity): at most `capacity` steps are kept)
-        idx = jnp.where(live, trj._wrap(sstate.qhead[:, None] + rel, cap), cap)
+        idx = jnp.where(live, _xla.wrap_near(sstate.qhead[:, None] + rel, cap), cap)
         queue = trj.set_rows(sstate.queue, idx, jnp.stack([w.start, w.stamp + 1], axis=-1))
         n_marked = rel[:, -1] + 1
         queued = sstate.queued + n_marked
