@@ -44,10 +44,14 @@ class _Group:
         # gymnasium vector envs: single_action_space; an EnvPool pool's action_space is one env's
         self.action_space = getattr(vec, "single_action_space", None) or vec.action_space
         self.async_ = hasattr(vec, "step_async") and hasattr(vec, "step_wait")
+        # EnvPool's action space is one env's: random actions for all come from its batched form
+        # (one draw, not one per env)
+        self._batch_space = _batch_space(self.action_space, self.num) if self.envpool else None
         self._pending = None
 
     def reset_all(self, seed: int):
         if self.envpool:
+            self._batch_space.seed(seed)
             return self.vec.reset()[0]
         self.vec.action_space.seed(seed)
         return self.vec.reset(seed=seed)[0]
@@ -83,15 +87,22 @@ class _Group:
         else:
             out = self.vec.step(self._pending)
         obs, rew, term, trunc, info = out
-        return obs, np.asarray(rew, np.float32), np.asarray(term, bool), np.asarray(trunc, bool), info
+        # (rewards are cast to float32 by the write into the batch buffer)
+        return obs, rew, np.asarray(term, bool), np.asarray(trunc, bool), info
 
     def random_actions(self):
         if self.envpool:
-            return np.stack([self.action_space.sample() for _ in range(self.num)])
+            return self._batch_space.sample()
         return self.vec.action_space.sample()
 
     def close(self):
         self.vec.close()
+
+
+def _batch_space(space: Any, n: int) -> Any:
+    from gymnasium.vector.utils import batch_space
+
+    return batch_space(space, n)
 
 
 def _is_envpool(vec: Any) -> bool:
@@ -123,8 +134,9 @@ def _final_obs(info: dict, i: int) -> Any:
 
 
 def _alloc(obs, action, B, T):
-    """Host buffers ``[B, T, ...]`` for one batch (observations keep their dtype and structure;
-    float64 is stored as float32, as JAX would)."""
+    """Host buffers ``[B, T, ...]`` for what one batch's steps write (observations keep their
+    dtype and structure; float64 is stored as float32, as JAX would); the counters are added
+    on the device."""
 
     def like(x):
         x = np.asarray(x)
@@ -135,16 +147,12 @@ def _alloc(obs, action, B, T):
     return {
         "observation": jax.tree.map(like, obs),
         "action": np.empty((B, T) + a.shape[1:], jax.dtypes.canonicalize_dtype(a.dtype)),
-        "step_count": np.empty((B, T), np.int32),
         "next": {
             "observation": jax.tree.map(like, obs),
             "reward": np.empty((B, T), np.float32),
             "terminated": np.empty((B, T), bool),
             "truncated": np.empty((B, T), bool),
-            "done": np.empty((B, T), bool),
-            "episode_reward": np.empty((B, T), np.float32),
         },
-        "collector": {"traj_ids": np.empty((B, T), np.int32)},
     }
 
 

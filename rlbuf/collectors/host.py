@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlbuf.collectors._counters import step_counts, traj_ids
 from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public through this module)
     DISABLED,
     NEXT_STEP,
@@ -136,8 +137,10 @@ class HostCollector:
         self.reset_at_each_iter = bool(reset_at_each_iter)
         self.postproc = postproc
         self.policy = policy
-        self._policy_step = None if policy is None else jax.jit(self._policy_fn)
+        self._policy_step = None if policy is None else jax.jit(self._policy_fn, static_argnames="impl")
         self._carry_reset = jax.jit(self._carry_reset_fn)
+        self._finish = jax.jit(self._finish_fn)
+        self._split = jax.jit(jax.random.split, static_argnums=1)
         self._frames = None  # frames of the state the envs are in (stale-state check)
         self._extras_spec = None
 
@@ -151,20 +154,46 @@ class HostCollector:
         return jax.tree.map(lambda c0, c: jnp.where(fresh.reshape((n,) + (1,) * (c.ndim - 1)), c0, c),
                             self._carry0(n), carry)
 
-    def _policy_fn(self, params, obs, key, carry=None, fresh=None):
-        """One policy step on a group: ``(action, extras, new_carry, carry_in, key)``; the
+    def _finish_fn(self, batch, ids0, next_id, count0, ret0):
+        """The counters of a batch, on the device: ``step_count``, ``("collector","traj_ids")``,
+        ``("next","done")``, ``("next","episode_reward")`` (and ``is_init`` with a carry) from
+        the flags and rewards ``[B, T]``, by :class:`Collector`'s rules and code; returns the
+        batch and ``(ids, next_id, step_count, episode_reward)`` after it."""
+        nxt = batch["next"]
+        done = nxt["terminated"] | nxt["truncated"]
+        d = done.T  # time-major, as the counters' functions take it
+        ids, last_ids, next_id = traj_ids(d, ids0, next_id)
+        counts, last_count = step_counts(d, count0)
+
+        def accumulate(ret, x):  # sequential, as each step adds its reward in Collector
+            r = ret + x[0]
+            return jnp.where(x[1], jnp.zeros_like(r), r), r
+
+        last_ret, ret = jax.lax.scan(accumulate, ret0, (nxt["reward"].T, d))
+        batch = {**batch, "step_count": counts.T, "collector": {"traj_ids": ids.T},
+                 "next": {**nxt, "done": done, "episode_reward": ret.T}}
+        if self.policy_carry is not None:
+            batch["is_init"] = counts.T == 0
+        return batch, (last_ids, next_id, last_count, last_ret)
+
+    def _policy_fn(self, params, obs, key, carry=None, fresh=None, *, impl=None):
+        """One policy step on a group: ``(action, extras, new_carry, carry_in)``. ``key`` is this
+        call's key as host data (the batch's keys are split once, read back once, and each
+        call gets its row: cheaper than a typed key in or out of every call), wrapped back
+        into a typed key of ``impl`` unless the collector's key is a raw ``uint32`` one; the
         carry of envs that just started an episode (``fresh``) is reset before the call."""
-        key, k = jax.random.split(key)
+        if impl is not None:
+            key = jax.random.wrap_key_data(key, impl=impl)
         n = jax.tree.leaves(obs)[0].shape[0]
         with_carry = self.policy_carry is not None
         if with_carry:
             carry = self._carry_reset_fn(carry, fresh)
-        action, extras, new_carry = call_policy(self.policy, params, obs, k, carry, with_carry)
+        action, extras, new_carry = call_policy(self.policy, params, obs, key, carry, with_carry)
         # trace-time checks: they raise before anything runs, naming the key or shape
         check_extras(extras, (n,))
         if with_carry:
             check_carry(new_carry, carry)
-        return action, extras, new_carry, carry, key
+        return action, extras, new_carry, carry
 
     def _check_action(self, action, group: _Group):
         space = group.action_space
@@ -215,10 +244,16 @@ class HostCollector:
         if self.reset_at_each_iter and int(state.frames) > 0:
             state = self.resume(state)
         random = self.policy is None or int(state.frames) < self.init_random_frames
-        state, host, extras, stored = self._rollout(state, policy_params, random)
-        if self.policy_carry is not None:
-            host["is_init"] = host["step_count"] == 0
-        batch = jax.device_put(host)  # one transfer per batch
+        host, extras, stored, obs, key, carry = self._rollout(state, policy_params, random)
+        # one transfer per batch; the counters (ids, step counts, returns) are computed from the
+        # flags on the device, vectorized over the batch, instead of per step on the host
+        host, extras = jax.device_put((host, extras))
+        batch, (ids, next_id, count, ret) = self._finish(
+            host, state.traj_ids, state.next_traj_id, state.step_count, state.episode_reward)
+        state = HostCollectorState(
+            observation=obs, key=key, traj_ids=np.asarray(ids), next_traj_id=np.asarray(next_id),
+            step_count=np.asarray(count), episode_reward=np.asarray(ret),
+            frames=np.asarray(int(state.frames) + self.frames_per_batch, np.int64), policy_carry=carry)
         if extras:
             batch.update(extras)
         if stored is not None:
@@ -253,112 +288,134 @@ class HostCollector:
         return self._extras_spec
 
     def _rollout(self, state, params, random):
-        groups, T, B = self.groups, self.T, self.num_envs
-        starts = np.cumsum([0] + [g.num for g in groups])
+        """Step every group ``T`` times. Returns the host buffers of the batch (observations,
+        actions, rewards and flags, ``[B, T, ...]``), the policy extras and stored carries
+        (device, ``[B, T, ...]``), and the next state's observations, key and policy carry.
+
+        Per step and group the host does only what the next step needs: write the transition,
+        reset the envs that ended, call the policy (the counters are computed once per batch,
+        see :meth:`_finish_fn`). The policy is dispatched as soon as a group's next observations
+        are known and its action read back as late as possible, so that XLA runs it while the
+        host writes the transition and, with several groups, while the other groups step.
+        """
+        groups, T, G = self.groups, self.T, len(self.groups)
+        starts = [int(x) for x in np.cumsum([0] + [g.num for g in groups])]  # (python ints: faster slicing)
         mf = self.max_frames_per_traj
         obs = [jax.tree.map(lambda x, a=a, b=b: np.asarray(x[a:b]), state.observation)
                for a, b in zip(starts[:-1], starts[1:])]
-        key = state.key
-        ids, next_id = state.traj_ids.copy(), int(state.next_traj_id)
-        count, ret = state.step_count.copy(), state.episode_reward.copy()
-        buf = None
-        extras = [[] for _ in groups]
+        key, keys, ex_spec = state.key, None, {}
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        impl = jax.random.key_impl(key) if typed else None
         if self.policy is not None:
             a_spec, ex_spec = self._policy_spec(params, state.observation, key)
-            act_dtype = a_spec.dtype
-        else:
-            ex_spec = {}
-            act_dtype = jax.dtypes.canonicalize_dtype(np.asarray(groups[0].random_actions()).dtype)
-        checked = [False] * len(groups)
+        if not random:  # one key per policy call, split once per batch
+            key, k = jax.random.split(key)
+            keys = self._split(k, T * G)
+            keys = np.asarray(jax.random.key_data(keys) if typed else keys)
         with_carry = self.policy_carry is not None
-        carry = [None] * len(groups)
+        carry = [None] * G
         if with_carry:
             carry = [jax.tree.map(lambda x, a=a, b=b: x[a:b], state.policy_carry)
                      for a, b in zip(starts[:-1], starts[1:])]
         fresh = [np.zeros(g.num, bool) for g in groups]  # envs whose carry must restart
-        stored = [[] for _ in groups]
+        extras, stored = [[] for _ in groups], [[] for _ in groups]
+        checked = [False] * G
+        count = None if mf is None else state.step_count.copy()
 
-        def act(gi):
-            nonlocal key
+        def dispatch(gi, t):
+            """Start the policy on group ``gi``'s observations for step ``t``: a device action (not
+            waited for), or a host one when acting randomly."""
             g = groups[gi]
             if random:
                 if with_carry and self.store_carry:  # the carry is not advanced, only reset
                     carry[gi] = self._carry_reset(carry[gi], fresh[gi])
                     fresh[gi] = np.zeros(g.num, bool)
                     stored[gi].append(carry[gi])
-                return np.asarray(g.random_actions()).astype(act_dtype)
-            a_dev, ex, new_carry, carry_in, key = self._policy_step(params, obs[gi], key, carry[gi],
-                                                                    fresh[gi] if with_carry else None)
-            if not checked[gi]:
-                self._check_action(a_dev, g)
-                checked[gi] = True
+                return g.random_actions()
+            a, ex, new_carry, carry_in = self._policy_step(params, obs[gi], keys[t * G + gi], carry[gi],
+                                                           fresh[gi] if with_carry else None, impl=impl)
             extras[gi].append(ex)
             if with_carry:
                 if self.store_carry:
                     stored[gi].append(carry_in)
                 carry[gi], fresh[gi] = new_carry, np.zeros(g.num, bool)
-            return np.asarray(a_dev)
+            return a
 
         def launch(gi, a):
-            space = groups[gi].action_space
-            dtype = getattr(space, "dtype", None)
-            groups[gi].step_async(a.astype(dtype) if dtype is not None else a)
+            """Wait for group ``gi``'s action and start its envs' step; returns the action."""
+            a = np.asarray(a)
+            if not checked[gi]:
+                self._check_action(a, groups[gi])
+                checked[gi] = True
+            dtype = env_dtype[gi]
+            groups[gi].step_async(a if dtype is None or a.dtype == dtype else a.astype(dtype))
+            return a
 
-        actions = [None] * len(groups)
-        for gi in range(len(groups)):
-            actions[gi] = act(gi)
-            launch(gi, actions[gi])
+        # a synchronous vector env steps inside step_wait, so its action is read back only then
+        # (after the other groups' work); subprocess and EnvPool envs start stepping at once
+        lazy = [not (g.async_ or g.envpool) for g in groups]
+        plain_obs = isinstance(obs[0], np.ndarray)
+        env_dtype = [getattr(g.action_space, "dtype", None) for g in groups]
+        pending = [dispatch(gi, 0) for gi in range(G)]
+        actions = [None if lazy[gi] else launch(gi, pending[gi]) for gi in range(G)]
+        buf = None
         for t in range(T):
+            last = t + 1 == T
             for gi, g in enumerate(groups):
                 a, b = starts[gi], starts[gi + 1]
+                if lazy[gi]:
+                    actions[gi] = launch(gi, pending[gi])
                 nobs, rew, term, trunc, info = g.step_wait()
-                if buf is None:
-                    buf = _alloc(obs[gi], actions[gi], B, T)
-                cur = obs[gi]
-                done_env = term | trunc
+                ended = term | trunc  # by the env itself (it reset itself in same-step mode)
+                any_ended = ended.any()
+                if mf is None:
+                    done, any_done = ended, any_ended
+                else:
+                    c = count[a:b] + 1
+                    trunc = trunc | (c >= mf)
+                    done = term | trunc
+                    count[a:b] = np.where(done, 0, c)
+                    any_done = done.any()
                 nxt = nobs
-                if g.mode == SAME_STEP and done_env.any():
+                if any_ended and g.mode == SAME_STEP:
                     nxt = _tmap(np.array, nobs)  # own copy: the final observations go in
-                    for i in np.nonzero(done_env)[0]:
+                    for i in np.nonzero(ended)[0]:
                         fin = _final_obs(info, i)
                         _tmap(lambda n, f, i=i: n.__setitem__(i, f), nxt, fin)
-                c = count[a:b] + 1
-                if mf is not None:
-                    trunc = trunc | (c >= mf)
-                done = term | trunc
-                r = ret[a:b] + rew
-                _put(buf["observation"], a, b, t, cur)
-                _put(buf["next"]["observation"], a, b, t, nxt)
+                cur = obs[gi]
+                if any_done:
+                    # the observation acted on next: reset ones where an episode ended (a
+                    # same-step env already reset itself unless only max_frames_per_traj ended it)
+                    need = done & ~ended if g.mode == SAME_STEP else done
+                    if need.any():
+                        nobs = g.reset_some(need, nobs)
+                    if with_carry:
+                        fresh[gi] = fresh[gi] | done
+                obs[gi] = nobs
+                if not last:
+                    pending[gi] = dispatch(gi, t + 1)
+                if buf is None:
+                    buf = _alloc(cur, actions[gi], self.num_envs, T)
+                if plain_obs:
+                    buf["observation"][a:b, t], buf["next"]["observation"][a:b, t] = cur, nxt
+                else:
+                    _put(buf["observation"], a, b, t, cur)
+                    _put(buf["next"]["observation"], a, b, t, nxt)
                 buf["action"][a:b, t] = actions[gi]
-                buf["step_count"][a:b, t] = count[a:b]
-                buf["collector"]["traj_ids"][a:b, t] = ids[a:b]
                 n = buf["next"]
                 n["reward"][a:b, t], n["terminated"][a:b, t], n["truncated"][a:b, t] = rew, term, trunc
-                n["done"][a:b, t], n["episode_reward"][a:b, t] = done, r
-                # envs that ended start over: new ids in env order, counters from zero
-                k = int(done.sum())
-                if k:
-                    ids[a:b][done] = next_id + np.arange(k, dtype=np.int32)
-                    next_id += k
-                count[a:b] = np.where(done, 0, c)
-                ret[a:b] = np.where(done, 0.0, r)
-                fresh[gi] = fresh[gi] | done
-                # the observation acted on next: reset ones where an episode ended (a same-step
-                # env already reset itself unless only max_frames_per_traj ended it)
-                need = done & ~done_env if g.mode == SAME_STEP else done
-                if need.any():
-                    nobs = g.reset_some(need, nobs)
-                obs[gi] = nobs
-                if t + 1 < T:
-                    actions[gi] = act(gi)
-                    launch(gi, actions[gi])
+                if not last and not lazy[gi]:
+                    actions[gi] = launch(gi, pending[gi])
         ex = {}
         if random and ex_spec:  # TorchRL: policy extras are zeros in random batches
-            ex = jax.tree.map(lambda sp: jnp.zeros((B, T) + sp.shape[1:], sp.dtype), ex_spec)
+            ex = jax.tree.map(lambda sp: np.zeros((self.num_envs, T) + sp.shape[1:], sp.dtype), ex_spec)
         elif extras[0] and extras[0][0]:
-            # [T] lists of [B_g, ...] per group -> [B, T, ...] on the device, without a host trip
-            per_group = [jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *e) for e in extras]
-            ex = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *per_group)
+            # [T] lists of [B_g, ...] per group -> host [B, T, ...], moved with the batch: the
+            # extras are long computed, so reading them back costs less than one device stack of
+            # T arrays (or a read per step)
+            per_group = [jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs], axis=1), *e)
+                         for e in extras]
+            ex = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *per_group)
         final_carry = st = None
         if with_carry:  # the state's carry is already reset where an episode just ended
             parts = [self._carry_reset(c, f) for c, f in zip(carry, fresh)]
@@ -366,11 +423,7 @@ class HostCollector:
             if self.store_carry:
                 per_group = [jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *c) for c in stored]
                 st = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *per_group)
-        new = HostCollectorState(
-            observation=self._cat(obs), key=key, traj_ids=ids,
-            next_traj_id=np.asarray(next_id, np.int32), step_count=count, episode_reward=ret,
-            frames=np.asarray(int(state.frames) + B * T, np.int64), policy_carry=final_carry)
-        return new, buf, ex, st
+        return buf, ex, st, self._cat(obs), key, final_carry
 
 
 __all__: Sequence[str] = ("HostCollector", "HostCollectorState", "make_groups")
