@@ -326,3 +326,23 @@ def test_dict_observations_stay_nested(autoreset):
     obs, nobs = r["observation"], r["next"]["observation"]
     check_host({**r, "observation": obs["state"], "next": {**r["next"], "observation": nobs["state"]}})
     np.testing.assert_array_equal(nobs["extra"]["step"], nobs["state"][..., STEP])
+
+
+@pytest.mark.parametrize("key_fn", [jax.random.key, jax.random.PRNGKey])
+def test_policy_keys_typed_and_raw(key_fn):
+    """Each policy call gets its own key, of the kind the collector was started with (typed or
+    raw ``uint32``); the key stream continues across batches."""
+    kinds = []
+
+    def keyed(params, obs, key):
+        kinds.append(jnp.issubdtype(key.dtype, jax.dtypes.prng_key))
+        return jax.random.randint(key, (obs.shape[0],), 0, 3), {"u": jax.random.uniform(key, (obs.shape[0],))}
+
+    hc = HostCollector(make_vec(), keyed, frames_per_batch=B * T)
+    state = hc.init(key_fn(0))
+    state, b1 = hc.collect(state)
+    state, b2 = hc.collect(state)
+    assert set(kinds) == {key_fn is jax.random.key}
+    u = np.concatenate([np.asarray(b1["u"]), np.asarray(b2["u"])], axis=1)  # [B, 2T]
+    assert len(np.unique(u)) == u.size  # a fresh key for every call, also in the second batch
+    check_host(CHECKS.rows([jax.tree.map(np.asarray, b) for b in (b1, b2)], 2))
