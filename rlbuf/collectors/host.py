@@ -140,7 +140,7 @@ class HostCollector:
         self._policy_step = None if policy is None else jax.jit(self._policy_fn, static_argnames="impl")
         self._carry_reset = jax.jit(self._carry_reset_fn)
         self._finish = jax.jit(self._finish_fn)
-        self._split = jax.jit(jax.random.split, static_argnums=1)
+        self._keys = jax.jit(self._keys_fn, static_argnums=1)
         self._frames = None  # frames of the state the envs are in (stale-state check)
         self._extras_spec = None
 
@@ -154,11 +154,19 @@ class HostCollector:
         return jax.tree.map(lambda c0, c: jnp.where(fresh.reshape((n,) + (1,) * (c.ndim - 1)), c0, c),
                             self._carry0(n), carry)
 
-    def _finish_fn(self, batch, ids0, next_id, count0, ret0):
-        """The counters of a batch, on the device: ``step_count``, ``("collector","traj_ids")``,
+    @staticmethod
+    def _keys_fn(key, n):
+        """``(next key, n keys)``, the keys as raw data (the host hands one row to each call)."""
+        key, k = jax.random.split(key)
+        keys = jax.random.split(k, n)
+        return key, jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
+
+    def _finish_fn(self, batch, extras, ids0, next_id, count0, ret0):
+        """The batch on the device, with its counters: ``step_count``, ``("collector","traj_ids")``,
         ``("next","done")``, ``("next","episode_reward")`` (and ``is_init`` with a carry) from
-        the flags and rewards ``[B, T]``, by :class:`Collector`'s rules and code; returns the
-        batch and ``(ids, next_id, step_count, episode_reward)`` after it."""
+        the flags and rewards ``[B, T]``, by :class:`Collector`'s rules and code, and the policy
+        ``extras`` at the root; returns it and ``(ids, next_id, step_count, episode_reward)``
+        after the batch."""
         nxt = batch["next"]
         done = nxt["terminated"] | nxt["truncated"]
         d = done.T  # time-major, as the counters' functions take it
@@ -170,7 +178,7 @@ class HostCollector:
             return jnp.where(x[1], jnp.zeros_like(r), r), r
 
         last_ret, ret = jax.lax.scan(accumulate, ret0, (nxt["reward"].T, d))
-        batch = {**batch, "step_count": counts.T, "collector": {"traj_ids": ids.T},
+        batch = {**batch, **extras, "step_count": counts.T, "collector": {"traj_ids": ids.T},
                  "next": {**nxt, "done": done, "episode_reward": ret.T}}
         if self.policy_carry is not None:
             batch["is_init"] = counts.T == 0
@@ -245,17 +253,15 @@ class HostCollector:
             state = self.resume(state)
         random = self.policy is None or int(state.frames) < self.init_random_frames
         host, extras, stored, obs, key, carry = self._rollout(state, policy_params, random)
-        # one transfer per batch; the counters (ids, step counts, returns) are computed from the
-        # flags on the device, vectorized over the batch, instead of per step on the host
-        host, extras = jax.device_put((host, extras))
+        # one transfer per batch (the host buffers are arguments of one jitted call: cheaper than
+        # device_put's per-leaf path); the counters (ids, step counts, returns) are computed from
+        # the flags on the device, vectorized over the batch, instead of per step on the host
         batch, (ids, next_id, count, ret) = self._finish(
-            host, state.traj_ids, state.next_traj_id, state.step_count, state.episode_reward)
+            host, extras, state.traj_ids, state.next_traj_id, state.step_count, state.episode_reward)
         state = HostCollectorState(
             observation=obs, key=key, traj_ids=np.asarray(ids), next_traj_id=np.asarray(next_id),
             step_count=np.asarray(count), episode_reward=np.asarray(ret),
             frames=np.asarray(int(state.frames) + self.frames_per_batch, np.int64), policy_carry=carry)
-        if extras:
-            batch.update(extras)
         if stored is not None:
             batch["collector"]["carry"] = stored
         if self.postproc is not None:
@@ -309,9 +315,8 @@ class HostCollector:
         if self.policy is not None:
             a_spec, ex_spec = self._policy_spec(params, state.observation, key)
         if not random:  # one key per policy call, split once per batch
-            key, k = jax.random.split(key)
-            keys = self._split(k, T * G)
-            keys = np.asarray(jax.random.key_data(keys) if typed else keys)
+            key, keys = self._keys(key, T * G)
+            keys = np.asarray(keys)
         with_carry = self.policy_carry is not None
         carry = [None] * G
         if with_carry:
@@ -367,7 +372,7 @@ class HostCollector:
                     actions[gi] = launch(gi, pending[gi])
                 nobs, rew, term, trunc, info = g.step_wait()
                 ended = term | trunc  # by the env itself (it reset itself in same-step mode)
-                any_ended = ended.any()
+                any_ended = np.count_nonzero(ended)  # (faster than .any() on a few envs)
                 if mf is None:
                     done, any_done = ended, any_ended
                 else:
@@ -375,7 +380,7 @@ class HostCollector:
                     trunc = trunc | (c >= mf)
                     done = term | trunc
                     count[a:b] = np.where(done, 0, c)
-                    any_done = done.any()
+                    any_done = np.count_nonzero(done)
                 nxt = nobs
                 if any_ended and g.mode == SAME_STEP:
                     nxt = _tmap(np.array, nobs)  # own copy: the final observations go in
@@ -387,7 +392,7 @@ class HostCollector:
                     # the observation acted on next: reset ones where an episode ended (a
                     # same-step env already reset itself unless only max_frames_per_traj ended it)
                     need = done & ~ended if g.mode == SAME_STEP else done
-                    if need.any():
+                    if np.count_nonzero(need):
                         nobs = g.reset_some(need, nobs)
                     if with_carry:
                         fresh[gi] = fresh[gi] | done
