@@ -28,7 +28,8 @@ from rlbuf.collectors.host import HostCollector
 NUM_ENVS = 8
 
 
-def _gym_vec(mode, num=NUM_ENVS):
+def _gym_vec(mode, num=None):
+    num = NUM_ENVS if num is None else num
     import gymnasium as gym
 
     return gym.make_vec("CartPole-v1", num_envs=num, vectorization_mode=mode,
@@ -128,7 +129,7 @@ def host_rows(quick: bool = False) -> list[Row]:
     runs["host async 2 groups"] = _host(hc, params)
     closers.append(hc)
     cases = [("sync", "host sync", "bare sync"), ("async", "host async", "bare async"),
-             ("async, 2 groups of 4 alternating", "host async 2 groups", "bare async")]
+             (f"async, 2 groups of {NUM_ENVS // 2} alternating", "host async 2 groups", "bare async")]
     if importlib.util.find_spec("envpool"):  # EnvPool's C++ thread pool (synchronous pool)
         import envpool
 
@@ -167,7 +168,7 @@ def host_rows(quick: bool = False) -> list[Row]:
     best_key = max(("host sync", "host async", "host async 2 groups"), key=lambda k: fps[k][0])
     best = fps[best_key][0]
     rows.append(Row("host", f"HostCollector CartPole-v1 MLP {NUM_ENVS} envs ({best_key[5:]})",
-                    "TorchRL Collector, SerialEnv of 8 GymEnv, torch MLP", 1e6 / best, 1e6 / t_fps, "frame",
+                    f"TorchRL Collector, SerialEnv of {NUM_ENVS} GymEnv, torch MLP", 1e6 / best, 1e6 / t_fps, "frame",
                     f"ours {best / 1e3:.1f} kframes/s, TorchRL {t_fps / 1e3:.2f} = {best / t_fps:.1f}x; "
                     "target >= 10x"))
     return rows
@@ -316,12 +317,16 @@ def run(quick: bool = False, suites: bool = False) -> list[Row]:
 def main(argv=None) -> None:
     import argparse
 
+    global NUM_ENVS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--suites", action="store_true", help="also the JAX suites (minutes of compilation)")
     p.add_argument("--only-suites", action="store_true")
+    p.add_argument("--num-envs", type=int, default=NUM_ENVS, help="envs of the host rows (default 8)")
     p.add_argument("--only", default=None, help="only the suites whose name contains one of these (comma-separated)")
     a = p.parse_args(argv)
+    NUM_ENVS = a.num_envs
     print_rows(suite_rows(a.quick, a.only) if a.only_suites else run(a.quick, a.suites))
 
 
