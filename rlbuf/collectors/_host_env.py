@@ -7,7 +7,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from rlbuf.collectors._counters import step_counts, traj_ids
 
 NEXT_STEP, SAME_STEP, DISABLED = "nextstep", "samestep", "disabled"
 
@@ -154,6 +157,43 @@ def _alloc(obs, action, B, T):
             "truncated": np.empty((B, T), bool),
         },
     }
+
+
+def batch_keys(key, n):
+    """``(next key, n keys)``: the policy keys of one batch, as raw key data (the host hands one
+    row to each policy call; a typed key in or out of every call costs host work per step)."""
+    key, k = jax.random.split(key)
+    keys = jax.random.split(k, n)
+    return key, jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
+
+
+def finish_batch(batch, extras, ids0, next_id, count0, ret0, *, with_carry=False):
+    """A host batch on the device, with its counters (jitted once per batch by the collector).
+
+    ``batch``: the host buffers of :func:`_alloc` (``[B, T, ...]``), ``extras`` the policy's
+    (put at the root). Adds ``step_count``, ``("collector","traj_ids")``, ``("next","done")``,
+    ``("next","episode_reward")`` (and ``is_init`` ``with_carry``), computed from the flags and
+    rewards by :class:`rlbuf.Collector`'s rules and functions (``collectors/_counters.py``) from
+    the counters before the batch: ids ``ids0 [B]``, ``next_id []``, step counts ``count0 [B]``,
+    returns ``ret0 [B]``. Returns ``(batch, (ids, next_id, step_count, episode_reward))``, the
+    counters after it.
+    """
+    nxt = batch["next"]
+    done = nxt["terminated"] | nxt["truncated"]
+    d = done.T  # time-major, as the counters' functions take it
+    ids, last_ids, next_id = traj_ids(d, ids0, next_id)
+    counts, last_count = step_counts(d, count0)
+
+    def accumulate(ret, x):  # sequential, as each step adds its reward in Collector
+        r = ret + x[0]
+        return jnp.where(x[1], jnp.zeros_like(r), r), r
+
+    last_ret, ret = jax.lax.scan(accumulate, ret0, (nxt["reward"].T, d))
+    batch = {**batch, **extras, "step_count": counts.T, "collector": {"traj_ids": ids.T},
+             "next": {**nxt, "done": done, "episode_reward": ret.T}}
+    if with_carry:
+        batch["is_init"] = counts.T == 0
+    return batch, (last_ids, next_id, last_count, last_ret)
 
 
 def _tmap(fn, *trees):

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf.collectors._counters import step_counts, traj_ids
 from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public through this module)
     DISABLED,
     NEXT_STEP,
@@ -26,6 +25,8 @@ from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public thr
     _Group,
     _put,
     _tmap,
+    batch_keys,
+    finish_batch,
     make_groups,
 )
 from rlbuf.collectors._policy import call_policy, check_carry, check_extras, init_carry
@@ -139,8 +140,8 @@ class HostCollector:
         self.policy = policy
         self._policy_step = None if policy is None else jax.jit(self._policy_fn, static_argnames="impl")
         self._carry_reset = jax.jit(self._carry_reset_fn)
-        self._finish = jax.jit(self._finish_fn)
-        self._keys = jax.jit(self._keys_fn, static_argnums=1)
+        self._finish = jax.jit(finish_batch, static_argnames="with_carry")
+        self._keys = jax.jit(batch_keys, static_argnums=1)
         self._frames = None  # frames of the state the envs are in (stale-state check)
         self._extras_spec = None
 
@@ -153,36 +154,6 @@ class HostCollector:
         n = fresh.shape[0]
         return jax.tree.map(lambda c0, c: jnp.where(fresh.reshape((n,) + (1,) * (c.ndim - 1)), c0, c),
                             self._carry0(n), carry)
-
-    @staticmethod
-    def _keys_fn(key, n):
-        """``(next key, n keys)``, the keys as raw data (the host hands one row to each call)."""
-        key, k = jax.random.split(key)
-        keys = jax.random.split(k, n)
-        return key, jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
-
-    def _finish_fn(self, batch, extras, ids0, next_id, count0, ret0):
-        """The batch on the device, with its counters: ``step_count``, ``("collector","traj_ids")``,
-        ``("next","done")``, ``("next","episode_reward")`` (and ``is_init`` with a carry) from
-        the flags and rewards ``[B, T]``, by :class:`Collector`'s rules and code, and the policy
-        ``extras`` at the root; returns it and ``(ids, next_id, step_count, episode_reward)``
-        after the batch."""
-        nxt = batch["next"]
-        done = nxt["terminated"] | nxt["truncated"]
-        d = done.T  # time-major, as the counters' functions take it
-        ids, last_ids, next_id = traj_ids(d, ids0, next_id)
-        counts, last_count = step_counts(d, count0)
-
-        def accumulate(ret, x):  # sequential, as each step adds its reward in Collector
-            r = ret + x[0]
-            return jnp.where(x[1], jnp.zeros_like(r), r), r
-
-        last_ret, ret = jax.lax.scan(accumulate, ret0, (nxt["reward"].T, d))
-        batch = {**batch, **extras, "step_count": counts.T, "collector": {"traj_ids": ids.T},
-                 "next": {**nxt, "done": done, "episode_reward": ret.T}}
-        if self.policy_carry is not None:
-            batch["is_init"] = counts.T == 0
-        return batch, (last_ids, next_id, last_count, last_ret)
 
     def _policy_fn(self, params, obs, key, carry=None, fresh=None, *, impl=None):
         """One policy step on a group: ``(action, extras, new_carry, carry_in)``. ``key`` is this
@@ -257,7 +228,8 @@ class HostCollector:
         # device_put's per-leaf path); the counters (ids, step counts, returns) are computed from
         # the flags on the device, vectorized over the batch, instead of per step on the host
         batch, (ids, next_id, count, ret) = self._finish(
-            host, extras, state.traj_ids, state.next_traj_id, state.step_count, state.episode_reward)
+            host, extras, state.traj_ids, state.next_traj_id, state.step_count, state.episode_reward,
+            with_carry=self.policy_carry is not None)
         state = HostCollectorState(
             observation=obs, key=key, traj_ids=np.asarray(ids), next_traj_id=np.asarray(next_id),
             step_count=np.asarray(count), episode_reward=np.asarray(ret),
@@ -300,9 +272,10 @@ class HostCollector:
 
         Per step and group the host does only what the next step needs: write the transition,
         reset the envs that ended, call the policy (the counters are computed once per batch,
-        see :meth:`_finish_fn`). The policy is dispatched as soon as a group's next observations
-        are known and its action read back as late as possible, so that XLA runs it while the
-        host writes the transition and, with several groups, while the other groups step.
+        by ``_host_env.finish_batch``). The policy is dispatched as soon as a group's next
+        observations are known and its action read back as late as possible, so that XLA runs
+        it while the host writes the transition and, with several groups, while the other
+        groups step.
         """
         groups, T, G = self.groups, self.T, len(self.groups)
         starts = [int(x) for x in np.cumsum([0] + [g.num for g in groups])]  # (python ints: faster slicing)
