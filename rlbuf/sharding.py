@@ -1,5 +1,6 @@
 """Replay buffers split into lane groups: over the devices of a ``Mesh`` (``shard``) or over
-the workers of an asynchronous collector (``PerWorkerReplayBuffer``).
+the workers of an asynchronous collector (``PerWorkerReplayBuffer``, in :mod:`rlbuf.per_worker`;
+imported here too).
 
 Both keep one plain :class:`~rlbuf.replay_buffer.ReplayBuffer` state per group and stack the
 groups on a new leading axis, so every sampler and writer runs unchanged on its group's
@@ -38,6 +39,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rlbuf import _tree
+from rlbuf._groups import (
+    _check_global,
+    _local_example,
+    _offset_index,
+    _own_index,
+    _rank1,
+    _split_buffer,
+    _stored,
+)
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 
 _shard_map = getattr(jax, "shard_map", None)
@@ -46,89 +56,6 @@ if _shard_map is None:  # pragma: no cover - jax < 0.7
 
     def _shard_map(f, *, mesh, in_specs, out_specs, check_vma=False):
         return _legacy_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check_vma)
-
-
-def _split_buffer(rb: ReplayBuffer, n: int, who: str) -> ReplayBuffer:
-    """The buffer one of ``n`` lane groups runs: ``rb.split(n)`` (storage, sampler and writer
-    each split by their own ``split``)."""
-    if not isinstance(rb, ReplayBuffer):
-        raise TypeError(f"{who}: expected a ReplayBuffer, got {type(rb).__name__}")
-    return rb.split(n, who)
-
-
-def _stored(rb: ReplayBuffer, data: Any, who: str) -> Any:
-    """``data`` as ``rb.add`` would store it: TorchRL-style tuple keys turned into nesting, list
-    leaves into arrays, and only ``rb.keys`` kept. Done once on the global batch, so the checks
-    below see what is stored and the groups receive only stored keys (``nest``/``keys`` are
-    idempotent: the groups' own ``add`` finds nothing left to do)."""
-    return rb._stored(_tree.nest(data, who), who)
-
-
-def _local_example(example: Any, ndim: int, n: int, who: str) -> Any:
-    """One group's part of an ``add`` example: the leading lane dim divided by ``n``."""
-
-    def cut(key, x):
-        shape, dtype = _tree.leaf_spec(x)
-        if ndim == 1:
-            return jax.ShapeDtypeStruct(shape, dtype)
-        if not shape or shape[0] % n:
-            raise ValueError(
-                f"{who}: leaf {_tree.key_str(key)} has shape {shape}; its leading lane dim must be "
-                f"divisible by the {n} groups"
-            )
-        return jax.ShapeDtypeStruct((shape[0] // n, *shape[1:]), dtype)
-
-    items = _tree.leaves_with_keys(example)
-    leaves = [cut(k, x) for k, x in items]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(example), leaves)
-
-
-def _check_global(rb: ReplayBuffer, layout, data: Any, n: int, who: str) -> None:
-    """Trace-time validation of an ``add`` batch against the *global* layout, so errors name
-    the shapes the user passed, not a group's."""
-    if layout.ndim >= 2:
-        glob = dataclasses.replace(layout, lanes=(layout.lanes[0] * n, *layout.lanes[1:]))
-        rb.storage.check(glob, data)
-    else:
-        rb.storage.check(layout, data)
-        for key, x in _tree.leaves_with_keys(data):
-            if np.shape(x)[0] % n:
-                raise ValueError(
-                    f"{who}.add: key {_tree.key_str(key)} has {np.shape(x)[0]} transitions, not "
-                    f"divisible by the {n} groups (ndim=1 splits the transition axis)"
-                )
-
-
-def _offset_index(index: Any, layout, g) -> Any:
-    """A group's sampler index made global: the first lane index (``ndim >= 2``) or the ring
-    slot (``ndim = 1``) offset by the group's start, i.e. an index into the groups' storages
-    merged along their first axis (:meth:`ShardedReplayBuffer.global_storage`)."""
-    if layout.lanes:
-        return (index[0] + g * layout.lanes[0], *index[1:])
-    return index + g * layout.capacity
-
-
-def _ignore_foreign(index: tuple, owned, priority):
-    """``(index, priority)`` for one group's ``update_priority``: entries that another group owns
-    get the time index -1, which every sampler ignores (``Sampler.update_priority``: out-of-range
-    entries are skipped), so no branch on "does this group own any entry" is needed."""
-    priority = jnp.broadcast_to(jnp.asarray(priority), owned.shape)
-    return (*index[:-1], jnp.where(owned, index[-1], -1)), priority
-
-
-def _own_index(index: Any, layout, g, priority):
-    """Inverse of :func:`_offset_index` for ``update_priority``: the group-local index, entries of
-    other groups ignored (:func:`_ignore_foreign`)."""
-    index = index if isinstance(index, tuple) else (index,)
-    span = layout.lanes[0] if layout.lanes else layout.capacity
-    first = index[0] - g * span
-    owned = (first >= 0) & (first < span)
-    local, priority = _ignore_foreign((first, *index[1:]), owned, priority)
-    return (local if layout.lanes else local[0]), priority
-
-
-def _rank1(x):
-    return x if jnp.ndim(x) else x[None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,103 +236,4 @@ def shard(rb: ReplayBuffer, mesh: Mesh, axis_name: Any = "data") -> ShardedRepla
     return ShardedReplayBuffer(rb, mesh, axis_name)
 
 
-@dataclasses.dataclass(frozen=True)
-class PerWorkerReplayBuffer:
-    """One :class:`ReplayBuffer` per collector worker, stacked on a leading worker axis, so that
-    each worker's batches go into its own lanes and rings (slices stay valid however the
-    workers' batches interleave; see :class:`rlbuf.collectors.async_.MultiAsyncCollector`).
-
-    ``buffer`` is configured for one worker's batches (e.g. ``LazyTensorStorage(ndim=2)`` for
-    ``[B, T]``) with ``max_size`` and ``batch_size`` counted over all ``num_workers`` workers.
-
-    State: a :class:`BufferState` whose leaves carry a leading ``[W]`` axis (storage ``[W,
-    *lanes, capacity, ...]``, cursor/count ``[W]``, ...); ``state.layout`` is one worker's.
-
-    - ``add_worker(state, worker_id, batch)``: writes one worker's batch (``worker_id`` may be
-      a traced int) into that worker's sub-buffer only; its cursor alone advances.
-    - ``add(state, batch)``: all workers at once, ``batch`` leaves ``[W, *lanes, T, ...]``.
-    - ``sample(state, key)``: ``batch_size / W`` items from each worker (key
-      ``fold_in(key, w)``), concatenated worker-major; ``info["index"]`` is
-      ``(worker, *lane_idx, t)``, an index into ``state.storage``.
-    - ``update_priority(state, info["index"], priority)``: same layout as ``sample`` returned.
-    - ``can_sample(state)``: every worker's sub-buffer can sample.
-
-    Sampling distribution: see :mod:`rlbuf.sharding` (each worker contributes equally).
-    """
-
-    buffer: ReplayBuffer
-    num_workers: int
-
-    def __post_init__(self):
-        if not isinstance(self.num_workers, (int, np.integer)) or self.num_workers <= 0:
-            raise ValueError(f"PerWorkerReplayBuffer: num_workers must be a positive int, got {self.num_workers!r}")
-        self._local  # split now: a buffer that cannot be split raises here
-
-    @functools.cached_property
-    def _local(self) -> ReplayBuffer:
-        return _split_buffer(self.buffer, int(self.num_workers), "PerWorkerReplayBuffer")
-
-    @property
-    def local_buffer(self) -> ReplayBuffer:
-        """The plain buffer each worker runs (``max_size / W``, ``batch_size / W``)."""
-        return self._local
-
-    def num_stored(self, state: BufferState) -> jax.Array:
-        """int32 scalar: transitions stored over all workers (jittable)."""
-        return self._local.num_stored(state)
-
-    def init(self, example: Any) -> BufferState:
-        """Empty sub-buffers for worker batches like ``example`` (one worker's batch)."""
-        example = _tree.nest(example, "PerWorkerReplayBuffer.init")
-        states = [self._local.init(example) for _ in range(self.num_workers)]
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
-
-    def add_worker(self, state: BufferState, worker_id, batch: Any) -> BufferState:
-        """Write one worker's ``batch`` into its sub-buffer (``worker_id``: int or int scalar)."""
-        w = jnp.asarray(worker_id, jnp.int32)
-        sub = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, w, keepdims=False), state)
-        sub = self._local.add(sub, batch)
-        return jax.tree_util.tree_map(lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y, w, 0), state, sub)
-
-    def add(self, state: BufferState, batch: Any) -> BufferState:
-        """Write a batch of every worker (leaves ``[W, *lanes, T, ...]``)."""
-        batch = _stored(self.buffer, batch, "PerWorkerReplayBuffer.add")
-        for key, x in _tree.leaves_with_keys(batch):
-            if not np.shape(x) or np.shape(x)[0] != self.num_workers:
-                raise ValueError(
-                    f"PerWorkerReplayBuffer.add: key {_tree.key_str(key)} has shape {np.shape(x)}, "
-                    f"expected a leading worker axis of {self.num_workers}"
-                )
-        return jax.vmap(self._local.add)(state, batch)
-
-    extend = add
-
-    def sample(self, state: BufferState, key: jax.Array):
-        """``(state, batch, info)`` with ``batch_size / W`` items per worker, worker-major."""
-        W = self.num_workers
-
-        def one(st, w):
-            st, batch, info = self._local.sample(st, jax.random.fold_in(key, w))
-            idx = info["index"] if isinstance(info["index"], tuple) else (info["index"],)
-            info = dict(info, index=(jnp.full_like(idx[0], w), *idx))
-            return st, batch, jax.tree_util.tree_map(_rank1, info)
-
-        state, batch, info = jax.vmap(one)(state, jnp.arange(W, dtype=jnp.int32))
-        merge = lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # noqa: E731
-        return state, jax.tree_util.tree_map(merge, batch), jax.tree_util.tree_map(merge, info)
-
-    def can_sample(self, state: BufferState) -> jax.Array:
-        return jnp.all(jax.vmap(self._local.can_sample)(state))
-
-    def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
-        """Set priorities at ``index = (worker, *lane_idx, t)`` laid out as ``sample`` returned."""
-        W = self.num_workers
-        split = lambda x: jnp.reshape(x, (W, x.shape[0] // W, *x.shape[1:]))  # noqa: E731
-        priority = split(jnp.broadcast_to(jnp.asarray(priority), jnp.shape(index[0])))
-        index = tuple(split(i) for i in index)
-
-        def one(st, w, index, priority):
-            local, prio = _ignore_foreign(index[1:], index[0] == w, priority)
-            return self._local.update_priority(st, local if st.layout.lanes else local[0], prio)
-
-        return jax.vmap(one)(state, jnp.arange(W, dtype=jnp.int32), index, priority)
+from rlbuf.per_worker import PerWorkerReplayBuffer  # noqa: E402,F401  (public here too)

@@ -1,0 +1,119 @@
+"""``PerWorkerReplayBuffer``: one replay buffer per collector worker, stacked on a leading worker
+axis (the asynchronous collector's buffer). Its sampling distribution is described in
+:mod:`rlbuf.sharding` (each worker contributes the same number of items to each batch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlbuf import _tree
+from rlbuf._groups import _ignore_foreign, _rank1, _split_buffer, _stored
+from rlbuf.replay_buffer import BufferState, ReplayBuffer
+
+
+@dataclasses.dataclass(frozen=True)
+class PerWorkerReplayBuffer:
+    """One :class:`ReplayBuffer` per collector worker, stacked on a leading worker axis, so that
+    each worker's batches go into its own lanes and rings (slices stay valid however the
+    workers' batches interleave; see :class:`rlbuf.collectors.async_.MultiAsyncCollector`).
+
+    ``buffer`` is configured for one worker's batches (e.g. ``LazyTensorStorage(ndim=2)`` for
+    ``[B, T]``) with ``max_size`` and ``batch_size`` counted over all ``num_workers`` workers.
+
+    State: a :class:`BufferState` whose leaves carry a leading ``[W]`` axis (storage ``[W,
+    *lanes, capacity, ...]``, cursor/count ``[W]``, ...); ``state.layout`` is one worker's.
+
+    - ``add_worker(state, worker_id, batch)``: writes one worker's batch (``worker_id`` may be
+      a traced int) into that worker's sub-buffer only; its cursor alone advances.
+    - ``add(state, batch)``: all workers at once, ``batch`` leaves ``[W, *lanes, T, ...]``.
+    - ``sample(state, key)``: ``batch_size / W`` items from each worker (key
+      ``fold_in(key, w)``), concatenated worker-major; ``info["index"]`` is
+      ``(worker, *lane_idx, t)``, an index into ``state.storage``.
+    - ``update_priority(state, info["index"], priority)``: same layout as ``sample`` returned.
+    - ``can_sample(state)``: every worker's sub-buffer can sample.
+
+    Sampling distribution: see :mod:`rlbuf.sharding` (each worker contributes equally).
+    """
+
+    buffer: ReplayBuffer
+    num_workers: int
+
+    def __post_init__(self):
+        if not isinstance(self.num_workers, (int, np.integer)) or self.num_workers <= 0:
+            raise ValueError(f"PerWorkerReplayBuffer: num_workers must be a positive int, got {self.num_workers!r}")
+        self._local  # split now: a buffer that cannot be split raises here
+
+    @functools.cached_property
+    def _local(self) -> ReplayBuffer:
+        return _split_buffer(self.buffer, int(self.num_workers), "PerWorkerReplayBuffer")
+
+    @property
+    def local_buffer(self) -> ReplayBuffer:
+        """The plain buffer each worker runs (``max_size / W``, ``batch_size / W``)."""
+        return self._local
+
+    def num_stored(self, state: BufferState) -> jax.Array:
+        """int32 scalar: transitions stored over all workers (jittable)."""
+        return self._local.num_stored(state)
+
+    def init(self, example: Any) -> BufferState:
+        """Empty sub-buffers for worker batches like ``example`` (one worker's batch)."""
+        example = _tree.nest(example, "PerWorkerReplayBuffer.init")
+        states = [self._local.init(example) for _ in range(self.num_workers)]
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+    def add_worker(self, state: BufferState, worker_id, batch: Any) -> BufferState:
+        """Write one worker's ``batch`` into its sub-buffer (``worker_id``: int or int scalar)."""
+        w = jnp.asarray(worker_id, jnp.int32)
+        sub = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, w, keepdims=False), state)
+        sub = self._local.add(sub, batch)
+        return jax.tree_util.tree_map(lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y, w, 0), state, sub)
+
+    def add(self, state: BufferState, batch: Any) -> BufferState:
+        """Write a batch of every worker (leaves ``[W, *lanes, T, ...]``)."""
+        batch = _stored(self.buffer, batch, "PerWorkerReplayBuffer.add")
+        for key, x in _tree.leaves_with_keys(batch):
+            if not np.shape(x) or np.shape(x)[0] != self.num_workers:
+                raise ValueError(
+                    f"PerWorkerReplayBuffer.add: key {_tree.key_str(key)} has shape {np.shape(x)}, "
+                    f"expected a leading worker axis of {self.num_workers}"
+                )
+        return jax.vmap(self._local.add)(state, batch)
+
+    extend = add
+
+    def sample(self, state: BufferState, key: jax.Array):
+        """``(state, batch, info)`` with ``batch_size / W`` items per worker, worker-major."""
+        W = self.num_workers
+
+        def one(st, w):
+            st, batch, info = self._local.sample(st, jax.random.fold_in(key, w))
+            idx = info["index"] if isinstance(info["index"], tuple) else (info["index"],)
+            info = dict(info, index=(jnp.full_like(idx[0], w), *idx))
+            return st, batch, jax.tree_util.tree_map(_rank1, info)
+
+        state, batch, info = jax.vmap(one)(state, jnp.arange(W, dtype=jnp.int32))
+        merge = lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # noqa: E731
+        return state, jax.tree_util.tree_map(merge, batch), jax.tree_util.tree_map(merge, info)
+
+    def can_sample(self, state: BufferState) -> jax.Array:
+        return jnp.all(jax.vmap(self._local.can_sample)(state))
+
+    def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
+        """Set priorities at ``index = (worker, *lane_idx, t)`` laid out as ``sample`` returned."""
+        W = self.num_workers
+        split = lambda x: jnp.reshape(x, (W, x.shape[0] // W, *x.shape[1:]))  # noqa: E731
+        priority = split(jnp.broadcast_to(jnp.asarray(priority), jnp.shape(index[0])))
+        index = tuple(split(i) for i in index)
+
+        def one(st, w, index, priority):
+            local, prio = _ignore_foreign(index[1:], index[0] == w, priority)
+            return self._local.update_priority(st, local if st.layout.lanes else local[0], prio)
+
+        return jax.vmap(one)(state, jnp.arange(W, dtype=jnp.int32), index, priority)
