@@ -36,10 +36,14 @@ class SliceState:
     - ``qhead``: ``[L]`` int32 in ``[0, capacity)``, the slot of entry ``queued`` (the next one):
       entry ``k`` is at ``(qhead + (k - queued)) mod capacity``, exact across the int32 wrap
       whatever the capacity (``k % capacity`` is not: see ``_trajectories.record_slot``).
-    - ``qrank``: ``[L, capacity]`` int32, beside the trajectory records of ``traj.start``:
-      ``qrank[l, record_slot(l, s)]`` is the number of queue entries of lane ``l`` before
-      trajectory ``s`` (final once ``s`` begins, since every earlier trajectory has ended), so
-      the first queue entry still stored is ``qrank[l, record_slot(l, first[l])]``, O(1).
+    - ``qlen``: ``[L]`` int32 in ``[0, capacity]``, how many of the newest entries are of
+      stored trajectories (entries ``queued - qlen .. queued - 1``; the first may have shrunk
+      below ``thr``). Kept by every ``add`` of ``T`` steps: plus its new entries, minus the
+      oldest entries whose trajectory it overwrote entirely (at most ``T``; their ends increase
+      along the queue and were past the oldest stored stamp one add ago, so no stamp difference
+      wraps), O(L × T). Why not a per-trajectory queue rank (``[L, capacity]``, O(1) to read at
+      the first stored trajectory's record): one more ``[L, capacity]`` scatter per add, as
+      costly as a data leaf's.
     - ``thr``: ``[]`` int32, the length the queue is kept for (0: none yet).
     - ``want``: ``[]`` int32, the ``slice_len`` of the last ``sample``; the next ``add``
       rebuilds the queue for it (once, O(L × capacity)) if it differs from ``thr``.
@@ -48,7 +52,7 @@ class SliceState:
     traj: trj.TrajectoryState
     queue: jax.Array
     queued: jax.Array
-    qrank: jax.Array
+    qlen: jax.Array
     thr: jax.Array
     want: jax.Array
     qhead: jax.Array

@@ -19,17 +19,23 @@ Model (per lane; lanes are the ``ndim - 1`` leading batch dims, flattened row-ma
   stored steps are never in one stored run, because stamps are contiguous only within
   ``[added - count, added)``).
 - Trajectories of a lane are numbered ``0, 1, 2, ...`` in time order (``seq``; int32,
-  monotone). ``TrajectoryState.seq[l, t]`` is the number of the trajectory holding slot
-  ``t`` of lane ``l``, and ``TrajectoryState.start[l, record_slot(s)]`` the stamp of the first
-  step of trajectory ``s`` (a ring of records: at most ``capacity`` trajectories of a lane
-  can be stored at once, so the record of every stored trajectory is intact).
+  monotone). ``TrajectoryState.start[l, record_slot(s)]`` is the stamp of the first step of
+  trajectory ``s`` (a ring of records: at most ``capacity`` trajectories of a lane can be
+  stored at once, so the record of every stored trajectory is intact). Optionally
+  (``init(..., per_slot=True)``, for samplers that query arbitrary slots)
+  ``TrajectoryState.seq[l, t]`` is the number of the trajectory holding slot ``t``.
   ``record_slot(s) = (rec_head[l] + (s - n_traj[l])) mod capacity``: a per-lane slot kept
   reduced modulo the capacity plus a difference of int32 numbers, so it stays right after the
   numbers wrap at 2**31 whatever the capacity (``s % capacity`` would not: 2**32 is not a
   multiple of a capacity that is not a power of two).
 - The stored trajectories of lane ``l`` are exactly ``first[l] .. last[l]`` (consecutive
   numbers; :func:`lane_ranges`), the stored part of trajectory ``s`` spans the stamps
-  ``[begin, end)`` given by :func:`bounds`.
+  ``[begin, end)`` given by :func:`bounds`. ``first = n_traj - n_stored``: each ``add`` of
+  ``T`` steps counts how many of the oldest stored trajectories it overwrote entirely (at most
+  ``T``; a trajectory is gone iff its end, the next one's start, is no longer past the oldest
+  stored stamp), O(L × T). Why not the per-slot numbers ``seq`` (``first`` = the number of the
+  oldest slot, O(1)): they are one more ``[L, capacity]`` scatter per add, as costly as a data
+  leaf's.
 
 Public helpers (all pure, jittable, O(1) per queried item unless stated; ``ring`` is the
 buffer's ``rlbuf._ring.Ring`` view):
@@ -37,10 +43,13 @@ buffer's ``rlbuf._ring.Ring`` view):
 - :func:`key_spec` — validate ``traj_key``/``end_key`` against a ``Layout`` (clear errors).
 - :func:`init` / :func:`update` — create the state / fold one ``add`` into it (call from
   ``Sampler.init`` / ``Sampler.on_write``; ``update`` is O(L × T) for a ``T``-step add).
+- :func:`count_prefix` — how many of the oldest entries of a per-lane ring of monotone
+  stamps are gone (the records here, ``SliceSampler``'s queue), in one vectorized pass.
 - :func:`record_slot` — where the record of trajectory ``(lane, seq)`` lives.
-- :func:`lane_ranges` — ``first``, ``last``, ``n_stored`` per lane and the oldest stamp.
+- :func:`lane_ranges` — ``first``, ``last``, ``n_stored`` per lane and the oldest stamp (O(L)).
 - :func:`bounds` — stored ``[begin, end)`` stamps of trajectories ``(lane, seq)``.
-- :func:`slot_position` — for slots ``(*lane_idx, t)``: trajectory number, steps of its
+- :func:`slot_position` — for slots ``(*lane_idx, t)`` (O(log capacity) each without ``seq``):
+  trajectory number, steps of its
   stored trajectory before the slot, steps from the slot to its end (slot included).
   "``t`` starts a valid slice of ``n`` steps" is ``written & (after >= n)``.
 - :func:`valid_start_mask` — that predicate for every slot, ``[*lanes, capacity]`` bool
@@ -58,7 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +82,8 @@ class TrajectoryState:
     """Boundary bookkeeping of a buffer (lives inside a sampler's state).
 
     - ``seq``: ``[L, capacity]`` int32, trajectory number of each physical slot (lane-major,
-      lanes flattened row-major; meaningless for unwritten slots).
+      lanes flattened row-major; meaningless for unwritten slots), or ``None`` when not kept
+      (``init(..., per_slot=False)``).
     - ``start``: ``[L, capacity]`` int32, ring of trajectory records:
       ``start[l, record_slot(l, s)]`` is the stamp of the first step of trajectory ``s`` of lane
       ``l`` (possibly older than the oldest stored step: use :func:`bounds`).
@@ -83,15 +93,18 @@ class TrajectoryState:
       (the next one to begin); see :func:`record_slot`.
     - ``last``: ``[L, F]`` boundary-key values of each lane's newest step (``F`` = the key's
       trailing elements, at least 1), to tell whether the next ``add`` continues it.
+    - ``n_stored``: ``[L]`` int32 in ``[0, capacity]``, trajectories with a stored step (the
+      newest ``n_stored``; counted by every ``update``).
 
     The stamp of the next step is the ring's ``added`` (not copied here).
     """
 
-    seq: jax.Array
+    seq: Optional[jax.Array]
     start: jax.Array
     n_traj: jax.Array
     last: jax.Array
     rec_head: jax.Array
+    n_stored: jax.Array
 
 
 def record_slot(ts: TrajectoryState, lane, seq, capacity: int):
@@ -185,16 +198,18 @@ def key_spec(layout, traj_key=None, end_key=None, owner: str = "SliceSampler", e
     return KeySpec(key, True, tuple(shape), np.dtype(dtype))
 
 
-def init(layout, spec: KeySpec) -> TrajectoryState:
-    """Empty bookkeeping for ``layout`` (distinct arrays, so the state can be donated)."""
+def init(layout, spec: KeySpec, per_slot: bool = False) -> TrajectoryState:
+    """Empty bookkeeping for ``layout`` (distinct arrays, so the state can be donated).
+    ``per_slot``: keep ``seq`` (needed by :func:`slot_position` / :func:`valid_start_mask`)."""
     n, cap = layout.n_lanes, layout.capacity
     feat = max(int(np.prod(spec.shape, dtype=np.int64)), 1)
     return TrajectoryState(
-        seq=jnp.zeros((n, cap), jnp.int32),
+        seq=jnp.zeros((n, cap), jnp.int32) if per_slot else None,
         start=jnp.zeros((n, cap), jnp.int32),
         n_traj=jnp.zeros((n,), jnp.int32),
         last=jnp.zeros((n, feat), spec.dtype),
         rec_head=jnp.zeros((n,), jnp.int32),
+        n_stored=jnp.zeros((n,), jnp.int32),
     )
 
 
@@ -252,17 +267,44 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     record = new_k | first_kept
     start_rec = set_rows(ts.start, jnp.where(record, slot_k, cap), jnp.where(new_k, stamp_k, start0[:, None]))
     pos = write.positions
-    if pos.shape[0] == 1:  # (a one-step add: XLA makes this a dynamic-update-slice, cheaper still)
+    if ts.seq is None:
+        seq_slots = None
+    elif pos.shape[0] == 1:  # (a one-step add: XLA makes this a dynamic-update-slice, cheaper still)
         seq_slots = ts.seq.at[:, pos].set(seq_k, mode="drop", unique_indices=True)
     else:
         seq_slots = set_rows(ts.seq, jnp.broadcast_to(pos, seq_k.shape), seq_k)
     n_new = cum[:, -1]
+    n_traj = ts.n_traj + n_new
+    rec_head = (ts.rec_head + n_new) % cap
+    if skip:  # the ring holds only this add's kept steps: the trajectories with one are stored
+        n_stored = n_new - cum[:, skip] + 1
+    elif seq_slots is not None:  # the oldest slot's number: O(1)
+        n_stored = n_traj - seq_slots[lanes, ring.oldest_slot]
+    else:
+        # Those begun here are stored (T <= capacity); of those stored before, the oldest ones
+        # whose end (the next one's start; the newest one's, if it goes on, is not written yet)
+        # is no longer past the oldest stored stamp are gone: at most T of them, since each had a
+        # step overwritten. Their ends were past the oldest stamp one add ago, so the
+        # differences stay below capacity + T. The ends are read from the updated records (read
+        # before the in-place scatter, XLA would copy the whole array): this add's records reuse
+        # the slots of the oldest n_old + n_new - capacity, which are gone anyway (at most
+        # `capacity` trajectories are stored).
+        n_old, n_add = ts.n_stored[:, None], n_new[:, None]
+
+        def ended(j):
+            slot = _xla.wrap_near(ts.rec_head[:, None] + (j + 1 - n_old), cap)
+            nxt = start_rec.reshape(-1)[lanes[:, None] * cap + slot]
+            reused = j - (n_old + n_add - cap) < 0
+            return reused | ((j + 1 - n_old - n_add < 0) & (nxt - ring.oldest_stamp <= 0))
+
+        n_stored = ts.n_stored + n_new - count_prefix(ended, ts.n_stored, t_len)
     new_ts = TrajectoryState(
         seq=seq_slots,
         start=start_rec,
-        n_traj=ts.n_traj + n_new,
+        n_traj=n_traj,
         last=x[:, -1, :].astype(ts.last.dtype),
-        rec_head=(ts.rec_head + n_new) % cap,
+        rec_head=rec_head,
+        n_stored=jnp.where(ring.count > 0, n_stored, 0),
     )
     # Every kept step's trajectory has its record written above: read the starts back from it
     # (a gather near the head instead of a cumulative max over the add).
@@ -299,12 +341,35 @@ class LaneRanges(NamedTuple):
     oldest: jax.Array
 
 
+def count_prefix(pred, n, width: int):
+    """Per lane, how many of entries ``j = 0 .. min(n, width) - 1`` satisfy ``pred`` (``pred(j)``:
+    ``[L, width]`` offsets -> bool, monotone in ``j``: True then False, so the count is where it
+    turns False). One vectorized pass (a gather, a compare and a sum XLA fuses into one loop),
+    for a prefix known to be at most ``width`` long; a binary search would be ``log2(capacity)``
+    dependent steps, each its own kernel on CPU."""
+    j = jnp.arange(width, dtype=jnp.int32)[None, :]
+    return jnp.sum((j < n[:, None]) & pred(j), axis=1, dtype=jnp.int32)
+
+
+def search_first(live, n, cap: int):
+    """Per lane, the smallest ``j`` in ``[0, n)`` with ``live(j)`` True, ``n`` if none (``n``:
+    ``[L]`` int32 in ``[0, cap]``; ``live(j)``: ``[L]`` int32 offsets -> ``[L]`` bool, monotone
+    in ``j``: False then True). ``ceil(log2(cap + 1))`` steps, unrolled: a handful of tiny
+    dependent reads per lane (a ``while_loop`` would cost a thunk launch per step on CPU)."""
+    lo = jnp.zeros_like(n)
+    hi = n  # invariant: the answer is in [lo, hi]
+    for _ in range(max(int(cap).bit_length(), 1)):  # 2**steps > cap >= n: n + 1 outcomes
+        mid = (lo + hi) // 2
+        go = lo < hi
+        ok = live(jnp.minimum(mid, jnp.maximum(n - 1, 0)))
+        lo, hi = jnp.where(go & ~ok, mid + 1, lo), jnp.where(go & ok, mid, hi)
+    return lo
+
+
 def lane_ranges(ring, ts: TrajectoryState) -> LaneRanges:
     """O(L): the range of stored trajectory numbers of every lane."""
-    first = ts.seq[:, ring.oldest_slot]
     last = ts.n_traj - 1
-    n_stored = jnp.where(ring.count > 0, last - first + 1, 0)
-    return LaneRanges(first, last, n_stored, ring.oldest_stamp)
+    return LaneRanges(ts.n_traj - ts.n_stored, last, ts.n_stored, ring.oldest_stamp)
 
 
 def bounds(ring, ts: TrajectoryState, ranges: LaneRanges, lane, seq):
@@ -340,7 +405,8 @@ class SlotPosition(NamedTuple):
 
 
 def slot_position(ring, ts: TrajectoryState, index: tuple) -> SlotPosition:
-    """O(1) per slot: position of ``index = (*lane_idx, t)`` within its stored trajectory.
+    """Position of ``index = (*lane_idx, t)`` within its stored trajectory: O(1) per slot with the
+    per-slot numbers (``init(..., per_slot=True)``), else O(log capacity) (a binary search).
 
     A slice of ``n`` steps starting at the slot stays in one trajectory and never crosses the
     write head or an unwritten slot iff ``written & (after >= n)``.
@@ -348,9 +414,20 @@ def slot_position(ring, ts: TrajectoryState, index: tuple) -> SlotPosition:
     t = index[-1]
     lane = jnp.broadcast_to(lane_flat(ring.layout, index[:-1]), jnp.shape(t))
     ranges = lane_ranges(ring, ts)
-    seq = ts.seq[lane, t]
-    begin, end = bounds(ring, ts, ranges, lane, seq)
     stamp = ring.stamp(t)
+    if ts.seq is not None:
+        seq = ts.seq[lane, t]
+    else:  # the last stored trajectory beginning at or before the slot: a binary search
+        cap = ring.capacity
+        m = ranges.n_stored[lane]
+        first = ranges.first[lane]
+
+        def live(j):  # trajectory first + j ends after the slot
+            nxt = ts.start[lane, record_slot(ts, lane, first + j + 1, cap)]
+            return (j == m - 1) | (nxt - stamp > 0)
+
+        seq = first + search_first(live, m, cap)
+    begin, end = bounds(ring, ts, ranges, lane, seq)
     written = t < ring.count
     return SlotPosition(seq, jnp.where(written, stamp - begin, 0), jnp.where(written, end - stamp, 0), written)
 

@@ -145,7 +145,7 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
     def init(self, layout):
         alpha, beta = self._exponents()
         return PrioritizedSliceState(
-            traj=trj.init(layout, self._spec(layout)),
+            traj=trj.init(layout, self._spec(layout), per_slot=True),
             prio=jnp.zeros((layout.size,), self.dtype),
             tree=self._tree(layout).init(),
             max_priority=jnp.full((), -jnp.inf, self.dtype),

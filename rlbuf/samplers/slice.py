@@ -73,8 +73,8 @@ class SliceSampler(_SliceBase):
     is kept for ``slice_len``: given as ``slice_len=``, from the start; derived from
     ``num_slices``, it is learnt from the first ``sample`` (which, like any sample before the
     next ``add``, takes an O(lanes × capacity) path) and built by the next ``add``, once.
-    Memory: five int32 per stored time slot and lane (trajectory number, record start, queue
-    entry start and end, queue rank), i.e. 20 bytes per transition beside the data.
+    Memory: three int32 per stored time slot and lane (trajectory record start, queue entry
+    start and end), i.e. 12 bytes per transition beside the data.
 
     Requires the round-robin writer (the bookkeeping assumes each ``add`` fills the next slots
     in time). Random draws map 32 random bits to ``[0, n)`` by multiply-shift (``rlbuf._xla.below``):
@@ -89,7 +89,7 @@ class SliceSampler(_SliceBase):
             traj=trj.init(layout, spec),
             queue=jnp.zeros((n_l, cap, 2), jnp.int32),
             queued=jnp.zeros((n_l,), jnp.int32),
-            qrank=jnp.zeros((n_l, cap), jnp.int32),
+            qlen=jnp.zeros((n_l,), jnp.int32),
             thr=jnp.full((), thr, jnp.int32),
             want=jnp.full((), thr, jnp.int32),
             qhead=jnp.zeros((n_l,), jnp.int32),
@@ -124,31 +124,36 @@ class SliceSampler(_SliceBase):
         n_marked = rel[:, -1] + 1
         queued = sstate.queued + n_marked
         qhead = (sstate.qhead + n_marked) % cap
-        # Queue rank of every trajectory with a record written by this add (the same slots as
-        # trj.update's records): for one begun in this add, the entries appended before its
-        # first step; one begun earlier is the lane's ongoing one and keeps its rank (one read
-        # per lane).
-        begun_here = w.start - old_total >= 0
-        excl = sstate.queued[:, None] + rel + 1 - mark
-        lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)
-        ongoing = sstate.qrank[lanes, (sstate.traj.rec_head - 1) % cap]
-        rank = jnp.where(begun_here, excl, ongoing[:, None])
-        qrank = trj.set_rows(sstate.qrank, jnp.where(w.record, w.slot, cap), rank)
-        s = SliceState(traj=ts, queue=queue, queued=queued, qrank=qrank, thr=thr, want=sstate.want, qhead=qhead)
+        # Entries of stored trajectories (SliceState.qlen): this add's are (their trajectories
+        # have a kept step); of the earlier ones, the oldest whose end (as refreshed by this add)
+        # is no longer past the oldest stored stamp are gone, at most T of them (each had a step
+        # overwritten). Read from the updated queue (read before the in-place scatter, XLA would
+        # copy the whole queue): this add's entries reuse the slots of the oldest
+        # qlen + n_marked - capacity, which are gone anyway (at most `capacity` are stored).
+        lanes = jnp.arange(layout.n_lanes, dtype=jnp.int32)[:, None]
+        flat_end = queue.reshape(-1)
+        q_old = sstate.qlen[:, None]
+
+        def ended(j):
+            at = (lanes * cap + _xla.wrap_near(sstate.qhead[:, None] + (j - q_old), cap)) * 2 + 1
+            return (j - (q_old + n_marked[:, None] - cap) < 0) | (flat_end[at] - ring.oldest_stamp <= 0)
+
+        qlen = sstate.qlen + n_marked - trj.count_prefix(ended, sstate.qlen, min(off.shape[1] + write.skip, cap))
+        s = SliceState(traj=ts, queue=queue, queued=queued, qlen=qlen, thr=thr, want=sstate.want, qhead=qhead)
         # If the last sample asked for another length, rebuild the queue for it from the updated
         # records (once; see rlbuf._xla.run_at_most_once for why not a cond). It comes last, so
         # the records it reads are final and are not copied either.
-        ranges = trj.lane_ranges(ring, ts)
         want = s.want
 
-        def rebuild(carry, traj, ranges_):
-            r = self._rebuild(ring, dataclasses.replace(s, traj=traj, queue=carry[0], qrank=carry[1]), ranges_, want)
-            return r.queue, r.qrank, r.queued, r.thr, r.qhead
+        def rebuild(carry, traj):
+            r = self._rebuild(ring, dataclasses.replace(s, traj=traj, queue=carry[0]), trj.lane_ranges(ring, traj),
+                              want)
+            return r.queue, r.qlen, r.queued, r.thr, r.qhead
 
-        queue, qrank, queued, thr, qhead = _xla.run_at_most_once(
-            (want > 0) & (want != s.thr), rebuild, (s.queue, s.qrank, s.queued, s.thr, s.qhead), (s.traj, ranges)
+        queue, qlen, queued, thr, qhead = _xla.run_at_most_once(
+            (want > 0) & (want != s.thr), rebuild, (s.queue, s.qlen, s.queued, s.thr, s.qhead), (s.traj,)
         )
-        return dataclasses.replace(s, queue=queue, qrank=qrank, queued=queued, thr=thr, qhead=qhead)
+        return dataclasses.replace(s, queue=queue, qlen=qlen, queued=queued, thr=thr, qhead=qhead)
 
     def _rebuild(self, ring, s: SliceState, ranges, n) -> SliceState:
         """The queue for length ``n`` (traced int32) from scratch, O(L × capacity)."""
@@ -161,28 +166,23 @@ class SliceSampler(_SliceBase):
         queue = jnp.zeros_like(s.queue).at[lanes, idx].set(
             jnp.stack([begin, end], axis=-1), mode="drop", unique_indices=True
         )
-        stored = jnp.arange(layout.capacity)[None, :] < ranges.n_stored[:, None]
-        slot = trj.record_slot(s.traj, lanes, seq, layout.capacity)
-        qrank = s.qrank.at[lanes, jnp.where(stored, slot, layout.capacity)].set(
-            pos + 1 - long, mode="drop", unique_indices=True
-        )
         queued = jnp.sum(long, axis=1, dtype=jnp.int32)
-        return SliceState(traj=s.traj, queue=queue, queued=queued, qrank=qrank, thr=jnp.asarray(n, jnp.int32),
+        return SliceState(traj=s.traj, queue=queue, queued=queued, qlen=queued, thr=jnp.asarray(n, jnp.int32),
                           want=s.want, qhead=queued % layout.capacity)
 
     def _eligible(self, ring, s: SliceState, ranges, n: int):
         """Per lane ``(head, count)``: the queue entries ``head .. head + count - 1`` are exactly
-        the stored trajectories with at least ``n`` stored steps (needs ``s.thr == n``)."""
-        cap = ring.capacity
+        the stored trajectories with at least ``n`` stored steps (needs ``s.thr == n``).
+        ``ranges``: only its ``oldest`` is read."""
         lanes = jnp.arange(ring.n_lanes, dtype=jnp.int32)
         hi = s.queued
-        head = s.qrank[lanes, trj.record_slot(s.traj, lanes, ranges.first, cap)]
+        head = hi - s.qlen  # the entries of stored trajectories (SliceState.qlen)
         # Only the oldest stored trajectory can have shrunk below n (overwritten from its start):
         # every later queued one is whole, with at least thr = n steps.
         begin, end = self._entry_bounds(s.queue[lanes, s.entry_slot(lanes, head)], ranges)
         shrunk = (head - hi < 0) & (end - begin < n)
         head = head + shrunk
-        return head, jnp.where(ranges.n_stored > 0, hi - head, 0)
+        return head, jnp.where(ring.count > 0, hi - head, 0)
 
     @staticmethod
     def _entry_bounds(entry, ranges):

@@ -272,14 +272,21 @@ def check_queue(rb, state, ref, n):
             head, counts = rb.sampler._eligible(ring, s, ranges, n)
             k = (head[:, None] + jnp.arange(lay.capacity)) % lay.capacity
             begin, end = rb.sampler._entry_bounds(s.queue[jnp.arange(lay.n_lanes)[:, None], k], ranges)
-            return counts, ring.slot(begin), end - begin
+            return counts, ring.slot(begin), end - begin, ranges.n_stored, s.qlen
 
         _QUEUE_FNS[key] = (rb, jax.jit(f))
-    counts, slot, length = (np.asarray(x) for x in _QUEUE_FNS[key][1](state))
+    counts, slot, length, n_stored, qlen = (np.asarray(x) for x in _QUEUE_FNS[key][1](state))
     n_l = n_lanes(ref.lanes)
     ring_obs = ref.storage()["obs"].reshape(n_l, ref.capacity, 2) if ref.count else None
     runs = ref_runs(ref)  # in lane, then time order
     for lane in range(n_l):
+        # The counts each add keeps: stored trajectories, and the queue entries of stored ones:
+        # those that reached n steps (steps so far: the first stored step's number plus the
+        # stored length) as kept by adds, possibly only those with n stored after a rebuild.
+        mine = [(first, ln) for (lz, _), (first, ln) in runs.items() if lz == lane]
+        assert int(n_stored[lane]) == len(mine), (lane, n_stored, mine)
+        lo, hi = sum(ln >= n for _, ln in mine), sum(first + ln >= n for first, ln in mine)
+        assert lo <= int(qlen[lane]) <= hi, (lane, qlen, mine)
         want = [(ep, first, ln) for (lz, ep), (first, ln) in runs.items() if lz == lane and ln >= n]
         assert int(counts[lane]) == len(want), (lane, counts, want)
         for j, (ep, first, ln) in enumerate(want):
