@@ -38,7 +38,7 @@ def test_below_is_in_range_and_wrap_once_is_a_modulo():
 
 def test_count_true_is_a_cumsum_in_both_forms():
     rng = np.random.default_rng(0)
-    for shape in [(3, 1), (2, 31), (2, 33), (4, 1000), (2, 3, 65)]:
+    for shape in [(3, 1), (2, 31), (2, 33), (4, 1000), (2, 3, 65), (2, 2049)]:  # 2049: > 64 words
         for p in (0.0, 0.05, 0.5, 1.0):
             m = rng.random(shape) < p
             want = np.cumsum(m, axis=-1)

@@ -341,14 +341,26 @@ class LaneRanges(NamedTuple):
     oldest: jax.Array
 
 
-def count_prefix(pred, n, width: int):
+def count_prefix(pred, n, width: int, probes: int = 32):
     """Per lane, how many of entries ``j = 0 .. min(n, width) - 1`` satisfy ``pred`` (``pred(j)``:
-    ``[L, width]`` offsets -> bool, monotone in ``j``: True then False, so the count is where it
-    turns False). One vectorized pass (a gather, a compare and a sum XLA fuses into one loop),
-    for a prefix known to be at most ``width`` long; a binary search would be ``log2(capacity)``
-    dependent steps, each its own kernel on CPU."""
-    j = jnp.arange(width, dtype=jnp.int32)[None, :]
-    return jnp.sum((j < n[:, None]) & pred(j), axis=1, dtype=jnp.int32)
+    ``[L, k]`` int32 offsets -> bool, monotone in ``j``: True then False, so the count is where
+    it turns False), for a prefix known to be at most ``width`` long (static).
+
+    A search with ``probes`` probes per step (``ceil(log(width + 1) / log(probes + 1))`` steps:
+    2 for ``width`` up to 1088 with 32 probes), each step one small gather-compare-sum that XLA
+    fuses into one loop. Why: testing every entry (``[L, width]``) cost ~5 µs per 1,000 on
+    CPU, and a binary search is ``log2(width)`` dependent steps, each its own kernel there."""
+    n = jnp.minimum(n, width)
+    lo = jnp.zeros_like(n)
+    span = width  # the count lies in [lo, lo + span]
+    while span > 0:
+        stride = -(-(span + 1) // (probes + 1))
+        k = min(probes, -(-(span + 1) // stride) - 1)
+        j = lo[:, None] + stride * jnp.arange(1, k + 1, dtype=jnp.int32)[None, :] - 1
+        inside = (j < n[:, None]) & pred(jnp.minimum(j, jnp.maximum(n[:, None] - 1, 0)))
+        lo = lo + stride * jnp.sum(inside, axis=1, dtype=jnp.int32)
+        span = stride - 1
+    return lo
 
 
 def search_first(live, n, cap: int):

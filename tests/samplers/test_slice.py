@@ -10,6 +10,8 @@ stored part).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -485,6 +487,23 @@ def test_trajectory_key_alias_and_key_normalisation():
 
 
 # --- the reusable bookkeeping helpers -----------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(width=st.sampled_from([1, 2, 32, 33, 34, 1000, 1088, 1089]),
+       data=st.data())
+def test_count_prefix_is_the_length_of_the_true_prefix(width, data):
+    """The probing search of ``count_prefix`` against a direct count (widths around its step
+    boundaries: 32 probes, 33 ** 2 = 1089), for prefixes and bounds on either side of ``width``."""
+    n = np.array(data.draw(st.lists(st.integers(0, width + 2), min_size=3, max_size=3)))
+    c = np.array(data.draw(st.lists(st.integers(0, width + 2), min_size=3, max_size=3)))
+    got = _count_prefix_fn(width)(jnp.asarray(c, jnp.int32), jnp.asarray(n, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(got), np.minimum(np.minimum(c, n), width))
+
+
+@functools.lru_cache(maxsize=None)
+def _count_prefix_fn(width):
+    return jax.jit(lambda c, n: trj.count_prefix(lambda j: j < c[:, None], n, width))
 
 
 @settings(max_examples=10, deadline=None, derandomize=True)
