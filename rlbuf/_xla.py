@@ -14,7 +14,8 @@ conditional can cost a host round trip); every form computes the same values.
 - :func:`searchsorted_method` (CPU): which ``jnp.searchsorted`` method for a small sorted array.
 - :func:`below` (all backends; it defines the random stream): integers in ``[0, n)`` from
   uniform 32-bit words by multiply-shift in 16-bit limbs.
-- :func:`count_true` (CPU): running count of a bool mask as two small matmuls, not a cumsum.
+- :func:`count_true` (CPU): running count of a bool mask from packed words and bit counts, not a cumsum.
+- :func:`last_true` (CPU): last True position so far from packed words, not a cummax.
 """
 
 from __future__ import annotations
@@ -146,10 +147,7 @@ def count_true(mask, block: int = 32):
     if t >= 2**24:
         raise ValueError(f"count_true: an axis of {t} steps is too long for the exact float32 form")
     lead = mask.shape[:-1]
-    nw = -(-t // 32)
-    m = jnp.pad(mask.reshape(-1, t), ((0, 0), (0, nw * 32 - t))).reshape(-1, nw, 32)
-    bit = jnp.arange(32, dtype=jnp.uint32)
-    words = jnp.sum(m.astype(jnp.uint32) << bit, axis=-1, dtype=jnp.uint32)  # [R, nw]
+    words, nw, bit = _pack_words(mask)
     wc = jax.lax.population_count(words).astype(jnp.int32)
     if nw <= 64:  # words before each word: compare against all (one small reduction)
         earlier = np.arange(nw)[:, None] < np.arange(nw)[None, :]  # [v, w]: v < w
@@ -159,6 +157,46 @@ def count_true(mask, block: int = 32):
     upto = (jnp.uint32(2) << bit) - 1  # bits 0..j (j = 31 wraps to all ones)
     within = jax.lax.population_count(words[:, :, None] & upto).astype(jnp.int32)
     out = (before[:, :, None] + within).reshape(-1, nw * 32)[:, :t]
+    return out.reshape(*lead, t)
+
+
+def _pack_words(mask):
+    """A bool ``[..., T]`` mask as ``uint32`` words ``[R, ceil(T / 32)]`` (rows flattened; bit
+    ``j`` of word ``w`` is step ``32 w + j``, zero past ``T``), their count and the bit numbers."""
+    t = mask.shape[-1]
+    nw = -(-t // 32)
+    m = jnp.pad(mask.reshape(-1, t), ((0, 0), (0, nw * 32 - t))).reshape(-1, nw, 32)
+    bit = jnp.arange(32, dtype=jnp.uint32)
+    return jnp.sum(m.astype(jnp.uint32) << bit, axis=-1, dtype=jnp.uint32), nw, bit
+
+
+def last_true(mask):
+    """Position of the last True at or before each step of a bool ``[..., T]`` array, ``-1``
+    where there is none (int32; ``lax.cummax`` of ``where(mask, arange(T), -1)``).
+
+    Why: on CPU a cumulative max is a chain of ``reduce-window`` ops (slow, as for
+    :func:`count_true`). There, as in :func:`count_true`, the mask is packed into 32-bit words:
+    a step's answer is the highest set bit at or below it in its word (a count of leading
+    zeros), else the last set bit of the earlier words (a small table over ``T / 32`` words):
+    elementwise, fused into each consumer. Other backends keep the cummax.
+    """
+    mask = jnp.asarray(mask, bool)
+    t = mask.shape[-1]
+    if not on_cpu() or t <= 1:
+        return jax.lax.cummax(jnp.where(mask, jnp.arange(t, dtype=jnp.int32), -1), axis=mask.ndim - 1)
+    lead = mask.shape[:-1]
+    words, nw, bit = _pack_words(mask)
+    base = jnp.arange(nw, dtype=jnp.int32) * 32 + 31
+    top = jnp.where(words != 0, base - jax.lax.clz(words).astype(jnp.int32), -1)  # last set bit per word
+    if nw <= 64:
+        earlier = np.arange(nw)[:, None] < np.arange(nw)[None, :]  # [v, w]: v < w
+        before = jnp.max(jnp.where(jnp.asarray(earlier)[None], top[:, :, None], -1), axis=1)
+    else:
+        before = jnp.concatenate([jnp.full_like(top[:, :1], -1), jax.lax.cummax(top, axis=1)[:, :-1]], axis=1)
+    upto = (jnp.uint32(2) << bit) - 1  # bits 0..j (j = 31 wraps to all ones)
+    low = words[:, :, None] & upto
+    here = base[:, None] - jax.lax.clz(low).astype(jnp.int32)
+    out = jnp.where(low != 0, here, before[:, :, None]).reshape(-1, nw * 32)[:, :t]
     return out.reshape(*lead, t)
 
 

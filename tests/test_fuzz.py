@@ -156,6 +156,10 @@ def check_sample(ndim, sampler, writer, state, ref, batch, info):
         strict = sampler != "slice_not_strict"
         starts = valid_slice_starts(ref, ("traj",), 2, strict=strict)
         oldest = ref.added - ref.count
+        if starts and sampler != "slice_without_replacement":  # (its epochs may be used up)
+            # With replacement, every slice comes from an eligible trajectory when there is one
+            # (the bookkeeping must not lose eligible trajectories, e.g. when stamps cross 2**31).
+            assert mask.any(axis=1).all(), (mask, sorted(starts))
         for i in range(obs.shape[0]):
             m = mask[i]
             if not m.any():

@@ -50,6 +50,20 @@ def test_count_true_is_a_cumsum_in_both_forms():
                     np.testing.assert_array_equal(jax.jit(jax.vmap(_xla.count_true))(m), want)
 
 
+def test_last_true_is_a_cummax_in_both_forms():
+    rng = np.random.default_rng(1)
+    for shape in [(3, 1), (2, 31), (2, 33), (4, 1000), (2, 3, 65), (2, 2049)]:  # 2049: > 64 words
+        for p in (0.0, 0.01, 0.5, 1.0):
+            m = rng.random(shape) < p
+            want = np.maximum.accumulate(np.where(m, np.arange(shape[-1]), -1), axis=-1)
+            for generic in (False, True):
+                with _xla.generic_forms(generic):
+                    got = jax.jit(_xla.last_true)(m)
+                    assert got.dtype == jnp.int32
+                    np.testing.assert_array_equal(got, want)
+                    np.testing.assert_array_equal(jax.jit(jax.vmap(_xla.last_true))(m), want)
+
+
 def _run(rb, data, generic):
     with _xla.generic_forms(generic):
         add, sample = jax.jit(rb.add), jax.jit(rb.sample)

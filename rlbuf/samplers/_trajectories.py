@@ -306,9 +306,11 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
         rec_head=rec_head,
         n_stored=jnp.where(ring.count > 0, n_stored, 0),
     )
-    # Every kept step's trajectory has its record written above: read the starts back from it
-    # (a gather near the head instead of a cumulative max over the add).
-    start_k = start_rec.reshape(-1)[lanes[:, None] * cap + slot_k]
+    # The start of each kept step's trajectory: the last step begun in this add up to it, else
+    # the ongoing one (rlbuf._xla.last_true: elementwise on CPU; reading it back from the records
+    # just written was a dependent gather after their scatter).
+    begun = _xla.last_true(new)[:, skip:]
+    start_k = jnp.where(begun >= 0, total + begun, ongoing[:, None])
     written = Written(seq_k, start_k, jnp.broadcast_to(stamp_k, seq_k.shape), slot_k, record, new_k)
     return new_ts, written
 

@@ -104,7 +104,11 @@ class SliceSampler(_SliceBase):
         old_total = ring.added - jax.tree_util.tree_leaves(data)[0].shape[layout.ndim - 1]
         ts, w = trj.update(ring, sstate.traj, spec, write, data)
         thr = sstate.thr
-        off = w.stamp - w.start
+        # Each step's offset in its trajectory (and below the queue positions) computed once into
+        # buffers: XLA:CPU would recompute it in each consumer (the queue's index, its values, the
+        # marks). (materialize needs non-negative values: offsets are, stamps may not be.)
+        off = _xla.materialize(w.stamp - w.start)
+        w = w._replace(start=w.stamp - off)
         # A trajectory joins the queue when its thr-th step is written; if that step was in
         # the part of an over-long add the ring skipped, at its first kept step.
         first_kept = (jnp.arange(off.shape[1]) == 0)[None, :]
@@ -112,7 +116,7 @@ class SliceSampler(_SliceBase):
         mark = (thr > 0) & ((off == thr - 1) | (reached_in_skip if write.skip else False))
         cap = layout.capacity
         # Entry of the newest queued trajectory as of each step, relative to entry `queued`.
-        rel = _xla.count_true(mark) - 1
+        rel = _xla.materialize(_xla.count_true(mark)) - 1
         # (Re)write the entry of every queued trajectory this add extended, once, at its last step
         # here: its start, and its end as of this add. A trajectory is queued iff it has reached
         # thr steps (off >= thr - 1), and then it is the newest queued one, entry `queued + rel`.
