@@ -44,13 +44,14 @@ buffer's ``rlbuf._ring.Ring`` view):
 - :func:`init` / :func:`update` — create the state / fold one ``add`` into it (call from
   ``Sampler.init`` / ``Sampler.on_write``; ``update`` is O(L × T) for a ``T``-step add).
 - :func:`count_prefix` — how many of the oldest entries of a per-lane ring of monotone
-  stamps are gone (the records here, ``SliceSampler``'s queue), in one vectorized pass.
+  stamps are gone (the records here, ``SliceSampler``'s queue), by a 32-probe search.
+- :func:`search_first` — a binary search (``slot_position`` without ``seq``).
 - :func:`record_slot` — where the record of trajectory ``(lane, seq)`` lives.
 - :func:`lane_ranges` — ``first``, ``last``, ``n_stored`` per lane and the oldest stamp (O(L)).
 - :func:`bounds` — stored ``[begin, end)`` stamps of trajectories ``(lane, seq)``.
 - :func:`slot_position` — for slots ``(*lane_idx, t)`` (O(log capacity) each without ``seq``):
-  trajectory number, steps of its
-  stored trajectory before the slot, steps from the slot to its end (slot included).
+  trajectory number, steps of its stored trajectory before the slot, steps from the slot to
+  its end (slot included).
   "``t`` starts a valid slice of ``n`` steps" is ``written & (after >= n)``.
 - :func:`valid_start_mask` — that predicate for every slot, ``[*lanes, capacity]`` bool
   (O(L × capacity); for samplers that keep a per-slot weight tree).
@@ -366,9 +367,9 @@ def count_prefix(pred, n, width: int, probes: int = 32):
 
 
 def search_first(live, n, cap: int):
-    """Per lane, the smallest ``j`` in ``[0, n)`` with ``live(j)`` True, ``n`` if none (``n``:
-    ``[L]`` int32 in ``[0, cap]``; ``live(j)``: ``[L]`` int32 offsets -> ``[L]`` bool, monotone
-    in ``j``: False then True). ``ceil(log2(cap + 1))`` steps, unrolled: a handful of tiny
+    """Per query, the smallest ``j`` in ``[0, n)`` with ``live(j)`` True, ``n`` if none (``n``:
+    int32 in ``[0, cap]``, any shape; ``live(j)``: offsets of that shape -> bool, monotone in
+    ``j``: False then True). ``ceil(log2(cap + 1))`` steps, unrolled: a handful of tiny
     dependent reads per lane (a ``while_loop`` would cost a thunk launch per step on CPU)."""
     lo = jnp.zeros_like(n)
     hi = n  # invariant: the answer is in [lo, hi]
