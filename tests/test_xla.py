@@ -36,32 +36,30 @@ def test_below_is_in_range_and_wrap_once_is_a_modulo():
             np.testing.assert_array_equal(jax.jit(lambda x: _xla.wrap_once(x, 10))(x), np.arange(20) % 10)
 
 
-def test_count_true_is_a_cumsum_in_both_forms():
-    rng = np.random.default_rng(0)
-    for shape in [(3, 1), (2, 31), (2, 33), (4, 1000), (2, 3, 65), (2, 2049)]:  # 2049: > 64 words
-        for p in (0.0, 0.05, 0.5, 1.0):
-            m = rng.random(shape) < p
-            want = np.cumsum(m, axis=-1)
-            for generic in (False, True):
-                with _xla.generic_forms(generic):
-                    got = jax.jit(_xla.count_true)(m)
-                    assert got.dtype == jnp.int32
-                    np.testing.assert_array_equal(got, want)
-                    np.testing.assert_array_equal(jax.jit(jax.vmap(_xla.count_true))(m), want)
+def _cumsum(m):
+    return np.cumsum(m, axis=-1)
 
 
-def test_last_true_is_a_cummax_in_both_forms():
-    rng = np.random.default_rng(1)
+def _cummax_of_positions(m):
+    return np.maximum.accumulate(np.where(m, np.arange(m.shape[-1]), -1), axis=-1)
+
+
+@pytest.mark.parametrize("fn, reference, seed", [(_xla.count_true, _cumsum, 0),
+                                                 (_xla.last_true, _cummax_of_positions, 1)])
+def test_running_mask_op_matches_numpy_in_both_forms(fn, reference, seed):
+    """count_true is a cumsum, last_true a cummax of the True positions, in the CPU (packed
+    words) and generic forms, also under vmap."""
+    rng = np.random.default_rng(seed)
     for shape in [(3, 1), (2, 31), (2, 33), (4, 1000), (2, 3, 65), (2, 2049)]:  # 2049: > 64 words
-        for p in (0.0, 0.01, 0.5, 1.0):
+        for p in (0.0, 0.01, 0.05, 0.5, 1.0):
             m = rng.random(shape) < p
-            want = np.maximum.accumulate(np.where(m, np.arange(shape[-1]), -1), axis=-1)
+            want = reference(m)
             for generic in (False, True):
                 with _xla.generic_forms(generic):
-                    got = jax.jit(_xla.last_true)(m)
+                    got = jax.jit(fn)(m)
                     assert got.dtype == jnp.int32
                     np.testing.assert_array_equal(got, want)
-                    np.testing.assert_array_equal(jax.jit(jax.vmap(_xla.last_true))(m), want)
+                    np.testing.assert_array_equal(jax.jit(jax.vmap(fn))(m), want)
 
 
 def _run(rb, data, generic):
