@@ -287,6 +287,10 @@ class HostCollector:
         impl = jax.random.key_impl(key) if typed else None
         if self.policy is not None:
             a_spec, ex_spec = self._policy_spec(params, state.observation, key)
+        # random actions are stored with the policy's dtype (as Collector does), so random and
+        # policy batches go into one buffer
+        act_dtype = (a_spec.dtype if self.policy is not None
+                     else jax.dtypes.canonicalize_dtype(np.asarray(groups[0].random_actions()).dtype))
         if not random:  # one key per policy call, split once per batch
             key, keys = self._keys(key, T * G)
             keys = np.asarray(keys)
@@ -309,7 +313,7 @@ class HostCollector:
                     carry[gi] = self._carry_reset(carry[gi], fresh[gi])
                     fresh[gi] = np.zeros(g.num, bool)
                     stored[gi].append(carry[gi])
-                return g.random_actions()
+                return np.asarray(g.random_actions()).astype(act_dtype, copy=False)
             a, ex, new_carry, carry_in = self._policy_step(params, obs[gi], keys[t * G + gi], carry[gi],
                                                            fresh[gi] if with_carry else None, impl=impl)
             extras[gi].append(ex)

@@ -346,3 +346,18 @@ def test_policy_keys_typed_and_raw(key_fn):
     u = np.concatenate([np.asarray(b1["u"]), np.asarray(b2["u"])], axis=1)  # [B, 2T]
     assert len(np.unique(u)) == u.size  # a fresh key for every call, also in the second batch
     check_host(CHECKS.rows([jax.tree.map(np.asarray, b) for b in (b1, b2)], 2))
+
+
+def test_random_frames_store_the_policys_action_dtype():
+    """Random actions (init_random_frames) are stored with the policy's action dtype, so random
+    and policy batches go into one buffer."""
+    hc = HostCollector(make_vec(), lambda p, o, k: (o[:, STEP] % 3).astype(jnp.uint8), frames_per_batch=B * T,
+                       init_random_frames=B * T)
+    _, batches = run(hc, 2)
+    assert [b["action"].dtype for b in batches] == [np.uint8, np.uint8]
+    rb = ReplayBuffer(storage=LazyTensorStorage(B * T * 2, ndim=2),
+                      sampler=SliceSampler(num_slices=2, traj_key=("collector", "traj_ids")), batch_size=4)
+    state = rb.init(batches[0])
+    for b in batches:
+        state = rb.add(state, b)
+    assert len(state) == 2 * B * T
