@@ -108,3 +108,25 @@ def step_counts(done: jax.Array, count0: jax.Array):
     counts = jnp.where(prev > 0, t - prev, saturating_add(count0, t))
     last = jnp.where(latest[-1] > 0, T - latest[-1], saturating_add(count0, T))
     return counts, last
+
+
+def add_counters(batch: dict, ids0: jax.Array, next_id: jax.Array, count0: jax.Array, *, time_axis: int,
+                 with_carry: bool = False):
+    """A collected batch with its counters, from its ``("next","terminated"|"truncated")`` flags
+    (time on ``time_axis``: 0 for ``[T]``, 1 for ``[B, T]``): adds ``("next","done")``,
+    ``step_count``, ``("collector","traj_ids")`` and, ``with_carry``, ``is_init``. The one
+    place both collectors (jitted :class:`rlbuf.Collector`, host :class:`rlbuf.HostCollector`)
+    turn flags into counters. Returns ``(batch, (ids, next_id, step_count))`` after the batch.
+    """
+    nxt = batch["next"]
+    done = jnp.logical_or(nxt["terminated"], nxt["truncated"])
+    # the counters run time-major over [T, B] flags (small arrays; the transposes are cheap)
+    to_tm = (lambda x: x) if time_axis == 0 else (lambda x: jnp.swapaxes(x, 0, 1))
+    ids, last_ids, next_id = traj_ids(to_tm(done), ids0, next_id)
+    counts, last_count = step_counts(to_tm(done), count0)
+    ids, counts = to_tm(ids), to_tm(counts)
+    batch = {**batch, "next": {**nxt, "done": done}, "step_count": counts,
+             "collector": {**batch.get("collector", {}), "traj_ids": ids}}
+    if with_carry:
+        batch["is_init"] = counts == 0
+    return batch, (last_ids, next_id, last_count)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf.collectors._counters import step_counts, traj_ids
+from rlbuf.collectors._counters import add_counters
 
 NEXT_STEP, SAME_STEP, DISABLED = "nextstep", "samestep", "disabled"
 
@@ -178,21 +178,16 @@ def finish_batch(batch, extras, ids0, next_id, count0, ret0, *, with_carry=False
     returns ``ret0 [B]``. Returns ``(batch, (ids, next_id, step_count, episode_reward))``, the
     counters after it.
     """
+    batch, (last_ids, next_id, last_count) = add_counters(
+        {**batch, **extras}, ids0, next_id, count0, time_axis=1, with_carry=with_carry)
     nxt = batch["next"]
-    done = nxt["terminated"] | nxt["truncated"]
-    d = done.T  # time-major, as the counters' functions take it
-    ids, last_ids, next_id = traj_ids(d, ids0, next_id)
-    counts, last_count = step_counts(d, count0)
 
     def accumulate(ret, x):  # sequential, as each step adds its reward in Collector
         r = ret + x[0]
         return jnp.where(x[1], jnp.zeros_like(r), r), r
 
-    last_ret, ret = jax.lax.scan(accumulate, ret0, (nxt["reward"].T, d))
-    batch = {**batch, **extras, "step_count": counts.T, "collector": {"traj_ids": ids.T},
-             "next": {**nxt, "done": done, "episode_reward": ret.T}}
-    if with_carry:
-        batch["is_init"] = counts.T == 0
+    last_ret, ret = jax.lax.scan(accumulate, ret0, (nxt["reward"].T, nxt["done"].T))
+    batch["next"] = {**nxt, "episode_reward": ret.T}
     return batch, (last_ids, next_id, last_count, last_ret)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from rlbuf.collectors._counters import saturating_add, step_counts, traj_ids
+from rlbuf.collectors._counters import add_counters, saturating_add
 from rlbuf.collectors._env import tree_select
 
 if TYPE_CHECKING:
@@ -124,18 +124,8 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
         return (s, _write(bufs, step, t, axis)), None
 
     (carry, traj), _ = jax.lax.scan(write_body, (slim, bufs0), jnp.arange(T, dtype=jnp.int32))
-    nxt = traj["next"]
-    done = jnp.logical_or(nxt["terminated"], nxt["truncated"])
-    traj["next"] = {**nxt, "done": done}
-    # the counters run time-major over [T, B] flags (small arrays; the transposes are cheap)
-    to_tm = (lambda x: x) if axis == 0 else (lambda x: jnp.swapaxes(x, 0, 1))
-    ids, last_ids, next_id = traj_ids(to_tm(done), state.traj_ids, state.next_traj_id)
-    counts, last_count = step_counts(to_tm(done), state.step_count)
-    ids, counts = to_tm(ids), to_tm(counts)
-    traj["step_count"] = counts
-    traj["collector"] = {**traj.get("collector", {}), "traj_ids": ids}
-    if with_carry:
-        traj["is_init"] = counts == 0
+    traj, (last_ids, next_id, last_count) = add_counters(
+        traj, state.traj_ids, state.next_traj_id, state.step_count, time_axis=axis, with_carry=with_carry)
     carry = dataclasses.replace(
         carry,
         frames=saturating_add(state.frames, c.frames_per_batch),
