@@ -200,7 +200,11 @@ def _tmap(fn, *trees):
 
 
 def _put(buf, a, b, t, value):
-    _tmap(lambda dst, src: dst.__setitem__((slice(a, b), t), src), buf, value)
+    """``buf[a:b, t] = value`` leaf by leaf (a plain array directly: the common case, per step)."""
+    if isinstance(buf, np.ndarray):
+        buf[a:b, t] = value
+    else:
+        jax.tree.map(lambda dst, src: dst.__setitem__((slice(a, b), t), src), buf, value)
 
 
 def make_groups(make_env: Callable[[int], Any], num_envs: int, num_groups: int = 2) -> list:

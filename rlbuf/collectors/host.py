@@ -336,7 +336,6 @@ class HostCollector:
         # a synchronous vector env steps inside step_wait, so its action is read back only then
         # (after the other groups' work); subprocess and EnvPool envs start stepping at once
         lazy = [not (g.async_ or g.envpool) for g in groups]
-        plain_obs = isinstance(obs[0], np.ndarray)
         env_dtype = [getattr(g.action_space, "dtype", None) for g in groups]
         pending = [dispatch(gi, 0) for gi in range(G)]
         actions = [None if lazy[gi] else launch(gi, pending[gi]) for gi in range(G)]
@@ -352,7 +351,8 @@ class HostCollector:
                 any_ended = np.count_nonzero(ended)  # (faster than .any() on a few envs)
                 if mf is None:
                     done, any_done = ended, any_ended
-                else:
+                else:  # (the host counts steps only to truncate here; the batch's counts come
+                    # from the flags on the device, finish_batch)
                     c = count[a:b] + 1
                     trunc = trunc | (c >= mf)
                     done = term | trunc
@@ -378,11 +378,8 @@ class HostCollector:
                     pending[gi] = dispatch(gi, t + 1)
                 if buf is None:
                     buf = _alloc(cur, actions[gi], self.num_envs, T)
-                if plain_obs:
-                    buf["observation"][a:b, t], buf["next"]["observation"][a:b, t] = cur, nxt
-                else:
-                    _put(buf["observation"], a, b, t, cur)
-                    _put(buf["next"]["observation"], a, b, t, nxt)
+                _put(buf["observation"], a, b, t, cur)
+                _put(buf["next"]["observation"], a, b, t, nxt)
                 buf["action"][a:b, t] = actions[gi]
                 n = buf["next"]
                 n["reward"][a:b, t], n["terminated"][a:b, t], n["truncated"][a:b, t] = rew, term, trunc
