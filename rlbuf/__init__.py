@@ -26,7 +26,7 @@ from rlbuf.storage import Layout, LazyTensorStorage, Storage
 from rlbuf.transforms import MultiStep, MultiStepTransform
 from rlbuf.writers import MaxValueWriter, RoundRobinWriter, TensorDictMaxValueWriter, WriteInfo, Writer
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Collector",
