@@ -1,28 +1,33 @@
-"""The training loop shared by the DQN examples (``dqn.py``, ``recurrent.py``).
+"""The one training loop of the examples, and the agent interface it drives.
 
-``QLearnerLoop`` is a mixin for an agent with ``cfg`` (``eps_start``, ``eps_end``, ``eps_fraction``,
-``total_frames``, ``learning_starts``, ``updates_per_collect``, ``target_update_every``,
-``target_tau``, ``log_every``, ``num_envs``, ``steps_per_collect``), ``collector``, ``rb``,
-``select`` (collected batch -> what ``add`` receives, for layout changes ``ReplayBuffer(keys=...)``
-cannot express; None: the batch as collected), ``tx`` (an optax
-optimizer), ``init_params(key)`` and ``_update(state, key) -> (state, loss)``; its state is a
-``QLearnerState``: ``params``, ``target``, ``opt``, ``buffer``, ``collector``, ``key``,
-``updates``. ``run_chunks`` is the host-side progress/evaluation loop of ``train``; ``Seeds``
-trains one agent on several seeds at once (``jax.vmap`` over the whole state).
+An **agent** (``Agent``, a protocol) is anything with a ``cfg`` (``total_frames``,
+``log_every``, ``eval_every``), a jitted ``chunk(state) -> (state, metrics)`` that trains for
+``log_every`` frames (``metrics``: ``"return"`` mean episode return, ``"episodes"`` finished
+episodes, ``"loss"``; scalars, or ``[S]`` for several seeds) and ``evaluate(params, key)`` (a
+greedy return, or ``[S]``). ``run_chunks`` drives any agent: DQN, the recurrent Q-learner,
+PPO and ``Seeds(agent)`` (several seeds vmapped) all go through it.
+
+``QLearner`` is the base class of the two Q-learning agents (``dqn.py``, ``recurrent.py``): it
+owns their shared iteration (collect -> add -> ``updates_per_collect`` updates), epsilon
+schedule and target-network step, and asks each subclass for exactly two things, declared as
+abstract methods: ``init_params(key)`` and ``update(state, key) -> (state, loss)``, plus the
+attributes ``cfg``, ``collector``, ``rb`` and ``tx`` set in its ``__init__``. Its state is a
+``QLearnerState``.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlbuf.examples import _nets
+from rlbuf.examples import _cli
 from rlbuf.replay_buffer import BufferState
 
 
@@ -47,10 +52,35 @@ def split(key: jax.Array, n: int = 2) -> jax.Array:
     return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, n))(key), 0, 1)
 
 
-class QLearnerLoop:
-    """Epsilon schedule, target-network step, one collect+learn iteration and a jitted-chunk body."""
+class Agent(Protocol):
+    """What ``run_chunks`` drives (see the module docstring)."""
 
+    cfg: Any
+
+    def chunk(self, state: Any) -> tuple[Any, dict]: ...
+
+    def evaluate(self, params: Any, key: jax.Array) -> Any: ...
+
+
+class QLearner(abc.ABC):
+    """Epsilon schedule, target-network step, one collect+learn iteration and a jitted-chunk body
+    of a Q-learning agent; subclasses implement ``init_params`` and ``update``."""
+
+    cfg: Any
+    collector: Any
+    rb: Any
+    tx: optax.GradientTransformation
+    #: collected batch -> what ``add`` receives, for layout changes ``ReplayBuffer(keys=...)``
+    #: cannot express (None: the batch as collected)
     select: Callable | None = None
+
+    @abc.abstractmethod
+    def init_params(self, key: jax.Array) -> Any:
+        """Fresh network parameters."""
+
+    @abc.abstractmethod
+    def update(self, state: QLearnerState, key: jax.Array) -> tuple[QLearnerState, jax.Array]:
+        """One learning step from ``state`` (sample, loss, ``apply_grads``); returns the new state and the loss."""
 
     def _stored(self, batch):
         return batch if self.select is None else self.select(batch)
@@ -71,7 +101,7 @@ class QLearnerLoop:
         steps = max(1, int(cfg.eps_fraction * cfg.total_frames))
         return optax.linear_schedule(cfg.eps_start, cfg.eps_end, steps)(frames)
 
-    def _apply_grads(self, s, grads, buf):
+    def apply_grads(self, s: QLearnerState, grads: Any, buf: Any) -> QLearnerState:
         """The state after one optax step on ``grads``: counter advanced and the target moved,
         by Polyak averaging (``target_tau < 1``, every update) or by a hard copy every
         ``target_update_every`` updates (``target_tau == 1``)."""
@@ -98,7 +128,7 @@ class QLearnerLoop:
         def learn(s):
             def one(s, _):
                 key, k = jax.random.split(s.key)
-                return self._update(dataclasses.replace(s, key=key), k)
+                return self.update(dataclasses.replace(s, key=key), k)
 
             s, losses = jax.lax.scan(one, s, None, length=cfg.updates_per_collect)
             return s, losses.mean()
@@ -126,26 +156,23 @@ class Seeds:
         self.evaluate = jax.jit(jax.vmap(agent._evaluate))
 
 
-def _fmt(x) -> str:
-    x = np.asarray(x)
-    return f"{float(x):6.1f}" if x.ndim == 0 else "[" + " ".join(f"{v:.0f}" for v in x) + "]"
-
-
-def run_chunks(agent, state, key, *, quiet: bool, desc: str, on_eval: Callable | None = None):
+def run_chunks(agent: Agent, state, key, *, quiet: bool, desc: str, on_eval: Callable | None = None):
     """Train ``agent`` (or ``Seeds(agent)``) from ``state`` for ``ceil(total_frames / log_every)``
     chunks, with a greedy evaluation every ``eval_every`` frames (and after the last chunk), each on
     a key split off ``key``.
 
     ``on_eval(state, eval_return)`` is called after each evaluation. Returns ``(state, key,
-    frames_curve, returns_curve, losses)``: evaluation returns are floats, or ``[S]`` arrays for
-    ``Seeds``; ``losses`` holds one mean loss per chunk.
+    frames_curve, returns_curve, losses, train_time)``: evaluation returns are floats, or ``[S]``
+    arrays for several seeds; ``losses`` holds one mean loss per chunk; ``train_time`` is the
+    seconds spent in chunks after the first (which includes compilation).
     """
     cfg = agent.cfg
     n_chunks = -(-cfg.total_frames // cfg.log_every)
     eval_chunks = max(1, cfg.eval_every // cfg.log_every)
     frames_curve, returns_curve, losses = [], [], []
-    recent = last_eval = float("nan")
-    bar = _nets.progress_bar(n_chunks * cfg.log_every, quiet, desc)
+    recent = last_eval = np.nan
+    train_time = 0.0
+    bar = _cli.progress_bar(n_chunks * cfg.log_every, quiet, desc)
     try:
         for i in range(n_chunks):
             if i == 0:  # the first call compiles the whole training step: say so
@@ -157,9 +184,11 @@ def run_chunks(agent, state, key, *, quiet: bool, desc: str, on_eval: Callable |
             dt = time.perf_counter() - tc
             if i == 0:
                 bar.set_description(desc)
+            else:
+                train_time += dt
             losses.append(float(np.nanmean(m["loss"])))
-            if np.all(m["episodes"] > 0):
-                recent = float(np.mean(m["return"]))
+            # per seed: the latest chunk's mean return where it finished an episode
+            recent = np.where(np.asarray(m["episodes"]) > 0, m["return"], recent)
             frames = (i + 1) * cfg.log_every
             if (i + 1) % eval_chunks == 0 or i == n_chunks - 1:
                 key, k = split(key)
@@ -169,12 +198,12 @@ def run_chunks(agent, state, key, *, quiet: bool, desc: str, on_eval: Callable |
                 if on_eval is not None:
                     on_eval(state, returns_curve[-1])
                 if not quiet:
-                    bar.write(f"frames {frames:>8d}  eval return {_fmt(last_eval)}  train return {recent:6.1f}  "
-                              f"loss {losses[-1]:.4f}")
-            bar.set_postfix({"fps": f"{cfg.log_every / dt:,.0f}", "return": f"{recent:.1f}",
+                    bar.write(f"frames {frames:>8d}  eval return {_cli.fmt(last_eval)}  train return "
+                              f"{_cli.fmt(recent)}  loss {losses[-1]:.4f}")
+            bar.set_postfix({"fps": f"{cfg.log_every * max(1, np.size(last_eval)) / dt:,.0f}",
+                             "return": f"{float(np.nanmean(recent)):.1f}",
                              "eval": f"{float(np.mean(last_eval)):.1f}"}, refresh=False)
             bar.update(cfg.log_every)
     finally:
         bar.close()
-    return state, key, frames_curve, returns_curve, losses
-
+    return state, key, frames_curve, returns_curve, losses, train_time

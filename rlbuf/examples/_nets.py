@@ -1,15 +1,14 @@
-"""Building blocks shared by the examples: flax networks, the optax optimizer, and the
-progress/plot/compilation-cache helpers of the command-line jobs.
+"""Building blocks shared by the examples: flax networks, the optax optimizer and the greedy
+evaluation (the command-line helpers -- progress bar, plot, compilation cache -- are in
+``rlbuf.examples._cli``).
 
 The examples use the JAX ecosystem as a JAX user would: networks are ``flax.linen`` modules,
 optimizers and schedules come from ``optax`` (both in the ``examples`` extra:
-``pip install -e ".[examples]"``). Every function here is pure and jittable except the CLI
-helpers at the bottom.
+``pip install -e ".[examples]"``). Every function here is pure and jittable.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -86,57 +85,3 @@ def greedy_returns(env, env_params, act, carry0, key: jax.Array, n_episodes: int
     c0 = (obs, state, carry0, jnp.zeros((n_episodes,), jnp.float32), jnp.ones((n_episodes,), bool))
     (_, _, _, ret, _), _ = jax.lax.scan(body, c0, jax.random.split(k_steps, max_steps))
     return ret
-
-
-# ---------------------------------------------------------------------------- CLI helpers
-
-#: Where the command-line jobs keep JAX's persistent compilation cache (``RLBUF_JAX_CACHE``
-#: overrides it; an empty value disables the cache).
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "rlbuf", "jax")
-
-
-def enable_compilation_cache(path: str | None = None) -> str | None:
-    """Turn on JAX's persistent compilation cache, so that a second run of a job loads its
-    compiled programs from disk instead of compiling them again. Returns the directory (None
-    when disabled with ``RLBUF_JAX_CACHE=""``). Called by the examples' ``main`` only: a
-    library import never changes JAX's global configuration."""
-    path = os.environ.get("RLBUF_JAX_CACHE", DEFAULT_CACHE_DIR) if path is None else path
-    if not path:
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    # The training step takes seconds to compile; tiny helper programs are not worth a file.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return path
-
-
-def progress_bar(total: int, quiet: bool, desc: str):
-    """A tqdm bar counting frames (disabled with ``quiet``)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="frame", unit_scale=True, desc=desc, disable=quiet, dynamic_ncols=True)
-
-
-def save_curve(path: str, curves: dict, title: str) -> str:
-    """Plot ``{label: (frames, returns)}`` to the PNG ``path``; returns its absolute path.
-    matplotlib is in the ``examples`` extra; without it this raises ``ImportError`` naming it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError(f"plotting the learning curve needs matplotlib: pip install -e \".[examples]\" ({e}); "
-                          "or pass --no-plot") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (xs, ys) in curves.items():
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xlabel("frames")
-    ax.set_ylabel("greedy eval return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if len(curves) > 1:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return os.path.abspath(path)

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf.examples import _loop, _nets
+from rlbuf.examples import _cli, _loop, _nets
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storage import LazyTensorStorage
@@ -136,7 +136,7 @@ def make_optimizer(cfg: DQNConfig, total_updates: int):
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(schedule))
 
 
-class DQN(_loop.QLearnerLoop):
+class DQN(_loop.QLearner):
     """The agent: networks, collector, buffer and the jitted training chunk for one config."""
 
     def __init__(self, cfg: DQNConfig):
@@ -201,14 +201,14 @@ class DQN(_loop.QLearnerLoop):
         td = q_a - y
         return jnp.mean(weight * _nets.huber(td)), td
 
-    def _update(self, s: DQNState, key) -> tuple[DQNState, jax.Array]:
+    def update(self, s: DQNState, key) -> tuple[DQNState, jax.Array]:
         cfg = self.cfg
         buf, batch, info = self.rb.sample(s.buffer, key)
         weight = info["weight"] if cfg.prioritized else jnp.ones((cfg.batch_size,), jnp.float32)
         (loss, td), grads = jax.value_and_grad(self._loss, has_aux=True)(s.params, s.target, batch, weight)
         if cfg.prioritized:
             buf = self.rb.update_priority(buf, info["index"], jnp.abs(td) + cfg.priority_eps)
-        return self._apply_grads(s, grads, buf), loss
+        return self.apply_grads(s, grads, buf), loss
 
     def _evaluate(self, params, key):
         act = lambda c, obs: (jnp.argmax(self.q(params, obs), axis=-1).astype(jnp.int32), c)  # noqa: E731
@@ -246,7 +246,7 @@ def train(cfg: DQNConfig, *, seeds=None, quiet: bool = False, plot: str | None =
             best_params = new if best_params is None else jax.tree.map(pick, new, best_params)
 
     desc = f"DQN {cfg.env_name}" + ("" if seeds is None else f" x{len(seeds)} seeds")
-    state, key, frames_curve, returns_curve, _ = _loop.run_chunks(runner, state, key, quiet=quiet, desc=desc,
+    state, key, frames_curve, returns_curve, _, _ = _loop.run_chunks(runner, state, key, quiet=quiet, desc=desc,
                                                                   on_eval=keep_best)
     key, k_last, k_best = _loop.split(key, 3)
     final = jax.device_get(runner.evaluate(state.params, k_last))  # fresh episodes, last params
@@ -259,7 +259,7 @@ def train(cfg: DQNConfig, *, seeds=None, quiet: bool = False, plot: str | None =
             curves = {label: (frames_curve, returns_curve)}
         else:
             curves = {f"{label} seed {s}": (frames_curve, [r[i] for r in returns_curve]) for i, s in enumerate(seeds)}
-        png = _nets.save_curve(plot, curves, f"DQN on {cfg.env_name}, greedy eval of the current params")
+        png = _cli.save_curve(plot, curves, f"DQN on {cfg.env_name}, greedy eval of the current params")
     if not quiet:
         print(f"wall time {wall:.1f}s ({cfg.total_frames * (1 if seeds is None else len(seeds)) / wall:,.0f} "
               "frames/s incl. compilation)")
@@ -327,7 +327,7 @@ def main(argv=None) -> dict:
     cfg = _override(cfg, a.set)
     plot = None if a.no_plot else (a.plot or (f"dqn_cartpole_seed{cfg.seed}.png" if a.seeds is None
                                               else "dqn_cartpole_seeds.png"))
-    _nets.enable_compilation_cache()
+    _cli.enable_compilation_cache()
     return train(cfg, seeds=a.seeds, quiet=a.quiet, plot=plot)
 
 

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf.ensemble import ReplayBufferEnsemble
-from rlbuf.examples import _nets
+from rlbuf.examples import _cli, _nets
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.storage import LazyTensorStorage
 
@@ -340,7 +340,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quiet", action="store_true")
     args = vars(p.parse_args(argv))
     quiet, keep = args.pop("quiet"), args.pop("keep_dataset")
-    _nets.enable_compilation_cache()
+    _cli.enable_compilation_cache()
     return train(OfflineConfig(**args), quiet=quiet, keep_dataset=keep)
 
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import returns
-from rlbuf.examples import _nets
+from rlbuf.examples import _cli, _loop, _nets
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
 from rlbuf.storage import LazyTensorStorage
@@ -195,7 +195,9 @@ class PPO:
         self.rb = ReplayBuffer(storage=LazyTensorStorage(cfg.frames_per_iter, ndim=2),
                                sampler=SamplerWithoutReplacement(), batch_size=cfg.minibatch_size)
         self.chunk = jax.jit(self._chunk, donate_argnums=0)
-        self.evaluate = jax.jit(jax.vmap(self._evaluate))
+        evaluate = jax.jit(jax.vmap(self._evaluate))
+        # run_chunks passes one key: one evaluation key per seed is split off it
+        self.evaluate = lambda params, key: evaluate(params, jax.random.split(key, self.cfg.num_seeds))
 
     # ------------------------------------------------------------------ state
     def init_one(self, key: jax.Array) -> PPOState:
@@ -286,8 +288,8 @@ def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None =
     returns [n_evals, S]), "wall_time", "train_time" (seconds, first chunk and its compile
     excluded), "frames_per_s" (over all seeds, same exclusion), "state", "agent"}``.
 
-    ``agent_cls`` (default ``PPO``) builds the agent from ``cfg``: anything with ``init(seeds)``,
-    ``chunk(state) -> (state, metrics)`` and ``evaluate(params, keys)`` (the benchmark's
+    ``agent_cls`` (default ``PPO``) builds the agent from ``cfg``: an ``_loop.Agent`` with ``init(seeds)``
+    (the benchmark's
     hand-written reference loop reuses this driver). Prints progress (unless ``quiet``) and,
     last, ``final eval return: X`` (one value per seed).
     """
@@ -297,46 +299,19 @@ def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None =
     agent = (agent_cls or PPO)(cfg)
     state = agent.init(seeds)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1_000_003)
-    n_chunks = -(-cfg.total_frames // cfg.log_every)
-    eval_chunks = max(1, cfg.eval_every // cfg.log_every)
-    frames_curve, returns_curve = [], []
-    recent = np.full(cfg.num_seeds, np.nan)
-    last_eval = np.full(cfg.num_seeds, np.nan)
-    train_time = 0.0
-    bar = _nets.progress_bar(n_chunks * cfg.log_every, quiet, f"PPO {cfg.env_name} x{cfg.num_seeds}")
-    try:
-        for i in range(n_chunks):
-            tc = time.perf_counter()
-            state, m = agent.chunk(state)
-            m = jax.device_get(m)
-            dt = time.perf_counter() - tc
-            if i > 0:  # the first chunk includes compilation
-                train_time += dt
-            recent = np.where(m["episodes"] > 0, m["return"], recent)
-            frames = (i + 1) * cfg.log_every
-            if (i + 1) % eval_chunks == 0 or i == n_chunks - 1:
-                key, k = jax.random.split(key)
-                last_eval = np.asarray(agent.evaluate(state.params, jax.random.split(k, cfg.num_seeds)))
-                frames_curve.append(frames)
-                returns_curve.append(last_eval)
-                if not quiet:
-                    bar.write(f"frames {frames:>8d}  eval return {_fmt(last_eval)}  train return {_fmt(recent)}  "
-                              f"loss {np.mean(m['loss']):.4f}")
-            bar.set_postfix({"fps": f"{cfg.log_every * cfg.num_seeds / dt:,.0f}", "return": _fmt(recent),
-                             "eval": _fmt(last_eval)}, refresh=False)
-            bar.update(cfg.log_every)
-    finally:
-        bar.close()
+    state, key, frames_curve, returns_curve, _, train_time = _loop.run_chunks(
+        agent, state, key, quiet=quiet, desc=f"PPO {cfg.env_name} x{cfg.num_seeds}")
     key, k = jax.random.split(key)
-    final = np.asarray(agent.evaluate(state.params, jax.random.split(k, cfg.num_seeds)))
+    final = np.asarray(agent.evaluate(state.params, k))
     wall = time.perf_counter() - t0
+    n_chunks = -(-cfg.total_frames // cfg.log_every)
     timed_frames = (n_chunks - 1) * cfg.log_every * cfg.num_seeds
     fps = timed_frames / train_time if train_time > 0 else float("nan")
     curve = (frames_curve, np.stack(returns_curve))
     png = None
     if plot:
-        png = _nets.save_curve(plot, {f"seed {s}": (frames_curve, curve[1][:, j]) for j, s in enumerate(seeds)},
-                               f"PPO on {cfg.env_name}, greedy eval of the current params")
+        png = _cli.save_curve(plot, {f"seed {s}": (frames_curve, curve[1][:, j]) for j, s in enumerate(seeds)},
+                              f"PPO on {cfg.env_name}, greedy eval of the current params")
     if not quiet:
         first = [frames_to_solve(frames_curve, curve[1][:, j]) for j in range(cfg.num_seeds)]
         stay = [frames_to_solve(frames_curve, curve[1][:, j], stay=True) for j in range(cfg.num_seeds)]
@@ -345,14 +320,9 @@ def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None =
               f"{SOLVED:.0f} on {int((final >= SOLVED).sum())}/{cfg.num_seeds} seeds")
         if png:
             print(f"learning curve: {png}")
-    print(f"final eval return: {_fmt(final)}")
+    print(f"final eval return: {' '.join(f'{v:.1f}' for v in np.atleast_1d(final))}")
     return {"final_returns": final, "curve": curve, "wall_time": wall, "train_time": train_time,
             "frames_per_s": fps, "state": state, "agent": agent, "seeds": seeds, "plot": png}
-
-
-def _fmt(x) -> str:
-    x = np.atleast_1d(np.asarray(x, np.float64))
-    return " ".join(f"{v:.1f}" for v in x)
 
 
 def main(argv=None) -> dict:
@@ -373,7 +343,7 @@ def main(argv=None) -> dict:
     cfg = dataclasses.replace(d, seed=a.seed, num_seeds=a.num_seeds, total_frames=a.total_frames,
                               num_envs=a.num_envs, steps_per_collect=a.steps_per_collect,
                               eval_every=a.eval_every, log_every=log_every)
-    _nets.enable_compilation_cache()
+    _cli.enable_compilation_cache()
     return train(cfg, seeds=a.seeds, quiet=a.quiet, plot=a.plot)
 
 

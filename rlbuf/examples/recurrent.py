@@ -49,7 +49,7 @@ from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole
 
 from rlbuf import returns
-from rlbuf.examples import _loop, _nets
+from rlbuf.examples import _cli, _loop, _nets
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.storage import LazyTensorStorage
 
@@ -180,7 +180,7 @@ class RecurrentConfig:
 RecurrentState = _loop.QLearnerState
 
 
-class RecurrentDQN(_loop.QLearnerLoop):
+class RecurrentDQN(_loop.QLearner):
     """R2D2-style double-DQN on burn-in sequences with stored state, one jitted chunk per call."""
 
     def __init__(self, cfg: RecurrentConfig):
@@ -267,10 +267,10 @@ class RecurrentDQN(_loop.QLearnerLoop):
         w = learn.astype(jnp.float32)
         return jnp.sum(w * _nets.huber(q_a - y)) / jnp.maximum(jnp.sum(w), 1.0)
 
-    def _update(self, s: RecurrentState, key):
+    def update(self, s: RecurrentState, key):
         buf, batch, info = self.rb.sample(s.buffer, key)
         loss, grads = jax.value_and_grad(self._loss)(s.params, s.target, batch, info)
-        return self._apply_grads(s, grads, buf), loss
+        return self.apply_grads(s, grads, buf), loss
 
     def _evaluate(self, params, key):
         def act(h, obs):
@@ -295,7 +295,7 @@ def train(cfg: RecurrentConfig, *, seeds=None, quiet: bool = False, plot: str | 
     key, k_init = _loop.split(key)
     state = runner.init(k_init)
     desc = f"recurrent ({cfg.memory})" + ("" if seeds is None else f" x{len(seeds)} seeds")
-    state, key, frames_curve, returns_curve, losses = _loop.run_chunks(runner, state, key, quiet=quiet, desc=desc)
+    state, key, frames_curve, returns_curve, losses, _ = _loop.run_chunks(runner, state, key, quiet=quiet, desc=desc)
     key, k = _loop.split(key)
     final = jax.device_get(runner.evaluate(state.params, k))
     wall = time.perf_counter() - t0
@@ -306,7 +306,7 @@ def train(cfg: RecurrentConfig, *, seeds=None, quiet: bool = False, plot: str | 
         else:
             curves = {f"memory={cfg.memory} seed {s}": (frames_curve, [r[i] for r in returns_curve])
                       for i, s in enumerate(seeds)}
-        png = _nets.save_curve(plot, curves, "R2D2-style Q-learning on CartPole, velocities hidden")
+        png = _cli.save_curve(plot, curves, "R2D2-style Q-learning on CartPole, velocities hidden")
     n_seeds = 1 if seeds is None else len(seeds)
     if not quiet:
         print(f"wall time {wall:.1f}s ({cfg.total_frames * n_seeds / wall:,.0f} frames/s incl. compilation)")
@@ -335,7 +335,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     a = p.parse_args(argv)
     cfg = dataclasses.replace(d, memory=a.memory, seed=a.seed, total_frames=a.total_frames, eval_every=a.eval_every)
-    _nets.enable_compilation_cache()
+    _cli.enable_compilation_cache()
     return train(cfg, seeds=a.seeds, quiet=a.quiet, plot=a.plot)
 
 

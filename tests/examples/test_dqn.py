@@ -89,7 +89,7 @@ def test_target_update_matches_numpy(tau):
     cfg = dataclasses.replace(TINY, target_tau=tau, target_update_every=3, lr=0.1, lr_end=0.1)
     agent = dqn.DQN(cfg)
     s = agent.init(jax.random.key(0))
-    step = jax.jit(lambda s, g: agent._apply_grads(s, g, s.buffer))
+    step = jax.jit(lambda s, g: agent.apply_grads(s, g, s.buffer))
     target = jax.tree.map(np.asarray, s.target)
     for n in range(1, 7):
         grads = jax.tree.map(lambda x: jnp.full_like(x, 0.1 * n), s.params)
