@@ -79,7 +79,7 @@ def _what(x) -> str:
     return f"a Python {type(x).__name__}" if isinstance(x, (bool, int, float, complex)) else type(x).__name__
 
 
-def leaf_spec(x, key: Key = None, owner: str = "") -> tuple[tuple, np.dtype]:
+def leaf_spec(x, key: Key | None = None, owner: str = "") -> tuple[tuple, np.dtype]:
     """``(shape, dtype)`` of a leaf as JAX stores it: the dtype canonicalized exactly as
     ``jax.eval_shape``/``jnp.asarray`` would (float64 -> float32 and int64 -> int32 without
     ``jax_enable_x64``), so an eager ``init`` from numpy arrays gives the layout a jitted ``add``

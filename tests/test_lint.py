@@ -16,3 +16,4 @@ def test_ruff_clean():
         pytest.skip("ruff not installed")
     out = subprocess.run([ruff, "check", "rlbuf", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+

@@ -45,7 +45,7 @@ class WriteInfo(NamedTuple):
     positions: jax.Array
     skip: int
     cursor: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the ring count (shadows tuple.count, unused here)
     new_cursor: jax.Array
     new_count: jax.Array
 

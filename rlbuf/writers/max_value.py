@@ -24,6 +24,7 @@ lower slot wins, and among new items the earlier one (in data order) wins.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +74,7 @@ class MaxValueWriter(Writer):
     transitions it receives.
     """
 
-    rank_key: object = _fields.key(("next", "reward"))
+    rank_key: Any = _fields.key(("next", "reward"))
     reduction: str = "sum"
 
     def __post_init__(self):

@@ -1,0 +1,10 @@
+"""Sharded collectors and the async collector feeding a per-worker buffer, on 4 forced CPU devices."""
+
+import pytest
+from md_runner import check_group
+
+pytestmark = pytest.mark.multidevice
+
+
+def test_collector_checks():
+    check_group("collectors")
