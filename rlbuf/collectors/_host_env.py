@@ -52,7 +52,19 @@ class _Group:
         self._batch_space = _batch_space(self.action_space, self.num) if self.envpool else None
         self._pending = None
 
+    def check_alive(self):
+        """A gymnasium ``AsyncVectorEnv`` shuts down a worker whose env raised (its pipe becomes
+        None, and every later call dies with ``'NoneType' object has no attribute 'send'``):
+        say which workers are gone and what to do."""
+        pipes = getattr(self.vec, "parent_pipes", None)
+        dead = [i for i, p in enumerate(pipes or ()) if p is None]
+        if dead or getattr(self.vec, "closed", False):
+            what = f"its workers {dead} were shut down after their env raised" if dead else "it is closed"
+            raise RuntimeError(f"HostCollector: the vector env {type(self.vec).__name__} cannot be used again: "
+                               f"{what}; close it and build a new vector env (and a new HostCollector)")
+
     def reset_all(self, seed: int):
+        self.check_alive()
         if self.envpool:
             self._batch_space.seed(seed)
             return self.vec.reset()[0]
@@ -125,8 +137,19 @@ def _as_groups(env: Any) -> list[_Group]:
         if not hasattr(e, "step") or not hasattr(e, "reset"):
             raise TypeError(f"HostCollector needs a gymnasium VectorEnv (or a callable making one, or an "
                             f"EnvPool pool), got {type(e).__name__}")
+        if not hasattr(e, "num_envs") and not hasattr(type(e), "__len__"):
+            raise TypeError(_single_env_message(e))
         groups.append(_Group(e))
     return groups
+
+
+def _single_env_message(env: Any) -> str:
+    spec = getattr(env, "spec", None)
+    name = repr(getattr(spec, "id", None) or "ENV_ID")
+    return (f"HostCollector needs a vector env (gymnasium.vector.VectorEnv, with num_envs), got a single env "
+            f"{type(env).__name__}: make one with gymnasium.make_vec({name}, num_envs=n) (vectorization_mode="
+            f"'sync' or 'async'), or gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make({name})] * n) "
+            "(AsyncVectorEnv alike)")
 
 
 def _final_obs(info: dict, i: int) -> Any:

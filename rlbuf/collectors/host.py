@@ -32,6 +32,11 @@ from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public thr
 from rlbuf.collectors._policy import call_policy, check_carry, check_extras, init_carry
 
 
+class _PoisonedStateError(RuntimeError, ValueError):
+    """A ``collect`` failed while the envs were stepping: no state matches the envs any more
+    (a ``ValueError`` too, like the stale-state error)."""
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class HostCollectorState:
@@ -174,6 +179,31 @@ class HostCollector:
             check_carry(new_carry, carry)
         return action, extras, new_carry, carry
 
+    def _check_action_dtype(self, dtype, group: _Group):
+        """Refuse actions the env would cast to another value (a float 1.7 for ``Discrete(3)``
+        executes as 1 while the batch would store 1.7): integer/bool spaces need integer/bool
+        actions; any action of a float space is exact enough. Runs before any env steps."""
+        space = group.action_space
+        want = getattr(space, "dtype", None)
+        if want is None:  # composite (Dict/Tuple) spaces: the env checks its parts
+            return
+        dtype, want = np.dtype(dtype), np.dtype(want)
+        if want.kind in "biu" and dtype.kind not in "biu":
+            raise TypeError(f"HostCollector: the policy returned actions of dtype {dtype} for the action space "
+                            f"{space} (dtype {want}): the env would cast them (e.g. 1.7 -> 1) and the batch "
+                            "would store actions that were not executed; return integer actions (e.g. "
+                            "jnp.argmax(...) or .astype(jnp.int32))")
+
+    def _check_action_values(self, action: np.ndarray, group: _Group):
+        """Integer actions of a narrower env dtype (int32 -> int8) must fit it (checked per step,
+        only where the cast is not safe)."""
+        want = np.dtype(group.action_space.dtype)
+        info = np.iinfo(want) if want.kind in "iu" else None
+        if info is not None and action.size and (action.min() < info.min or action.max() > info.max):
+            raise ValueError(f"HostCollector: the policy returned actions in [{action.min()}, {action.max()}], "
+                             f"outside the action space {group.action_space}'s dtype {want}: the env would "
+                             "execute other (wrapped) actions than the batch stores")
+
     def _check_action(self, action, group: _Group):
         space = group.action_space
         want = (group.num,) + tuple(getattr(space, "shape", None) or ())
@@ -192,6 +222,7 @@ class HostCollector:
         obs = self._reset_groups(k_seed)
         B = self.num_envs
         self._frames = 0
+        self._failed = None
         return HostCollectorState(
             observation=obs, key=key, traj_ids=np.arange(B, dtype=np.int32),
             next_traj_id=np.asarray(B, np.int32), step_count=np.zeros(B, np.int32),
@@ -204,23 +235,50 @@ class HostCollector:
         key, k_seed = jax.random.split(state.key)
         obs = self._reset_groups(k_seed)
         B = self.num_envs
-        nxt = int(state.next_traj_id)
+        # the counter's own wrapping arithmetic, as Collector's (int32 past 2**31 - 1 wraps)
+        nxt = np.asarray(state.next_traj_id)
+        with np.errstate(over="ignore"):
+            ids = np.full(B, nxt, nxt.dtype) + np.arange(B, dtype=nxt.dtype)
+            next_id = (np.reshape(nxt, (1,)) + np.asarray([B], nxt.dtype))[0]
         self._frames = int(state.frames)
+        self._failed = None
         return dataclasses.replace(
-            state, observation=obs, key=key, traj_ids=np.arange(nxt, nxt + B, dtype=np.int32),
-            next_traj_id=np.asarray(nxt + B, np.int32), step_count=np.zeros(B, np.int32),
+            state, observation=obs, key=key, traj_ids=ids,
+            next_traj_id=np.asarray(next_id), step_count=np.zeros(B, np.int32),
             episode_reward=np.zeros(B, np.float32),
             policy_carry=None if self.policy_carry is None else self._carry0(B))
 
     def collect(self, state: HostCollectorState, policy_params: Any = None):
         """Step the envs ``T`` times; returns ``(new_state, batch)`` with device-array leaves
-        ``[B, T, ...]``. Not jittable (see the class docstring)."""
+        ``[B, T, ...]``. Not jittable (see the class docstring).
+
+        If it raises once the envs have been stepped or reset (an env failed), no state matches
+        the envs any more: every later ``collect`` is refused until :meth:`init` (or
+        :meth:`resume`) resets them, instead of storing pairs that are not transitions.
+        """
+        failed = getattr(self, "_failed", None)
+        if failed is not None:
+            raise _PoisonedStateError(
+                f"HostCollector.collect: an earlier call failed while the envs were stepping or resetting ({failed}); "
+                "the envs are in an unknown state that no HostCollectorState matches, so collecting again "
+                "would store pairs that are not transitions: call init(key) (or resume(state)) again first")
         if self._frames is None or int(state.frames) != self._frames:
             raise ValueError(
                 f"HostCollector.collect got a state at frame {int(state.frames)} but its envs are at "
                 f"frame {self._frames}: the envs live on the host, so each state can be used once "
                 "(after a checkpoint restore, call resume(state) first)")
+        self._touched = False
+        try:
+            return self._collect(state, policy_params)
+        except BaseException as e:
+            if self._touched:  # (errors before any env call, e.g. a policy's at trace time, leave them as they were)
+                self._failed = f"{type(e).__name__}: {e}"
+                self._frames = None
+            raise
+
+    def _collect(self, state: HostCollectorState, policy_params: Any):
         if self.reset_at_each_iter and int(state.frames) > 0:
+            self._touched = True
             state = self.resume(state)
         random = self.policy is None or int(state.frames) < self.init_random_frames
         host, extras, stored, obs, key, carry = self._rollout(state, policy_params, random)
@@ -248,7 +306,11 @@ class HostCollector:
     # ------------------------------------------------------------------ internals
     def _reset_groups(self, key):
         seeds = np.asarray(jax.random.randint(key, (len(self.groups),), 0, 2**31 - 1))
-        obs = [g.reset_all(int(s)) for g, s in zip(self.groups, seeds)]
+        try:
+            obs = [g.reset_all(int(s)) for g, s in zip(self.groups, seeds)]
+        except BaseException as e:  # some envs may be reset, others not: no state matches them
+            self._failed, self._frames = f"{type(e).__name__}: {e}", None
+            raise
         return self._cat(obs)
 
     def _cat(self, parts):
@@ -287,6 +349,8 @@ class HostCollector:
         impl = jax.random.key_impl(key) if typed else None
         if self.policy is not None:
             a_spec, ex_spec = self._policy_spec(params, state.observation, key)
+            for g in groups:  # (also in random batches: the error comes at the first collect)
+                self._check_action_dtype(a_spec.dtype, g)
         # random actions are stored with the policy's dtype (as Collector does), so random and
         # policy batches go into one buffer
         act_dtype = (a_spec.dtype if self.policy is not None
@@ -330,6 +394,9 @@ class HostCollector:
                 self._check_action(a, groups[gi])
                 checked[gi] = True
             dtype = env_dtype[gi]
+            if dtype is not None and a.dtype != dtype and not np.can_cast(a.dtype, dtype):
+                self._check_action_values(a, groups[gi])
+            self._touched = True
             groups[gi].step_async(a if dtype is None or a.dtype == dtype else a.astype(dtype))
             return a
 
