@@ -114,6 +114,37 @@ class _Group:
         self.vec.close()
 
 
+class PoisonedStateError(RuntimeError, ValueError):
+    """A ``collect`` failed while the envs were stepping: no state matches the envs any more
+    (a ``ValueError`` too, like the stale-state error)."""
+
+
+def check_action_dtype(dtype, group: _Group) -> None:
+    """Refuse actions the env would cast to another value (a float 1.7 for ``Discrete(3)``
+    executes as 1 while the batch would store 1.7): integer/bool spaces need integer/bool
+    actions; any action of a float space is exact enough. Runs before any env steps."""
+    space = group.action_space
+    want = getattr(space, "dtype", None)
+    if want is None:  # composite (Dict/Tuple) spaces: the env checks its parts
+        return
+    dtype, want = np.dtype(dtype), np.dtype(want)
+    if want.kind in "biu" and dtype.kind not in "biu":
+        raise TypeError(f"HostCollector: the policy returned actions of dtype {dtype} for the action space "
+                        f"{space} (dtype {want}): the env would cast them (e.g. 1.7 -> 1) and the batch "
+                        "would store actions that were not executed; return integer actions (e.g. "
+                        "jnp.argmax(...) or .astype(jnp.int32))")
+
+def check_action_values(action: np.ndarray, group: _Group) -> None:
+    """Integer actions of a narrower env dtype (int32 -> int8) must fit it (checked per step,
+    only where the cast is not safe)."""
+    want = np.dtype(group.action_space.dtype)
+    info = np.iinfo(want) if want.kind in "iu" else None
+    if info is not None and action.size and (action.min() < info.min or action.max() > info.max):
+        raise ValueError(f"HostCollector: the policy returned actions in [{action.min()}, {action.max()}], "
+                         f"outside the action space {group.action_space}'s dtype {want}: the env would "
+                         "execute other (wrapped) actions than the batch stores")
+
+
 def _batch_space(space: Any, n: int) -> Any:
     from gymnasium.vector.utils import batch_space
 

@@ -19,6 +19,7 @@ from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public thr
     DISABLED,
     NEXT_STEP,
     SAME_STEP,
+    PoisonedStateError,
     _alloc,
     _as_groups,
     _final_obs,
@@ -26,15 +27,12 @@ from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public thr
     _put,
     _tmap,
     batch_keys,
+    check_action_dtype,
+    check_action_values,
     finish_batch,
     make_groups,
 )
 from rlbuf.collectors._policy import call_policy, check_carry, check_extras, init_carry
-
-
-class _PoisonedStateError(RuntimeError, ValueError):
-    """A ``collect`` failed while the envs were stepping: no state matches the envs any more
-    (a ``ValueError`` too, like the stale-state error)."""
 
 
 @jax.tree_util.register_dataclass
@@ -179,31 +177,6 @@ class HostCollector:
             check_carry(new_carry, carry)
         return action, extras, new_carry, carry
 
-    def _check_action_dtype(self, dtype, group: _Group):
-        """Refuse actions the env would cast to another value (a float 1.7 for ``Discrete(3)``
-        executes as 1 while the batch would store 1.7): integer/bool spaces need integer/bool
-        actions; any action of a float space is exact enough. Runs before any env steps."""
-        space = group.action_space
-        want = getattr(space, "dtype", None)
-        if want is None:  # composite (Dict/Tuple) spaces: the env checks its parts
-            return
-        dtype, want = np.dtype(dtype), np.dtype(want)
-        if want.kind in "biu" and dtype.kind not in "biu":
-            raise TypeError(f"HostCollector: the policy returned actions of dtype {dtype} for the action space "
-                            f"{space} (dtype {want}): the env would cast them (e.g. 1.7 -> 1) and the batch "
-                            "would store actions that were not executed; return integer actions (e.g. "
-                            "jnp.argmax(...) or .astype(jnp.int32))")
-
-    def _check_action_values(self, action: np.ndarray, group: _Group):
-        """Integer actions of a narrower env dtype (int32 -> int8) must fit it (checked per step,
-        only where the cast is not safe)."""
-        want = np.dtype(group.action_space.dtype)
-        info = np.iinfo(want) if want.kind in "iu" else None
-        if info is not None and action.size and (action.min() < info.min or action.max() > info.max):
-            raise ValueError(f"HostCollector: the policy returned actions in [{action.min()}, {action.max()}], "
-                             f"outside the action space {group.action_space}'s dtype {want}: the env would "
-                             "execute other (wrapped) actions than the batch stores")
-
     def _check_action(self, action, group: _Group):
         space = group.action_space
         want = (group.num,) + tuple(getattr(space, "shape", None) or ())
@@ -258,7 +231,7 @@ class HostCollector:
         """
         failed = getattr(self, "_failed", None)
         if failed is not None:
-            raise _PoisonedStateError(
+            raise PoisonedStateError(
                 f"HostCollector.collect: an earlier call failed while the envs were stepping or resetting ({failed}); "
                 "the envs are in an unknown state that no HostCollectorState matches, so collecting again "
                 "would store pairs that are not transitions: call init(key) (or resume(state)) again first")
@@ -350,7 +323,7 @@ class HostCollector:
         if self.policy is not None:
             a_spec, ex_spec = self._policy_spec(params, state.observation, key)
             for g in groups:  # (also in random batches: the error comes at the first collect)
-                self._check_action_dtype(a_spec.dtype, g)
+                check_action_dtype(a_spec.dtype, g)
         # random actions are stored with the policy's dtype (as Collector does), so random and
         # policy batches go into one buffer
         act_dtype = (a_spec.dtype if self.policy is not None
@@ -395,7 +368,7 @@ class HostCollector:
                 checked[gi] = True
             dtype = env_dtype[gi]
             if dtype is not None and a.dtype != dtype and not np.can_cast(a.dtype, dtype):
-                self._check_action_values(a, groups[gi])
+                check_action_values(a, groups[gi])
             self._touched = True
             groups[gi].step_async(a if dtype is None or a.dtype == dtype else a.astype(dtype))
             return a
