@@ -209,10 +209,10 @@ class HostCollector:
         obs = self._reset_groups(k_seed)
         B = self.num_envs
         # the counter's own wrapping arithmetic, as Collector's (int32 past 2**31 - 1 wraps)
-        nxt = np.asarray(state.next_traj_id)
+        nxt = np.asarray(state.next_traj_id).astype(np.int32)  # (HostCollectorState's dtype, whatever was given)
         with np.errstate(over="ignore"):
-            ids = np.full(B, nxt, nxt.dtype) + np.arange(B, dtype=nxt.dtype)
-            next_id = (np.reshape(nxt, (1,)) + np.asarray([B], nxt.dtype))[0]
+            ids = np.full(B, nxt, np.int32) + np.arange(B, dtype=np.int32)
+            next_id = (np.reshape(nxt, (1,)) + np.asarray([B], np.int32))[0]
         self._frames = int(state.frames)
         self._failed = None
         return dataclasses.replace(

@@ -453,6 +453,11 @@ def test_resume_wraps_trajectory_ids_like_the_device_path():
     want = np.asarray(jnp.int32(2**31 - 2) + jnp.arange(B, dtype=jnp.int32))
     np.testing.assert_array_equal(state.traj_ids, want)
     assert state.traj_ids.dtype == np.int32 and int(state.next_traj_id) == -(2**31) + 2
+    # a Python int (or int64) counter is the same int32 counter
+    again = hc.resume(dataclasses.replace(state, next_traj_id=2**31 - 2))
+    np.testing.assert_array_equal(again.traj_ids, want)
+    assert again.traj_ids.dtype == np.int32 and int(again.next_traj_id) == -(2**31) + 2
+    state = again  # (the envs were reset for this one)
     state, b = hc.collect(state, 0)
     np.testing.assert_array_equal(np.asarray(b["collector"]["traj_ids"])[:, 0], want)
     nxt = int(state.next_traj_id)
