@@ -148,6 +148,7 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
             if not isinstance(s, BufferState):
                 raise TypeError(f"ReplayBufferEnsemble: state {i} is a {type(s).__name__}, not a BufferState")
             rb.sampler.check(s.layout, rb.batch_size)
+            _check_parts(i, rb, s)
         state = EnsembleState(tuple(states))
         self._check_concat(state)
         return state
@@ -223,6 +224,17 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
                 f"ReplayBufferEnsemble.update_priority: index must be info['index'], a tuple of "
                 f"{len(self.buffers)} per-buffer indices"
             )
+        # sizes first: a short priority would otherwise fail inside a slice with XLA's words
+        leads = [tuple(_index_shape(idx)) for idx in index]
+        total = sum(lead[0] for lead in leads)
+        shape = tuple(jnp.shape(priority))
+        if not shape or shape[0] != total or any(shape[1:] != lead[1:] for lead in leads):
+            per = ", ".join(f"{lead[0]} from buffer {i}" for i, lead in enumerate(leads))
+            raise ValueError(
+                f"ReplayBufferEnsemble.update_priority: priority has shape {list(shape)} "
+                f"({shape[0] if shape else 0} rows), the batch has {total} rows ({per}; leading shape "
+                f"{[total, *leads[0][1:]]}): give one priority per sampled item"
+            )
         bufs, start = [], 0
         for rb, s, idx in zip(self.members, state.buffers, index):
             rows = _index_shape(idx)[0]
@@ -231,12 +243,30 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
             if type(rb.sampler).update_priority is not Sampler.update_priority:  # has priorities
                 s = rb.update_priority(s, idx, p)
             bufs.append(s)
-        if start != priority.shape[0]:
-            raise ValueError(
-                f"ReplayBufferEnsemble.update_priority: priority has {priority.shape[0]} rows, the "
-                f"batch has {start}"
-            )
         return EnsembleState(tuple(bufs))
+
+
+def _check_parts(i: int, rb: ReplayBuffer, s: BufferState) -> None:
+    """Member ``i``'s state has the storage, sampler and writer state its buffer would make for
+    the same layout (not, e.g., a state filled by a buffer with another sampler)."""
+    for part, got in (("storage", s.storage), ("sampler", s.sampler), ("writer", s.writer)):
+        obj = getattr(rb, part)
+        want = jax.eval_shape(lambda o=obj: o.init(s.layout))
+        g_def, w_def = jax.tree.structure(got), jax.tree.structure(want)
+        what = None
+        if g_def != w_def:
+            what = f"its structure is {g_def}, expected {w_def}"
+        else:
+            for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+                if tuple(jnp.shape(g)) != tuple(w.shape) or jnp.result_type(g) != w.dtype:
+                    what = (f"leaf {jax.tree_util.keystr(path)} is {jnp.result_type(g)}{list(jnp.shape(g))}, "
+                            f"expected {w.dtype}{list(w.shape)}")
+                    break
+        if what is not None:
+            raise ValueError(
+                f"ReplayBufferEnsemble: state {i}'s {part} state does not match buffer {i}'s "
+                f"{type(obj).__name__} ({what}): was the state made by a buffer with another {part}?"
+            )
 
 
 def _index_shape(idx) -> tuple:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
@@ -97,6 +98,10 @@ class ReplayBuffer:
         stack of its trajectory's last ``num_frames`` frames (``rlbuf.frame_stack``).
       keys: store only these keys (strings, tuples for nested keys; a key may name a subtree)
         of what ``add`` (and ``init``'s example) receives; ``None`` stores everything.
+      warn_on_empty: a debugging aid, eager calls only: ``sample`` warns (``UserWarning``)
+        when the buffer cannot sample a full batch of real data (``can_sample`` False), so
+        the batch is padding with ``info["mask"]`` False. Shapes stay static; under ``jit``
+        (any traced state) it does nothing: there, gate on ``rb.can_sample(state)``.
 
     All methods are pure and jittable; the buffer object itself is frozen and hashable, so
     ``jax.jit(rb.add)`` caches on it. ``init`` refuses a sampler that needs a guarantee the
@@ -110,6 +115,8 @@ class ReplayBuffer:
     transform: Optional[Callable] = None
     keys: Optional[tuple] = dataclasses.field(default=None, hash=False)
     frame_stack: Optional[FrameStack] = None
+    # (not compared: only eager calls read it, a jitted function is the same either way)
+    warn_on_empty: bool = dataclasses.field(default=False, compare=False)
 
     def __post_init__(self):
         for name, obj, base in (("storage", self.storage, Storage), ("sampler", self.sampler, Sampler),
@@ -206,6 +213,8 @@ class ReplayBuffer:
         returned state holds the storage, which would otherwise be copied on every call.
         """
         _tree.check_prng_key(key, "ReplayBuffer.sample(state, key)")
+        if self.warn_on_empty:
+            self._warn_if_empty(state)
         ring = state.ring
         # Items the storage cannot return exactly (Storage.valid) are redrawn by the sampler
         # (Sampler.draw); any left after its last round are masked and zeroed.
@@ -224,12 +233,36 @@ class ReplayBuffer:
         info = dict(info, index=index if ring.lanes else index[0])
         return dataclasses.replace(state, sampler=sstate), batch, info
 
+    def _warn_if_empty(self, state: BufferState) -> None:
+        """``warn_on_empty``: eager states only (a traced one cannot be read without a sync)."""
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state)):
+            return
+        if not bool(self.can_sample(state)):
+            warnings.warn(
+                f"ReplayBuffer.sample: the buffer cannot sample a full batch of real data ({len(state)} "
+                f"transitions stored, batch_size={self.batch_size}, {type(self.sampler).__name__}): the batch "
+                "is padding (zeros) where info['mask'] is False; gate sampling on rb.can_sample(state)",
+                stacklevel=3,
+            )
+
     def can_sample(self, state: BufferState) -> jax.Array:
         """Bool scalar array: whether ``sample`` can return a full batch of real data."""
         return self.sampler.can_sample(state.ring, state.sampler, self.batch_size)
 
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
-        """Set the priorities of the items at ``index`` (as in ``info["index"]``)."""
+        """Set the priorities of the items at ``index`` (as in ``info["index"]``).
+
+        ``index`` may also be the ``info`` dict of the ``sample`` itself: then only the items a
+        loss learns from are updated, those where ``info["learning_mask"]`` (slices with
+        ``burn_in``) or else ``info["mask"]`` is True; burn-in and padding steps keep their
+        priorities."""
+        if isinstance(index, dict):
+            if "index" not in index:
+                raise KeyError("ReplayBuffer.update_priority: an info dict needs its 'index' entry (the sample's info)")
+            learn = index.get("learning_mask", index.get("mask"))
+            index = index["index"] if isinstance(index["index"], tuple) else (index["index"],)
+            if learn is not None:  # out of range (-1): ignored by every prioritized sampler
+                index = (*index[:-1], jnp.where(learn, index[-1], -1))
         index = index if isinstance(index, tuple) else (index,)
         sstate = self.sampler.update_priority(state.ring, state.sampler, index, priority)
         return dataclasses.replace(state, sampler=sstate)

@@ -32,8 +32,10 @@ Inputs, all ``[*B, T]``, read straight from a collector batch:
 are computed in float32. Gradients flow through every input: wrap ``value``/``next_value``
 in ``jax.lax.stop_gradient`` when the result is used as a regression target inside a loss.
 
-All estimators are one reverse linear recurrence ``y[t] = a[t] + b[t] * y[t + 1]``
-(``_reverse_scan``: a ``lax.scan`` over time moved to axis 0).
+All estimators are one reverse linear recurrence ``y[t] = a[t] + (0 if cut[t] else b[t] * y[t + 1])``
+(``_reverse_scan``: a ``lax.scan`` over time moved to axis 0). The cut is a select, never a
+multiplication by zero, so a NaN/inf from another episode (or an unused ``next_value`` at a
+terminated step) never reaches an output: ``0 * nan`` is ``nan``.
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ def _expand(m, x):
 def _reverse_scan(fn, xs: dict, init):
     """The one recurrence of this module, over the last axis of ``[*B, T]`` arrays::
 
-        y[..., t] = a[..., t] + b[..., t] * y[..., t + 1],   y[..., T] = init,
-        (a[..., t], b[..., t]) = fn({k: xs[k][..., t]})
+        y[..., t] = a[..., t] + (0 if cut[..., t] else b[..., t] * y[..., t + 1]),   y[..., T] = init,
+        (a[..., t], b[..., t], cut[..., t]) = fn({k: xs[k][..., t]})
 
     Returns ``y`` ``[*B, T]``. Time is moved to axis 0 so that ``lax.scan`` steps over it with
     every batch row at once; ``fn`` runs inside the loop body, so the per-step arithmetic reads
@@ -128,8 +130,9 @@ def _reverse_scan(fn, xs: dict, init):
     xs0 = {k: jnp.moveaxis(x, -1, 0) for k, x in xs.items()}
 
     def step(y, x):
-        a, b = fn(x)
-        y = a + b * y
+        a, b, cut = fn(x)
+        # a select, not b = 0: 0 * NaN is NaN, and nothing may flow across a cut
+        y = a + jnp.where(cut, 0, b * y)
         return y, y
 
     _, ys = jax.lax.scan(step, init, xs0, reverse=True)
@@ -141,7 +144,7 @@ _FEW_ROWS = 16
 
 
 def _precomputed(x):
-    return x["a"], x["b"]
+    return x["a"], x["b"], x["cut"]
 
 
 def _zeros_like_row(x):
@@ -217,11 +220,11 @@ def gae(reward, value, next_value, terminated, done, *, gamma, lmbda, mask=None)
         g = x.get("gamma", gamma)
         delta = x["r"] + g * jnp.where(x["term"], 0, x["nv"]) - x["v"]
         cut = x["cut"] if "cut" in x else x["done"] | x["term"]
-        return delta, jnp.where(cut, 0, g * x.get("lmbda", lmbda))
+        return delta, g * x.get("lmbda", lmbda), cut
 
     if math.prod(shape[:-1]) > _FEW_ROWS:
-        a, b = ab(xs)
-        xs, ab = {"a": a, "b": b}, _precomputed
+        a, b, c = ab(xs)
+        xs, ab = {"a": a, "b": jnp.broadcast_to(b, shape), "cut": c}, _precomputed
     adv = _keep(real, _reverse_scan(ab, xs, _zeros_like_row(r)))
     return adv, _keep(real, adv + v)
 
@@ -247,10 +250,12 @@ def td_lambda(reward, next_value, terminated, done, *, gamma, lmbda, mask=None):
     gamma = _coef(fn, "gamma", gamma, shape, dtype, 0.0, 1.0)
     lmbda = _coef(fn, "lmbda", lmbda, shape, dtype, 0.0, 1.0)
     nv = f["next_value"]
-    # G[t] = r + g*nv + g*l*(G[t+1] - nv) where not cut: one reverse recurrence in G.
-    gl = jnp.where(cut, 0, gamma * lmbda)
-    a = r + gamma * jnp.where(term, 0, nv) - gl * nv
-    return _keep(real, _reverse_scan(_precomputed, {"a": a, "b": gl}, _zeros_like_row(a)))
+    # G[t] = r + g*nv + g*l*(G[t+1] - nv) where not cut: one reverse recurrence in G. Selects, not
+    # products with 0: next_value at a terminated step is never read, even if NaN/inf.
+    gl = gamma * lmbda
+    a = r + jnp.where(term, 0, gamma * nv) - jnp.where(cut, 0, gl * nv)
+    gl = jnp.broadcast_to(gl, shape)
+    return _keep(real, _reverse_scan(_precomputed, {"a": a, "b": gl, "cut": cut}, _zeros_like_row(a)))
 
 
 def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda=1.0, rho_clip=1.0,
@@ -287,7 +292,7 @@ def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda
     rho_bar = jnp.minimum(rho_clip, rho)
     c = lmbda * jnp.minimum(c_clip, rho)
     delta = rho_bar * (r + gamma * jnp.where(term, 0, nv) - v)
-    vs = v + _reverse_scan(_precomputed, {"a": delta, "b": jnp.where(cut, 0, gamma * c)}, _zeros_like_row(delta))
+    vs = v + _reverse_scan(_precomputed, {"a": delta, "b": gamma * c, "cut": cut}, _zeros_like_row(delta))
     vs_next = jnp.where(cut, nv, _shift(vs, 1))
     adv = rho_bar * (r + gamma * jnp.where(term, 0, vs_next) - v)
     return _keep(real, adv), _keep(real, vs)
@@ -311,7 +316,7 @@ def discounted_sum(x, gamma, done, *, mask=None):
     dtype = _compute_dtype(x)
     gamma = _coef(fn, "gamma", gamma, shape, dtype, 0.0, 1.0)
     a = _keep(real, x.astype(dtype))
-    y = _reverse_scan(_precomputed, {"a": a, "b": jnp.where(cut, 0, gamma)}, _zeros_like_row(a))
+    y = _reverse_scan(_precomputed, {"a": a, "b": jnp.broadcast_to(gamma, shape), "cut": cut}, _zeros_like_row(a))
     return _keep(real, y)
 
 
@@ -329,6 +334,8 @@ def n_step_return(reward, end, *, n_steps: int, gamma: float, mask=None):
     ``ret[t] = sum_{i < steps[t]} gamma**i * reward[t + i]`` (reward's shape; float rewards
     keep their dtype, others are float32). Padded steps: ``steps = 0``, ``ret = 0``.
     """
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        raise ValueError(f"rlbuf.returns.n_step_return: n_steps must be an int >= 1, got {n_steps!r}")
     nd = end.ndim
     ax = nd - 1
     bshape = end.shape

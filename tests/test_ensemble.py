@@ -234,3 +234,29 @@ def test_property_counts_and_sources(sizes, n_adds, seed):
     state, batch, info = sample(state, jax.random.key(seed))
     check_batch(ens, state, batch, info, slices=False)
     assert sample._cache_size() == 1
+
+
+def test_update_priority_with_wrong_length_names_both_sizes():
+    """Issue 26 item 11: a priority array of another length than the batch names both sizes."""
+    ens = make([FLAT["random"](), FLAT["prioritized"]()], (1, 1), (4, 4))
+    state = fill(ens, (1, 1))
+    state, batch, info = ens.sample(state, jax.random.key(0))
+    for bad in (jnp.ones(3), jnp.ones(9), jnp.ones((8, 2))):
+        with pytest.raises(ValueError, match=rf"priority has shape \[{bad.shape[0]}.*the batch has 8 rows "
+                                             r"\(4 from buffer 0, 4 from buffer 1"):
+            ens.update_priority(state, info["index"], bad)
+
+
+def test_from_states_with_a_state_of_another_sampler_names_member_and_part():
+    """Issue 26 item 12: a member state made by a buffer with another sampler is refused,
+    naming the member and what differs."""
+    d = episodes(0, (), 10, seed=0)
+    rand = rlbuf.ReplayBuffer(storage=rlbuf.LazyTensorStorage(32), batch_size=4)
+    prio = rlbuf.ReplayBuffer(storage=rlbuf.LazyTensorStorage(32), sampler=FLAT["prioritized"](), batch_size=4)
+    ens = ReplayBufferEnsemble(rand, prio)
+    with pytest.raises(ValueError, match=r"state 1's sampler state does not match buffer 1's PrioritizedSampler"):
+        ens.from_states(rand.init(d), rand.init(d))
+    with pytest.raises(ValueError, match=r"state 0's sampler state does not match buffer 0's RandomSampler"):
+        ens.from_states(prio.init(d), prio.init(d))
+    good = ens.from_states(rand.init(d), prio.init(d))  # the right states are accepted
+    assert len(good) == 0

@@ -213,3 +213,26 @@ def test_batch_size_is_keyword_only_and_required():
         ReplayBuffer(storage=LazyTensorStorage(8))
     with pytest.raises(TypeError):
         ReplayBuffer(LazyTensorStorage(8), batch_size=2)
+
+
+def test_warn_on_empty_warns_eagerly_only_when_it_cannot_sample():
+    """Issue 26 (first hour): warn_on_empty=True makes an eager sample of a buffer that cannot
+    sample warn (the batch is padding); never under jit, never once it can sample, never by
+    default; the jitted functions are shared with the default buffer (no recompilation)."""
+    import warnings
+
+    rb = ReplayBuffer(storage=LazyTensorStorage(CAP), batch_size=4, warn_on_empty=True)
+    quiet = ReplayBuffer(storage=LazyTensorStorage(CAP), batch_size=4)
+    assert rb == quiet and hash(rb) == hash(quiet)
+    state = rb.init(batch((), 1, 0))
+    key = jax.random.key(0)
+    with pytest.warns(UserWarning, match=r"cannot sample.*0 transitions stored.*can_sample"):
+        _, b, info = rb.sample(state, key)
+    assert not np.asarray(info["mask"]).any() and not np.asarray(b["obs"]).any()  # the padding it warns about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet.sample(state, key)  # off by default
+        jax.jit(rb.sample)(state, key)  # traced: no effect
+        full = rb.add(state, batch((), 3, 1))
+        _, b, info = rb.sample(full, key)  # can sample: no warning
+    assert np.asarray(info["mask"]).all()

@@ -352,3 +352,63 @@ def test_errors_name_the_argument():
         returns.discounted_sum(jnp.float32(1.0), 0.9, jnp.bool_(True))
     with pytest.raises(ValueError, match="log_rho has shape"):  # also at trace time
         jax.jit(lambda x: returns.vtrace(x, x, x, b, b, x[0], gamma=0.9))(r)
+
+
+# ---------------------------------------------------------------------------- NaN/inf never leak (issue 26)
+
+
+def test_td_lambda_ignores_nan_next_value_at_terminated_step():
+    nan = float("nan")
+    term = jnp.array([0, 1, 0, 0], bool)
+    for bad in (nan, float("inf"), -float("inf")):
+        out = returns.td_lambda(jnp.ones(4), jnp.array([0.5, bad, 0.5, 0.5]), term, term, gamma=0.9, lmbda=0.95)
+        np.testing.assert_allclose(out, [1.8775, 1.0, 2.26225, 1.45], rtol=1e-6)
+    # gae and vtrace read next_value at a terminated step just as little
+    v = jnp.full(4, 0.25)
+    adv, tgt = returns.gae(jnp.ones(4), v, jnp.array([0.5, nan, 0.5, 0.5]), term, term, gamma=0.9, lmbda=0.95)
+    assert np.isfinite(adv).all() and np.isfinite(tgt).all()
+    adv, tgt = returns.vtrace(jnp.ones(4), v, jnp.array([0.5, nan, 0.5, 0.5]), term, term, jnp.zeros(4), gamma=0.9)
+    assert np.isfinite(adv).all() and np.isfinite(tgt).all()
+
+
+def test_discounted_sum_nan_does_not_cross_done():
+    out = returns.discounted_sum(jnp.array([1.0, float("nan")]), 0.9, jnp.array([True, False]))
+    assert out[0] == 1.0 and np.isnan(out[1])
+
+
+@pytest.mark.parametrize("rows", [(), (3,), (20,)])  # 20 rows: gae's precomputed path (> _FEW_ROWS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_and_inf_never_flow_back_across_a_done_step(rows, bad):
+    """Every input of the episode after a done step is NaN/inf: the first episode's outputs are
+    exactly those computed on the first episode alone."""
+    rng = np.random.default_rng(0)
+    T, cut = 6, 3  # steps 0..2 are one episode, done at step 2 (truncated in half the checks)
+    shape = rows + (T,)
+    r, v, nv, lr = (rng.normal(size=shape).astype(np.float32) for _ in range(4))
+    for x in (r, v, nv, lr):
+        x[..., cut:] = bad
+    for terminated_end in (True, False):
+        done = np.zeros(shape, bool)
+        done[..., cut - 1] = True
+        term = done if terminated_end else np.zeros(shape, bool)
+        head = lambda x: x[..., :cut]  # noqa: E731
+        kw = dict(gamma=0.9, lmbda=0.8)
+        got = [returns.gae(r, v, nv, term, done, **kw), returns.td_lambda(r, nv, term, done, **kw),
+               returns.vtrace(r, v, nv, term, done, lr, gamma=0.9, lmbda=0.8),
+               returns.discounted_sum(r, 0.9, done)]
+        want = [returns.gae(head(r), head(v), head(nv), head(term), head(done), **kw),
+                returns.td_lambda(head(r), head(nv), head(term), head(done), **kw),
+                returns.vtrace(head(r), head(v), head(nv), head(term), head(done), head(lr), gamma=0.9, lmbda=0.8),
+                returns.discounted_sum(head(r), 0.9, head(done))]
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            assert np.isfinite(w).all()
+            np.testing.assert_allclose(head(g), w, rtol=1e-6)
+
+
+def test_n_step_return_refuses_zero_steps():
+    end = jnp.zeros(4, bool)
+    for n in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_steps must be an int >= 1"):
+            returns.n_step_return(jnp.ones(4), end, n_steps=n, gamma=0.9)
+    ret, k = returns.n_step_return(jnp.ones(4), end, n_steps=2, gamma=0.5)
+    np.testing.assert_allclose(ret, [1.5, 1.5, 1.5, 1.0])

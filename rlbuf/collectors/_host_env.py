@@ -52,7 +52,19 @@ class _Group:
         self._batch_space = _batch_space(self.action_space, self.num) if self.envpool else None
         self._pending = None
 
+    def check_alive(self):
+        """A gymnasium ``AsyncVectorEnv`` shuts down a worker whose env raised (its pipe becomes
+        None, and every later call dies with ``'NoneType' object has no attribute 'send'``):
+        say which workers are gone and what to do."""
+        pipes = getattr(self.vec, "parent_pipes", None)
+        dead = [i for i, p in enumerate(pipes or ()) if p is None]
+        if dead or getattr(self.vec, "closed", False):
+            what = f"its workers {dead} were shut down after their env raised" if dead else "it is closed"
+            raise RuntimeError(f"HostCollector: the vector env {type(self.vec).__name__} cannot be used again: "
+                               f"{what}; close it and build a new vector env (and a new HostCollector)")
+
     def reset_all(self, seed: int):
+        self.check_alive()
         if self.envpool:
             self._batch_space.seed(seed)
             return self.vec.reset()[0]
@@ -102,6 +114,37 @@ class _Group:
         self.vec.close()
 
 
+class PoisonedStateError(RuntimeError, ValueError):
+    """A ``collect`` failed while the envs were stepping: no state matches the envs any more
+    (a ``ValueError`` too, like the stale-state error)."""
+
+
+def check_action_dtype(dtype, group: _Group) -> None:
+    """Refuse actions the env would cast to another value (a float 1.7 for ``Discrete(3)``
+    executes as 1 while the batch would store 1.7): integer/bool spaces need integer/bool
+    actions; any action of a float space is exact enough. Runs before any env steps."""
+    space = group.action_space
+    want = getattr(space, "dtype", None)
+    if want is None:  # composite (Dict/Tuple) spaces: the env checks its parts
+        return
+    dtype, want = np.dtype(dtype), np.dtype(want)
+    if want.kind in "biu" and dtype.kind not in "biu":
+        raise TypeError(f"HostCollector: the policy returned actions of dtype {dtype} for the action space "
+                        f"{space} (dtype {want}): the env would cast them (e.g. 1.7 -> 1) and the batch "
+                        "would store actions that were not executed; return integer actions (e.g. "
+                        "jnp.argmax(...) or .astype(jnp.int32))")
+
+def check_action_values(action: np.ndarray, group: _Group) -> None:
+    """Integer actions of a narrower env dtype (int32 -> int8) must fit it (checked per step,
+    only where the cast is not safe)."""
+    want = np.dtype(group.action_space.dtype)
+    info = np.iinfo(want) if want.kind in "iu" else None
+    if info is not None and action.size and (action.min() < info.min or action.max() > info.max):
+        raise ValueError(f"HostCollector: the policy returned actions in [{action.min()}, {action.max()}], "
+                         f"outside the action space {group.action_space}'s dtype {want}: the env would "
+                         "execute other (wrapped) actions than the batch stores")
+
+
 def _batch_space(space: Any, n: int) -> Any:
     from gymnasium.vector.utils import batch_space
 
@@ -125,8 +168,19 @@ def _as_groups(env: Any) -> list[_Group]:
         if not hasattr(e, "step") or not hasattr(e, "reset"):
             raise TypeError(f"HostCollector needs a gymnasium VectorEnv (or a callable making one, or an "
                             f"EnvPool pool), got {type(e).__name__}")
+        if not hasattr(e, "num_envs") and not hasattr(type(e), "__len__"):
+            raise TypeError(_single_env_message(e))
         groups.append(_Group(e))
     return groups
+
+
+def _single_env_message(env: Any) -> str:
+    spec = getattr(env, "spec", None)
+    name = repr(getattr(spec, "id", None) or "ENV_ID")
+    return (f"HostCollector needs a vector env (gymnasium.vector.VectorEnv, with num_envs), got a single env "
+            f"{type(env).__name__}: make one with gymnasium.make_vec({name}, num_envs=n) (vectorization_mode="
+            f"'sync' or 'async'), or gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make({name})] * n) "
+            "(AsyncVectorEnv alike)")
 
 
 def _final_obs(info: dict, i: int) -> Any:

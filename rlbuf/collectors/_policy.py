@@ -43,6 +43,15 @@ def call_policy(policy: Callable, params: Any, obs: Any, key: jax.Array, carry: 
             extras = {}
     else:
         out = policy(params, obs, key)
+        if isinstance(out, tuple) and len(out) == 3 and (out[1] is None or isinstance(out[1], dict)):
+            # the recurrent form without the collector knowing of a carry: say so, instead of
+            # a structure/dtype error about the tuple further on
+            raise TypeError(
+                "the policy returned a 3-tuple (action, extras, new_carry) but the collector has no "
+                "policy_carry: pass policy_carry=init_fn (init_fn(num_envs) -> carry; the policy is then "
+                "policy(params, obs, key, carry) -> (action, extras, new_carry)), or return action or "
+                "(action, extras)"
+            )
         if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
             action, extras = out
         else:

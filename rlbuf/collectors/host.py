@@ -19,6 +19,7 @@ from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public thr
     DISABLED,
     NEXT_STEP,
     SAME_STEP,
+    PoisonedStateError,
     _alloc,
     _as_groups,
     _final_obs,
@@ -26,6 +27,8 @@ from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public thr
     _put,
     _tmap,
     batch_keys,
+    check_action_dtype,
+    check_action_values,
     finish_batch,
     make_groups,
 )
@@ -192,6 +195,7 @@ class HostCollector:
         obs = self._reset_groups(k_seed)
         B = self.num_envs
         self._frames = 0
+        self._failed = None
         return HostCollectorState(
             observation=obs, key=key, traj_ids=np.arange(B, dtype=np.int32),
             next_traj_id=np.asarray(B, np.int32), step_count=np.zeros(B, np.int32),
@@ -204,23 +208,50 @@ class HostCollector:
         key, k_seed = jax.random.split(state.key)
         obs = self._reset_groups(k_seed)
         B = self.num_envs
-        nxt = int(state.next_traj_id)
+        # the counter's own wrapping arithmetic, as Collector's (int32 past 2**31 - 1 wraps)
+        nxt = np.asarray(state.next_traj_id).astype(np.int32)  # (HostCollectorState's dtype, whatever was given)
+        with np.errstate(over="ignore"):
+            ids = np.full(B, nxt, np.int32) + np.arange(B, dtype=np.int32)
+            next_id = (np.reshape(nxt, (1,)) + np.asarray([B], np.int32))[0]
         self._frames = int(state.frames)
+        self._failed = None
         return dataclasses.replace(
-            state, observation=obs, key=key, traj_ids=np.arange(nxt, nxt + B, dtype=np.int32),
-            next_traj_id=np.asarray(nxt + B, np.int32), step_count=np.zeros(B, np.int32),
+            state, observation=obs, key=key, traj_ids=ids,
+            next_traj_id=np.asarray(next_id), step_count=np.zeros(B, np.int32),
             episode_reward=np.zeros(B, np.float32),
             policy_carry=None if self.policy_carry is None else self._carry0(B))
 
     def collect(self, state: HostCollectorState, policy_params: Any = None):
         """Step the envs ``T`` times; returns ``(new_state, batch)`` with device-array leaves
-        ``[B, T, ...]``. Not jittable (see the class docstring)."""
+        ``[B, T, ...]``. Not jittable (see the class docstring).
+
+        If it raises once the envs have been stepped or reset (an env failed), no state matches
+        the envs any more: every later ``collect`` is refused until :meth:`init` (or
+        :meth:`resume`) resets them, instead of storing pairs that are not transitions.
+        """
+        failed = getattr(self, "_failed", None)
+        if failed is not None:
+            raise PoisonedStateError(
+                f"HostCollector.collect: an earlier call failed while the envs were stepping or resetting ({failed}); "
+                "the envs are in an unknown state that no HostCollectorState matches, so collecting again "
+                "would store pairs that are not transitions: call init(key) (or resume(state)) again first")
         if self._frames is None or int(state.frames) != self._frames:
             raise ValueError(
                 f"HostCollector.collect got a state at frame {int(state.frames)} but its envs are at "
                 f"frame {self._frames}: the envs live on the host, so each state can be used once "
                 "(after a checkpoint restore, call resume(state) first)")
+        self._touched = False
+        try:
+            return self._collect(state, policy_params)
+        except BaseException as e:
+            if self._touched:  # (errors before any env call, e.g. a policy's at trace time, leave them as they were)
+                self._failed = f"{type(e).__name__}: {e}"
+                self._frames = None
+            raise
+
+    def _collect(self, state: HostCollectorState, policy_params: Any):
         if self.reset_at_each_iter and int(state.frames) > 0:
+            self._touched = True
             state = self.resume(state)
         random = self.policy is None or int(state.frames) < self.init_random_frames
         host, extras, stored, obs, key, carry = self._rollout(state, policy_params, random)
@@ -248,7 +279,11 @@ class HostCollector:
     # ------------------------------------------------------------------ internals
     def _reset_groups(self, key):
         seeds = np.asarray(jax.random.randint(key, (len(self.groups),), 0, 2**31 - 1))
-        obs = [g.reset_all(int(s)) for g, s in zip(self.groups, seeds)]
+        try:
+            obs = [g.reset_all(int(s)) for g, s in zip(self.groups, seeds)]
+        except BaseException as e:  # some envs may be reset, others not: no state matches them
+            self._failed, self._frames = f"{type(e).__name__}: {e}", None
+            raise
         return self._cat(obs)
 
     def _cat(self, parts):
@@ -287,6 +322,8 @@ class HostCollector:
         impl = jax.random.key_impl(key) if typed else None
         if self.policy is not None:
             a_spec, ex_spec = self._policy_spec(params, state.observation, key)
+            for g in groups:  # (also in random batches: the error comes at the first collect)
+                check_action_dtype(a_spec.dtype, g)
         # random actions are stored with the policy's dtype (as Collector does), so random and
         # policy batches go into one buffer
         act_dtype = (a_spec.dtype if self.policy is not None
@@ -330,6 +367,9 @@ class HostCollector:
                 self._check_action(a, groups[gi])
                 checked[gi] = True
             dtype = env_dtype[gi]
+            if dtype is not None and a.dtype != dtype and not np.can_cast(a.dtype, dtype):
+                check_action_values(a, groups[gi])
+            self._touched = True
             groups[gi].step_async(a if dtype is None or a.dtype == dtype else a.astype(dtype))
             return a
 

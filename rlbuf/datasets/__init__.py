@@ -10,7 +10,7 @@ minari is an optional dependency (``pip install 'rlbuf[offline]'``), imported on
 function here is called, so ``import rlbuf`` (and ``import rlbuf.datasets``) stay cheap.
 """
 
-from rlbuf.datasets.minari_in import fill_buffer, from_minari, iter_minari, load_minari_dataset
+from rlbuf.datasets.minari_in import DatasetCorruptError, fill_buffer, from_minari, iter_minari, load_minari_dataset
 from rlbuf.datasets.minari_out import to_minari
 
-__all__ = ["fill_buffer", "from_minari", "iter_minari", "load_minari_dataset", "to_minari"]
+__all__ = ["DatasetCorruptError", "fill_buffer", "from_minari", "iter_minari", "load_minari_dataset", "to_minari"]

@@ -24,11 +24,18 @@ dataset's size (no intermediate copy). HDF5 datasets (Minari's default format) a
 h5py's low-level API, only the five arrays used (Minari's own iterator also decodes infos and
 goes through h5py's high-level wrappers, which cost more than the reads for short episodes);
 other formats and JPEG-encoded image spaces go through Minari's storage API.
+
+Damaged files: a ``metadata.json`` that is not valid JSON, or a ``main_data.hdf5`` that HDF5
+cannot open or read (truncated, a flipped bit in its structure, an array of another shape
+than its episode's) raise :class:`DatasetCorruptError` naming the file. Minari's HDF5 files
+carry no checksums: a flipped bit inside the array values themselves cannot be detected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import pathlib
 import warnings
@@ -37,10 +44,50 @@ from typing import Any, Iterator, Optional, Sequence
 import jax
 import numpy as np
 
-__all__ = ["fill_buffer", "from_minari", "iter_minari", "load_minari_dataset"]
+__all__ = ["DatasetCorruptError", "fill_buffer", "from_minari", "iter_minari", "load_minari_dataset"]
 
 TRAJ = ("collector", "traj_ids")
 DEFAULT_CHUNK = 1 << 16
+
+
+class DatasetCorruptError(OSError, ValueError):
+    """A dataset file is damaged (truncated, bit-flipped, not valid JSON); the message names the
+    file. An ``OSError`` (like ``rlbuf.checkpoint.CheckpointCorruptError``) and a ``ValueError``
+    (what a bad ``metadata.json`` raised before)."""
+
+
+#: What h5py, json and Minari raise on a damaged file (h5py maps HDF5 errors to OSError,
+#: KeyError, ValueError or RuntimeError; a corrupt shape can ask for absurd memory).
+_READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, MemoryError, TypeError, IndexError)
+
+
+@contextlib.contextmanager
+def _reading(path, what: str = "read"):
+    """Errors raised while reading ``path`` become a :class:`DatasetCorruptError` naming it."""
+    try:
+        yield
+    except DatasetCorruptError:
+        raise
+    except _READ_ERRORS as e:
+        raise DatasetCorruptError(
+            f"rlbuf.datasets: cannot {what} {path}: the file is damaged (truncated or corrupted?): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _open_dataset(minari, data_dir: pathlib.Path):
+    """``minari.MinariDataset(data_dir)``, its files checked first so that damage names the file."""
+    meta = data_dir / "metadata.json"
+    with _reading(meta, "parse"):
+        json.loads(meta.read_bytes())
+    h5 = data_dir / "main_data.hdf5"
+    with _reading(h5 if h5.is_file() else data_dir, "open"):
+        if h5.is_file():
+            import h5py
+
+            with h5py.File(h5, "r"):
+                pass
+        return minari.MinariDataset(data_dir)
 
 
 def minari_module():
@@ -65,8 +112,13 @@ def load_minari_dataset(dataset_or_id: Any):
         path = pathlib.Path(dataset_or_id)
         for d in (path, path / "data"):
             if (d / "metadata.json").is_file():
-                return minari.MinariDataset(d)
+                return _open_dataset(minari, d)
         if isinstance(dataset_or_id, str) and not path.is_absolute():
+            from minari.storage import get_dataset_path
+
+            data_dir = pathlib.Path(get_dataset_path(dataset_or_id)) / "data"
+            if (data_dir / "metadata.json").is_file():
+                return _open_dataset(minari, data_dir)
             return minari.load_dataset(dataset_or_id, download=False)
         raise FileNotFoundError(f"rlbuf.datasets: no Minari dataset (metadata.json) in {path} or {path / 'data'}")
     raise TypeError(
@@ -94,7 +146,7 @@ def _h5_readable(space) -> bool:
     return isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary))
 
 
-def _h5_read(gid, name: bytes, space):
+def _h5_read(gid, name: bytes, space, limit: int):
     """Dataset (or group, for ``Dict``/``Tuple`` spaces) ``name`` under HDF5 group id ``gid``, as
     Minari writes it (dicts by key, tuples as ``_index_i``), with h5py's low-level API: the
     high-level ``Group[...]``/``Dataset[()]`` wrappers cost more than the read itself for the
@@ -105,39 +157,56 @@ def _h5_read(gid, name: bytes, space):
     if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
         sub = h5py.h5g.open(gid, name)
         if isinstance(space, gym.spaces.Dict):
-            return {k: _h5_read(sub, k.encode(), s) for k, s in space.spaces.items()}
-        return tuple(_h5_read(sub, f"_index_{i}".encode(), s) for i, s in enumerate(space.spaces))
+            return {k: _h5_read(sub, k.encode(), s, limit) for k, s in space.spaces.items()}
+        return tuple(_h5_read(sub, f"_index_{i}".encode(), s, limit) for i, s in enumerate(space.spaces))
     d = h5py.h5d.open(gid, name)
+    # a damaged header can give any shape: check it before allocating (``limit``: the
+    # dataset's steps + 1; trailing dims: the space's)
+    want = () if space is None else tuple(getattr(space, "shape", None) or ())
+    if len(d.shape) != 1 + len(want) or d.shape[0] > limit or tuple(d.shape[1:]) != want:
+        raise ValueError(f"array {name.decode()} has shape {d.shape}, expected [<= {limit}, *{list(want)}]")
     out = np.empty(d.shape, d.dtype)
     d.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
     return out
 
 
-def _h5_episodes(storage, indices) -> Iterator[tuple]:
+def _h5_episodes(storage, indices, limit: int) -> Iterator[tuple]:
     import h5py
 
-    with h5py.File(storage.data_path / "main_data.hdf5", "r") as f:
+    path = pathlib.Path(storage.data_path) / "main_data.hdf5"
+    with _reading(path, "open"):
+        f = h5py.File(path, "r")
+    with f:
         for i in indices:
-            g = h5py.h5g.open(f.id, f"episode_{int(i)}".encode())
-            yield (
-                int(i),
-                _h5_read(g, b"observations", storage.observation_space),
-                _h5_read(g, b"actions", storage.action_space),
-                _h5_read(g, b"rewards", None),
-                _h5_read(g, b"terminations", None),
-                _h5_read(g, b"truncations", None),
-            )
+            with _reading(path, f"read episode {int(i)} of"):
+                g = h5py.h5g.open(f.id, f"episode_{int(i)}".encode())
+                ep = (
+                    int(i),
+                    _h5_read(g, b"observations", storage.observation_space, limit + 1),
+                    _h5_read(g, b"actions", storage.action_space, limit),
+                    _h5_read(g, b"rewards", None, limit),
+                    _h5_read(g, b"terminations", None, limit),
+                    _h5_read(g, b"truncations", None, limit),
+                )
+            yield ep
 
 
-def _episodes(dataset, indices) -> Iterator[tuple]:
-    """``(id, observations [T+1], actions [T], rewards, terminations, truncations)`` per episode."""
+def _episodes(dataset, indices, total: int) -> Iterator[tuple]:
+    """``(id, observations [T+1], actions [T], rewards, terminations, truncations)`` per episode
+    (``total``: the steps of these episodes, a bound on each one's length)."""
     storage = dataset.storage
     spaces = (storage.observation_space, storage.action_space)
     jpeg = storage.jpeg_encoding and any(_is_image(s) for s in jax.tree.leaves(spaces, is_leaf=_is_image))
     if storage.FORMAT == "hdf5" and not jpeg and all(map(_h5_readable, spaces)):
-        yield from _h5_episodes(storage, indices)
+        yield from _h5_episodes(storage, indices, total)
         return
-    for ep in storage.get_episodes(indices):
+    with _reading(storage.data_path, "read the episodes in"):
+        it = iter(storage.get_episodes(indices))
+    while True:  # one episode at a time (memory), each read checked
+        with _reading(storage.data_path, "read the episodes in"):
+            ep = next(it, None)
+        if ep is None:
+            return
         yield ep["id"], ep["observations"], ep["actions"], ep["rewards"], ep["terminations"], ep["truncations"]
 
 
@@ -193,7 +262,8 @@ def _episode_indices(dataset, episode_indices) -> np.ndarray:
 def _total_steps(dataset, indices) -> int:
     if len(indices) == len(dataset.episode_indices) and np.array_equal(indices, dataset.episode_indices):
         return int(dataset.total_steps)
-    return int(sum(m["total_steps"] for m in dataset.storage.get_episode_metadata(indices)))
+    with _reading(dataset.storage.data_path, "read the episode metadata in"):
+        return int(sum(m["total_steps"] for m in dataset.storage.get_episode_metadata(indices)))
 
 
 def iter_minari(
@@ -218,7 +288,7 @@ def iter_minari(
     bar = tqdm(total=total, unit="transitions", disable=not progress, desc=f"minari {dataset.id}")
     chunk, leaves, treedef, fill, emitted, size = None, None, None, 0, 0, min(chunk_size, total)
     try:
-        for episode in _episodes(dataset, indices):
+        for episode in _episodes(dataset, indices, total):
             t_len, batch = _transitions(episode)
             src, tdef = jax.tree.flatten(batch)
             if treedef is None:

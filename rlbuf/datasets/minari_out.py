@@ -26,9 +26,12 @@ wrapped, the oldest trajectory whose beginning was overwritten):
   ``"step_count"`` or ``"is_init"`` is in the data, starting at a reset.
 - ``partial="keep"``: kept unchanged (episodes may end with neither flag set).
 
-A buffer state is read from its storage as stored: a buffer with ``compact_next=True`` or
-``keys=`` that does not store a key above raises naming it, and a ``MaxValueWriter`` buffer
-(not in time order) gives no meaningful episodes.
+A buffer state is read from its storage as stored, except that a ``compact_next=True``
+buffer's ``("next", k)`` leaves are rebuilt exactly as ``sample`` rebuilds them (an episode
+whose final observation the final-observation table lost is skipped with a warning that
+counts them, never written with a wrong observation). A buffer with ``keys=`` that does not
+store a key above raises naming it, and a ``MaxValueWriter`` buffer (not in time order) gives
+no meaningful episodes.
 """
 
 from __future__ import annotations
@@ -59,18 +62,44 @@ def _np(x):
     return np.asarray(jax.device_get(x))
 
 
-def _lanes_from_buffer(state) -> dict:
-    """A buffer's stored data as ``[L, count, ...]`` numpy leaves, oldest first per lane."""
+def _lanes_from_compact(state, order: np.ndarray):
+    """A ``compact_next`` buffer's items ``[L, count, ...]`` with ``("next", k)`` rebuilt (by
+    ``rlbuf.compact.gather``, the sampling path), and bool ``[L, count]``: the item's next
+    observation is known (False where the final-observation table lost it)."""
+    from rlbuf import compact
+    from rlbuf.storage import LazyTensorStorage
+
+    layout = state.layout
+    st = jax.tree.map(_np, state.storage)  # host copy: works for pinned-host storage too
+    # the same table size as the buffer's: F rows per lane, read off the state
+    rows = int(st.owner.shape[-1])
+    shim = LazyTensorStorage(layout.size, ndim=layout.ndim, compact_next=True, final_obs_size=rows * layout.n_lanes)
+    n = layout.n_lanes
+    lane = np.repeat(np.arange(n)[:, None], len(order), axis=1)
+    lane_idx = np.unravel_index(lane, layout.lanes) if layout.lanes else ()
+    index = tuple(np.asarray(i, np.int32) for i in (*lane_idx, np.broadcast_to(order, lane.shape)))
+    items = compact.gather(shim, layout, st, index)
+    valid = compact.valid(shim, layout, st, index)
+    return jax.tree.map(_np, items), _np(valid)
+
+
+def _lanes_from_buffer(state) -> tuple:
+    """A buffer's stored data as ``[L, count, ...]`` numpy leaves, oldest first per lane, and
+    bool ``[L, count]`` (None: all) marking items whose next observation is known."""
     layout = state.layout
     cap, count, cursor = layout.capacity, int(state.count), int(state.cursor)
     order = (cursor - count + np.arange(count)) % cap
     n = layout.n_lanes
+    from rlbuf.compact import CompactState
+
+    if isinstance(state.storage, CompactState):
+        return _lanes_from_compact(state, order)
 
     def read(x):
         x = _np(x)
         return x.reshape(n, cap, *x.shape[len(layout.lanes) + 1 :])[:, order]
 
-    return jax.tree.map(read, state.storage)
+    return jax.tree.map(read, state.storage), None
 
 
 def _lanes_from_batch(batch) -> dict:
@@ -93,7 +122,9 @@ def _lanes_from_batch(batch) -> dict:
     return jax.tree_util.tree_map_with_path(read, batch)
 
 
-def _as_lanes(data) -> dict:
+def _as_lanes(data) -> tuple:
+    """``(lanes, known)``: ``[L, T, ...]`` numpy leaves and the bool ``[L, T]`` of items whose
+    next observation is known (None: all)."""
     from rlbuf.replay_buffer import BufferState
 
     if isinstance(data, BufferState):
@@ -103,14 +134,14 @@ def _as_lanes(data) -> dict:
             raise ValueError("rlbuf.datasets.to_minari: an empty list of batches")
         parts = [_lanes_from_batch(b) for b in data]
         try:
-            return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+            return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts), None
         except ValueError as e:
             raise ValueError(
                 "rlbuf.datasets.to_minari: the batches of the list must have the same keys, lanes and "
                 f"trailing shapes (successive batches of one collector): {e}"
             ) from None
     if isinstance(data, dict):
-        return _lanes_from_batch(data)
+        return _lanes_from_batch(data), None
     raise TypeError(
         "rlbuf.datasets.to_minari: expected a batch dict, a list of batches or a BufferState, got "
         f"{type(data).__name__}"
@@ -181,7 +212,7 @@ def to_minari(
 
     if partial not in ("truncate", "drop", "keep"):
         raise ValueError(f"rlbuf.datasets.to_minari: partial must be 'truncate', 'drop' or 'keep', got {partial!r}")
-    lanes = _as_lanes(data)
+    lanes, known = _as_lanes(data)
     for key in REQUIRED:
         if not _tree.has(lanes, key):
             raise KeyError(f"rlbuf.datasets.to_minari: the data has no key {_tree.key_str(key)}")
@@ -195,8 +226,11 @@ def to_minari(
         starts = get("is_init").astype(bool)
     obs, nobs, act, rew = get("observation"), get(("next", "observation")), get("action"), get(("next", "reward"))
 
-    episodes = []
+    episodes, unknown = [], 0
     for _, lane, s, e in _runs(lanes, done):
+        if known is not None and not known[lane, e - 1]:  # its final observation was lost (compact_next)
+            unknown += 1
+            continue
         finished = bool(done[lane, e - 1])
         if partial == "drop" and not (finished and (starts is None or bool(starts[lane, s]))):
             continue
@@ -213,6 +247,13 @@ def to_minari(
                 terminations=term[lane, s:e],
                 truncations=tr,
             )
+        )
+    if unknown:
+        warnings.warn(
+            f"rlbuf.datasets.to_minari: {unknown} trajectories skipped: the compact_next buffer's final-"
+            "observation table lost their last next observation (a larger LazyTensorStorage(final_obs_size=...) "
+            "keeps them)",
+            stacklevel=2,
         )
     if not episodes:
         raise ValueError(f"rlbuf.datasets.to_minari: no episode to write (partial={partial!r})")

@@ -85,7 +85,12 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
 
     ``burn_in=b``: as ``SliceSampler`` (the start is drawn as above; the ``b`` steps before it
     are context). Priorities and ``info["weight"]`` refer to the learning steps: weights are 0
-    on burn-in steps; update with the learning steps' index, ``[i[:, b:] for i in index]``.
+    on burn-in steps. ``update_priority`` with the full ``[num_slices, b + slice_len]``
+    ``info["index"]`` ignores the first ``b`` columns (burn-in steps are other slices'
+    learning steps: the priorities a masked loss gives them, usually 0, must not overwrite
+    theirs); the learning steps' index ``[i[:, b:] for i in index]`` works too. Or pass
+    ``info`` itself, ``rb.update_priority(state, info, priority)``: only steps where
+    ``info["learning_mask"]`` is True are updated (padding ignored as well).
 
     ``update_priority(index, priority)``: ``index`` as in ``info["index"]`` (``[num_slices,
     slice_len]`` arrays), ``priority`` the same shape (per step) or a scalar. Duplicates:
@@ -180,6 +185,19 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
         tree = self._tree(layout).update(s.tree, flat, jnp.where(valid, prio[flat], 0), unique=True)
         return dataclasses.replace(s, tree=tree)
 
+    def _learning_part(self, s, index: tuple) -> tuple:
+        """``index`` with the burn-in columns of a full ``[S, b + n]`` sequence index out of
+        range (-1: ignored by the update). ``n`` is the sampled slice length (``s.thr``, dynamic
+        when only ``num_slices`` is given), so a learning-steps index ``[S, n]`` is left as is."""
+        b = self.burn_in
+        if not b or not index or jnp.ndim(index[-1]) < 2:
+            return index
+        t = jnp.asarray(index[-1])
+        width = t.shape[-1]
+        col = jax.lax.broadcasted_iota(jnp.int32, t.shape, t.ndim - 1)
+        burn = (width == b + s.thr) & (col < b)
+        return (*index[:-1], jnp.where(burn, -1, t))
+
     # Its tree holds slice starts, not items: rejected slices are only redrawn (Sampler.draw).
     exclude = Sampler.exclude
 
@@ -203,6 +221,7 @@ class PrioritizedSliceSampler(PrioritizedSampler, _SliceBase):
 
     def update_priority(self, ring, s, index, priority):
         layout = ring.layout
+        index = self._learning_part(s, index)
         flat, raw, good = self._priorities(ring, index, priority)
         # Duplicates resolved once here, for the per-step priorities and the tree alike.
         scratch, won = last_wins(s.tree.scratch, flat)

@@ -4,6 +4,8 @@ contract of ``Collector``, checked row by row against a gymnasium env whose obse
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
@@ -361,3 +363,103 @@ def test_random_frames_store_the_policys_action_dtype():
     for b in batches:
         state = rb.add(state, b)
     assert len(state) == 2 * B * T
+
+
+# ---------------------------------------------------------------------------- issue 26: nothing silent
+
+
+class FailingEnv(CountingEnv):
+    """A CountingEnv whose ``step`` raises once, at its ``fail_at``-th call."""
+
+    def __init__(self, env_id=0, fail_at=3):
+        super().__init__(env_id)
+        self.calls, self.fail_at = 0, fail_at
+
+    def step(self, action):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("env exploded")
+        return super().step(action)
+
+
+def failing_vec(mode):
+    fns = [lambda i=i: gym.wrappers.TimeLimit(FailingEnv(i, 3 if i == 1 else -1), LIMIT) for i in range(B)]
+    cls = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
+    return cls(fns)
+
+
+def check_transitions(b):
+    """Each stored (observation, next observation) pair is one step of one episode."""
+    obs, nobs = np.asarray(b["observation"]), np.asarray(b["next"]["observation"])
+    np.testing.assert_array_equal(nobs[..., [ENV_ID, EPISODE]], obs[..., [ENV_ID, EPISODE]])
+    np.testing.assert_array_equal(nobs[..., STEP], obs[..., STEP] + 1)
+    np.testing.assert_array_equal(b["step_count"], obs[..., STEP])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium logs the worker's error as warnings
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_retry_after_an_env_raised_is_refused_until_init(mode):
+    hc = HostCollector(failing_vec(mode), policy, frames_per_batch=B * T)
+    state = hc.init(jax.random.key(0))
+    with pytest.raises(RuntimeError, match="env exploded"):
+        hc.collect(state, 0)
+    for _ in range(2):  # never an AttributeError from a dead async worker, never wrong data
+        with pytest.raises(RuntimeError, match=r"call init\(key\) \(or resume\(state\)\) again"):
+            hc.collect(state, 0)
+    if mode == "async":  # its failed worker is gone: init says to build a new env
+        with pytest.raises(RuntimeError, match="build a new vector env"):
+            hc.init(jax.random.key(1))
+        hc.close()
+        return
+    state = hc.init(jax.random.key(1))
+    for _ in range(2):
+        state, b = hc.collect(state, 0)
+        check_transitions(b)
+    assert np.asarray(b["collector"]["traj_ids"]).min() >= 0
+
+
+def test_action_the_env_would_cast_is_refused_before_any_step():
+    hc = HostCollector(make_vec(), lambda p, o, k: jnp.full(o.shape[0], 1.7, jnp.float32), frames_per_batch=B * T)
+    state = hc.init(jax.random.key(0))
+    with pytest.raises(TypeError, match=r"dtype float32 for the action space Discrete\(3\)"):
+        hc.collect(state, 0)
+    # refused before the envs stepped: the state is still good (and integer actions are exact)
+    hc.policy, hc._policy_step = None, None
+    _, b = hc.collect(state, 0)
+    check_transitions(b)
+
+
+def test_single_env_is_refused_with_how_to_vectorize():
+    for env in (gym.make("CartPole-v1"), lambda: gym.make("CartPole-v1")):
+        with pytest.raises(TypeError, match=r"needs a vector env.*make_vec\('CartPole-v1'.*SyncVectorEnv"):
+            HostCollector(env, policy, frames_per_batch=8)
+
+
+def test_three_tuple_policy_without_policy_carry_says_so():
+    def rec(p, o, k):
+        return jnp.zeros(o.shape[0], jnp.int32), {}, jnp.zeros(o.shape[0])
+
+    hc = HostCollector(make_vec(), rec, frames_per_batch=B * T)
+    with pytest.raises(TypeError, match="3-tuple .*no policy_carry: pass policy_carry="):
+        hc.collect(hc.init(jax.random.key(0)), 0)
+
+
+def test_resume_wraps_trajectory_ids_like_the_device_path():
+    hc = HostCollector(make_vec(), policy, frames_per_batch=B * T, reset_at_each_iter=True)
+    state = hc.init(jax.random.key(0))
+    state = dataclasses.replace(state, next_traj_id=np.asarray(2**31 - 2, np.int32))
+    state = hc.resume(state)
+    # the device counter's int32 arithmetic
+    want = np.asarray(jnp.int32(2**31 - 2) + jnp.arange(B, dtype=jnp.int32))
+    np.testing.assert_array_equal(state.traj_ids, want)
+    assert state.traj_ids.dtype == np.int32 and int(state.next_traj_id) == -(2**31) + 2
+    # a Python int (or int64) counter is the same int32 counter
+    again = hc.resume(dataclasses.replace(state, next_traj_id=2**31 - 2))
+    np.testing.assert_array_equal(again.traj_ids, want)
+    assert again.traj_ids.dtype == np.int32 and int(again.next_traj_id) == -(2**31) + 2
+    state = again  # (the envs were reset for this one)
+    state, b = hc.collect(state, 0)
+    np.testing.assert_array_equal(np.asarray(b["collector"]["traj_ids"])[:, 0], want)
+    nxt = int(state.next_traj_id)
+    state, b = hc.collect(state, 0)  # reset_at_each_iter: resume inside collect, past the wrap
+    np.testing.assert_array_equal(np.asarray(b["collector"]["traj_ids"])[:, 0], nxt + np.arange(B))

@@ -83,3 +83,13 @@ def test_carry_checks(gt_env):
         _trace(gt_env, grows, policy_carry=lambda n: {"h": jnp.zeros((2,))})
     with pytest.raises(ValueError, match="store_carry=True needs policy_carry"):
         Collector(gt_env, two_outputs, frames_per_batch=4, num_envs=B, store_carry=True)
+
+
+def test_three_tuple_without_policy_carry_names_policy_carry(gt_env):
+    """Issue 26 item 8: the recurrent form without ``policy_carry`` says what to pass (the
+    HostCollector shares this message)."""
+    def rec(params, obs, key):
+        return jnp.zeros(obs.shape[:-1], jnp.int32), {}, jnp.zeros(obs.shape[:-1])
+
+    with pytest.raises(TypeError, match="3-tuple .*no policy_carry: pass policy_carry="):
+        _trace(gt_env, rec)

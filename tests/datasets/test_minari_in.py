@@ -173,3 +173,61 @@ def test_import_rlbuf_does_not_import_minari():
 
     code = "import sys, rlbuf, rlbuf.datasets; assert 'minari' not in sys.modules and 'h5py' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _damaged_copy(ds_root, tmp_path, name, damage):
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(ds_root / "gt" / "box-v0", d)
+    damage(d / "data")
+    return d
+
+
+def _truncate(path, keep):
+    b = path.read_bytes()
+    path.write_bytes(b[: keep(len(b))])
+
+
+def _flip(path, offset):
+    b = bytearray(path.read_bytes())
+    b[offset] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("damage, file", [
+    (lambda d: _truncate(d / "main_data.hdf5", lambda n: n // 2), "main_data.hdf5"),
+    (lambda d: _truncate(d / "main_data.hdf5", lambda n: n - 100), "main_data.hdf5"),
+    (lambda d: _flip(d / "main_data.hdf5", 0), "main_data.hdf5"),  # the signature
+    (lambda d: _flip(d / "main_data.hdf5", 8), "main_data.hdf5"),  # the superblock
+    (lambda d: _truncate(d / "metadata.json", lambda n: n // 2), "metadata.json"),
+])
+def test_damaged_files_raise_rlbufs_error_naming_the_file(small_dataset, tmp_path, damage, file):
+    """Issue 26 item 14: a damaged Minari file raises DatasetCorruptError naming it (not a raw
+    OSError/JSONDecodeError); it is an OSError and a ValueError too."""
+    _, root = small_dataset
+    d = _damaged_copy(root, tmp_path, "ds", damage)
+    with pytest.raises(datasets.DatasetCorruptError, match=rf"{d / 'data' / file}.*damaged"):
+        datasets.from_minari(d)
+    assert issubclass(datasets.DatasetCorruptError, OSError) and issubclass(datasets.DatasetCorruptError, ValueError)
+
+
+def test_structural_bit_flips_in_hdf5_are_reported(small_dataset, tmp_path):
+    """Flips in the HDF5 structure (headers, B-trees, heaps) raise DatasetCorruptError (never a
+    raw h5py error or an absurd allocation); flips in the array values cannot be seen (no
+    checksums) and load."""
+    _, root = small_dataset
+    d = _damaged_copy(root, tmp_path, "ds", lambda d: None)
+    h5 = d / "data" / "main_data.hdf5"
+    orig = h5.read_bytes()
+    errors = 0
+    for offset in range(0, 4000, 41):
+        b = bytearray(orig)
+        b[offset] ^= 0xFF
+        h5.write_bytes(bytes(b))
+        try:
+            datasets.from_minari(d)
+        except datasets.DatasetCorruptError as e:
+            assert str(h5) in str(e)
+            errors += 1
+    assert errors > 0

@@ -245,3 +245,36 @@ def test_traj_key_mode():
     assert set(starts.tolist()) <= {0, 1, 6, 7} and 7 in starts
     ids_out = np.asarray(out["collector"]["traj_ids"])
     assert (ids_out[:, 0] == ids_out[:, 1]).all()
+
+
+@pytest.mark.parametrize("config", [dict(slice_len=3), dict(num_slices=4)])
+def test_burn_in_update_priority_never_overwrites_burn_in_steps(config):
+    """Issue 26: with burn_in, update_priority with the full [S, b + L] info["index"] (the
+    documented call) or with info itself updates only the learning steps; the priorities a
+    masked loss gives burn-in steps (0) never reach other slices' learning steps."""
+    b, n = 2, 3
+    rb = ReplayBuffer(storage=LazyTensorStorage(64), batch_size=12,
+                      sampler=PrioritizedSliceSampler(64, ALPHA, BETA, EPS, burn_in=b, traj_key="traj", **config))
+    data = {"obs": jnp.arange(40, dtype=jnp.float32), "traj": jnp.repeat(jnp.arange(2, dtype=jnp.int32), 20)}
+    state = jax.jit(rb.add)(rb.init(data), data)  # (jitted: eager op-by-op dispatch is slower here)
+    before = np.asarray(state.sampler.prio)
+    state, batch, info = jax.jit(rb.sample)(state, jax.random.key(3))
+    idx, learn, mask = np.asarray(info["index"]), np.asarray(info["learning_mask"]), np.asarray(info["mask"])
+    assert idx.shape == (4, b + n) and (mask & ~learn).any()
+    learning = set(idx[learn].tolist())
+    burn_only = set(idx[mask & ~learn].tolist()) - learning
+    assert burn_only  # steps that are only burn-in context in this batch
+    priority = jnp.where(info["learning_mask"], 5.0, 0.0)  # a masked loss: 0 on burn-in steps
+    update = jax.jit(rb.update_priority)
+    for how in ("full index", "learning index", "info"):
+        if how == "full index":
+            new = update(state, info["index"], priority)
+        elif how == "learning index":
+            new = update(state, info["index"][:, b:], priority[:, b:])
+        else:
+            new = update(state, info, priority)
+        prio = np.asarray(new.sampler.prio)
+        np.testing.assert_allclose(prio[sorted(burn_only)], before[sorted(burn_only)], err_msg=how)
+        np.testing.assert_allclose(prio[sorted(learning)], (5.0 + EPS) ** ALPHA, rtol=1e-6, err_msg=how)
+        untouched = np.setdiff1d(np.arange(40), sorted(learning))
+        np.testing.assert_allclose(prio[untouched], before[untouched], err_msg=how)
