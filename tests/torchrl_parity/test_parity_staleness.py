@@ -48,14 +48,15 @@ def test_same_distribution_as_torchrl(max_staleness, weight):
                            staleness_weight_fn=None if weight is None else (lambda s: _square(s.float()))),
         batch_size=DRAW,
     )
-    rb = ReplayBuffer(storage=LazyTensorStorage(CAP), batch_size=DRAW,
-                      sampler=StalenessAwareSampler(max_staleness=max_staleness, weight=weight, version_key="policy_version"))
+    sampler = StalenessAwareSampler(max_staleness=max_staleness, weight=weight, version_key="policy_version")
+    rb = ReplayBuffer(storage=LazyTensorStorage(CAP), batch_size=DRAW, sampler=sampler)
     state = rb.init({"id": jnp.zeros(1, jnp.int32), "policy_version": jnp.zeros(1, jnp.int32)})
     for a in range(N_ADDS):
         sl = slice(a * STEP, (a + 1) * STEP)
         trb.extend(TensorDict({"id": torch.as_tensor(ids[sl]), "policy_version": torch.as_tensor(versions[sl])},
                               batch_size=[STEP]))
-        state = rb.add(state, {"id": jnp.asarray(ids[sl], jnp.int32), "policy_version": jnp.asarray(versions[sl], jnp.int32)})
+        state = rb.add(state, {"id": jnp.asarray(ids[sl], jnp.int32),
+                               "policy_version": jnp.asarray(versions[sl], jnp.int32)})
     trb.sampler.consumer_version = CURRENT
     state = set_policy_version(state, CURRENT)
 
