@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 
 class Exponents:
@@ -73,3 +74,9 @@ def find_all(state: Any, marker: type) -> list:
 
 def _tree_map(fn, state, marker):
     return jax.tree_util.tree_map(fn, state, is_leaf=lambda y: isinstance(y, marker))
+
+
+def consumed_items(sampler_state: Any):
+    """int32 scalar: items of ``sampler_state`` (a sampler state, possibly with leading group
+    axes) that are stored but consumed (:class:`Consuming`); 0 when it consumes nothing."""
+    return sum((s.consumed() for s in find_all(sampler_state, Consuming)), jnp.zeros((), jnp.int32))
