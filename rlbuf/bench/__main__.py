@@ -17,7 +17,7 @@ from rlbuf.bench._timing import print_rows
 
 MODULES = [
     "buffer", "slice", "slice_add", "prioritized", "xla", "collect", "scale", "ppo", "offline", "checkpoint", "host",
-    "pixels",
+    "pixels", "staleness",
 ]
 
 

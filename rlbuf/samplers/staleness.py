@@ -74,6 +74,33 @@ class StalenessState(capabilities.PolicyVersioned):
         return dataclasses.replace(self, version=jnp.maximum(self.version, jnp.broadcast_to(v, self.version.shape)))
 
 
+def _pick(mass, u):
+    """Entries of ``mass`` (float ``[N]``, ``>= 0``) drawn with probability ``mass / sum(mass)``,
+    one per ``u`` (uniform in ``[0, 1)``, ``[B]``), never a zero-mass entry; and whether the
+    total is positive (else entry 0).
+
+    Two levels of ``~sqrt(N)`` (why: a binary search of ``N`` per item, or a prefix sum over
+    ``N`` on CPU, cost several times a uniform draw): the block whose running total first
+    exceeds ``u * total`` by comparing against every block's running total, then the entry
+    inside it the same way (the block's prefix sums by a small triangular matmul)."""
+    n = mass.shape[0]
+    bl = max(32, 1 << int(np.ceil(np.log2(max(n, 1)) / 2)))
+    nb = -(-n // bl)
+    m = jnp.pad(mass, (0, nb * bl - n)).reshape(nb, bl)
+    tot = jnp.sum(m, axis=1)
+    bc = jnp.cumsum(tot)
+    total = bc[-1]
+    x = jnp.minimum(u * total, jnp.nextafter(total, jnp.float32(0)))  # x < total
+    blk = jnp.minimum(jnp.sum(x[:, None] >= bc[None, :], axis=1), nb - 1)
+    row = m[blk]  # [B, bl]
+    rc = jnp.dot(row, jnp.asarray(np.triu(np.ones((bl, bl), np.float32))), precision="highest")
+    # x's place inside the block, kept below the block's own total so a positive entry is hit
+    x2 = jnp.clip(x - (bc[blk] - tot[blk]), 0, jnp.nextafter(rc[:, -1], jnp.float32(0)))
+    j = jnp.minimum(jnp.sum(x2[:, None] >= rc, axis=1), bl - 1)
+    ok = total > 0
+    return jnp.where(ok, jnp.minimum(blk * bl + j, n - 1), 0).astype(jnp.int32), ok
+
+
 def _check_version_value(v) -> None:
     if isinstance(v, jax.core.Tracer):
         return
@@ -216,16 +243,11 @@ class StalenessAwareSampler(Sampler):
     def sample(self, ring, s, key, batch_size: int):
         lo, length, stale, mass = self._segments(ring, s)
         n_lanes = mass.shape[1]
-        cdf = jnp.cumsum(mass.reshape(-1))
-        total = cdf[-1]
-        ok = total > 0
-        k_u, k_o = jax.random.split(key)
-        u = jax.random.uniform(k_u, (batch_size,), jnp.float32) * total
-        u = jnp.minimum(u, jnp.nextafter(total, jnp.float32(0)))  # u < total: never a zero-mass entry
-        pick = jnp.searchsorted(cdf, u, side="right", method=_xla.searchsorted_method(cdf.shape[0]))
-        pick = jnp.minimum(pick, cdf.shape[0] - 1).astype(jnp.int32)
+        bits = jax.random.bits(key, (2, batch_size))
+        u = (bits[0] >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)  # uniform in [0, 1)
+        pick, ok = _pick(mass.reshape(-1), u)
         seg, lane = pick // n_lanes, pick % n_lanes
-        off = _xla.below(jax.random.bits(k_o, (batch_size,)), jnp.maximum(length[seg], 1))
+        off = _xla.below(bits[1], jnp.maximum(length[seg], 1))
         rank = lo[seg] + off - ring.oldest_stamp
         t = _ring.physical_near(jnp.clip(rank, 0, ring.capacity - 1), ring.cursor, ring.count, ring.capacity)
         t = jnp.where(ok, t, 0).astype(jnp.int32)
