@@ -206,3 +206,20 @@ def test_per_worker_and_checkpoint_roundtrip(tmp_path):
     back = rlbuf.checkpoint.restore(tmp_path / "ck", state)
     for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_two_level_pick_is_exact_and_skips_zero_mass():
+    from rlbuf.samplers.staleness import _pick
+
+    rng = np.random.default_rng(0)
+    mass = rng.uniform(0, 1, 3000) * (rng.uniform(size=3000) < 0.05)  # sparse: mostly zero mass
+    mass[-1] = 0.0
+    u = jnp.asarray(np.concatenate([rng.uniform(size=20000), [0.0, 1 - 2**-24]]), jnp.float32)
+    pick, ok = jax.jit(_pick)(jnp.asarray(mass, jnp.float32), u)
+    pick = np.asarray(pick)
+    assert bool(ok) and np.all(mass[pick] > 0)
+    keep = mass > 0
+    c = np.bincount(pick, minlength=mass.size)[keep]
+    assert sps.chisquare(c, mass[keep] / mass.sum() * c.sum()).pvalue > 1e-4
+    pick0, ok0 = _pick(jnp.zeros(40), u[:4])
+    assert not bool(ok0) and not np.any(np.asarray(pick0))
