@@ -21,6 +21,7 @@ from rlbuf.samplers import RandomSampler, Sampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler, set_alpha, set_beta
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
+from rlbuf.samplers.staleness import StalenessAwareSampler, set_policy_version
 from rlbuf.sharding import PerWorkerReplayBuffer, ShardedReplayBuffer, shard
 from rlbuf.storage import Layout, LazyTensorStorage, Storage
 from rlbuf.transforms import MultiStep, MultiStepTransform
@@ -74,6 +75,8 @@ __all__ = [
     "Writer",
     "checkpoint",
     "returns",
+    "StalenessAwareSampler",
+    "set_policy_version",
 ]
 
 

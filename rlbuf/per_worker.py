@@ -1,6 +1,8 @@
 """``PerWorkerReplayBuffer``: one replay buffer per collector worker, stacked on a leading worker
 axis (the asynchronous collector's buffer). Its sampling distribution is described in
-:mod:`rlbuf.sharding` (each worker contributes the same number of items to each batch)."""
+:mod:`rlbuf.sharding` (each worker contributes the same number of items to each batch), or,
+with ``proportional=True``, each item comes from a worker chosen in proportion to what the
+worker holds."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf import _tree
+from rlbuf import _tree, _xla
 from rlbuf._groups import _ignore_foreign, _rank1, _split_buffer, _stored
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 
@@ -36,18 +38,35 @@ class PerWorkerReplayBuffer:
       ``fold_in(key, w)``), concatenated worker-major; ``info["index"]`` is
       ``(worker, *lane_idx, t)``, an index into ``state.storage``.
     - ``update_priority(state, info["index"], priority)``: same layout as ``sample`` returned.
-    - ``can_sample(state)``: every worker's sub-buffer can sample.
+    - ``can_sample(state)``: every worker's sub-buffer can sample (``proportional``: any).
+    - ``info["worker_fill"]``: int32 ``[W]``, the transitions each worker holds.
 
-    Sampling distribution: see :mod:`rlbuf.sharding` (each worker contributes equally).
+    Sampling distribution: see :mod:`rlbuf.sharding` (each worker contributes equally), unless
+    ``proportional=True``: then each item (each slice, for slice samplers) independently comes
+    from worker ``w`` with probability ``fill_w / sum_v fill_v`` (``fill``: stored
+    transitions, 0 for a worker that cannot sample yet), and within the worker from its
+    sampler's own distribution; for ``RandomSampler`` that is exactly uniform over every
+    stored item however unevenly the workers were fed (a worker that delivered its first
+    batches late is not over-sampled). The batch keeps the shapes of ``sample`` (items in
+    batch order, not worker-major; ``info["index"]`` still ``(worker, *lane_idx, t)``). It
+    needs a sampler with independent draws (``Sampler.redraws``: not the without-replacement
+    samplers) and costs ``W`` times the sampling work (every worker draws a full batch of
+    candidates, of which each position keeps one worker's).
     """
 
     buffer: ReplayBuffer
     num_workers: int
+    proportional: bool = False
 
     def __post_init__(self):
         if not isinstance(self.num_workers, (int, np.integer)) or self.num_workers <= 0:
             raise ValueError(f"PerWorkerReplayBuffer: num_workers must be a positive int, got {self.num_workers!r}")
         self._local  # split now: a buffer that cannot be split raises here
+        if self.proportional and not self._local.sampler.redraws:
+            raise ValueError(
+                f"PerWorkerReplayBuffer: proportional=True needs a sampler with independent draws; "
+                f"{type(self.buffer.sampler).__name__} (as configured) draws without replacement"
+            )
 
     @functools.cached_property
     def _local(self) -> ReplayBuffer:
@@ -88,8 +107,15 @@ class PerWorkerReplayBuffer:
 
     extend = add
 
+    def worker_fill(self, state: BufferState) -> jax.Array:
+        """int32 ``[W]``: transitions each worker holds (jittable)."""
+        return jax.vmap(self._local.num_stored)(state).astype(jnp.int32)
+
     def sample(self, state: BufferState, key: jax.Array):
-        """``(state, batch, info)`` with ``batch_size / W`` items per worker, worker-major."""
+        """``(state, batch, info)``: ``batch_size / W`` items per worker, worker-major; with
+        ``proportional``, each item from a worker drawn by its fill (see the class docstring)."""
+        if self.proportional:
+            return self._sample_proportional(state, key)
         W = self.num_workers
 
         def one(st, w):
@@ -98,16 +124,55 @@ class PerWorkerReplayBuffer:
             info = dict(info, index=(jnp.full_like(idx[0], w), *idx))
             return st, batch, jax.tree_util.tree_map(_rank1, info)
 
+        fill = self.worker_fill(state)
         state, batch, info = jax.vmap(one)(state, jnp.arange(W, dtype=jnp.int32))
         merge = lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # noqa: E731
-        return state, jax.tree_util.tree_map(merge, batch), jax.tree_util.tree_map(merge, info)
+        info = dict(jax.tree_util.tree_map(merge, info), worker_fill=fill)
+        return state, jax.tree_util.tree_map(merge, batch), info
+
+    def _sample_proportional(self, state: BufferState, key: jax.Array):
+        W = self.num_workers
+        k_pick, k_draw = jax.random.split(key)
+
+        def one(st, w):
+            # W local draws of batch_size / W: a full batch of candidates from this worker
+            def rep(r):
+                _, batch, info = self._local.sample(st, jax.random.fold_in(jax.random.fold_in(k_draw, w), r))
+                idx = info["index"] if isinstance(info["index"], tuple) else (info["index"],)
+                return batch, dict(info, index=(jnp.full_like(idx[0], w), *idx))
+
+            batch, info = jax.vmap(rep)(jnp.arange(W, dtype=jnp.int32))
+            merge = lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # noqa: E731
+            return jax.tree_util.tree_map(merge, (batch, info))
+
+        batch, info = jax.vmap(one)(state, jnp.arange(W, dtype=jnp.int32))  # leaves [W, N, ...]
+        can = jax.vmap(self._local.can_sample)(state)
+        fill = self.worker_fill(state)
+        mass = jnp.where(can, fill, 0)
+        n = jax.tree_util.tree_leaves(batch)[0].shape[1]
+        # exact integer draw: u uniform in [0, total), worker = first w with cumsum(mass)[w] > u
+        u = _xla.below(jax.random.bits(k_pick, (n,)), jnp.maximum(jnp.sum(mass), 1))
+        pick = jnp.sum(u[:, None] >= jnp.cumsum(mass)[None, :], axis=1).astype(jnp.int32)
+        pick = jnp.minimum(pick, W - 1)
+        take = lambda x: x[pick, jnp.arange(n)]  # noqa: E731
+        batch, info = jax.tree_util.tree_map(take, (batch, info))
+        return state, batch, dict(info, worker_fill=fill)
 
     def can_sample(self, state: BufferState) -> jax.Array:
-        return jnp.all(jax.vmap(self._local.can_sample)(state))
+        each = jax.vmap(self._local.can_sample)(state)
+        return jnp.any(each) if self.proportional else jnp.all(each)
 
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set priorities at ``index = (worker, *lane_idx, t)`` laid out as ``sample`` returned."""
         W = self.num_workers
+        if self.proportional:  # items in batch order: each worker takes the entries it owns
+            priority = jnp.broadcast_to(jnp.asarray(priority), jnp.shape(index[0]))
+
+            def own(st, w):
+                local, prio = _ignore_foreign(index[1:], index[0] == w, priority)
+                return self._local.update_priority(st, local if st.layout.lanes else local[0], prio)
+
+            return jax.vmap(own)(state, jnp.arange(W, dtype=jnp.int32))
         split = lambda x: jnp.reshape(x, (W, x.shape[0] // W, *x.shape[1:]))  # noqa: E731
         priority = split(jnp.broadcast_to(jnp.asarray(priority), jnp.shape(index[0])))
         index = tuple(split(i) for i in index)

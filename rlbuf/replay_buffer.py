@@ -28,6 +28,7 @@ import numpy as np
 
 from rlbuf import _ring, _tree
 from rlbuf.frame_stack import FrameStack
+from rlbuf.samplers import capabilities
 from rlbuf.samplers.base import Sampler, zero_masked
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storage import Layout, Storage
@@ -69,7 +70,8 @@ class BufferState:
     def __len__(self) -> int:
         """Stored transitions over all lanes (and over the groups of a sharded or per-worker
         state). Host sync: for use outside ``jit`` only; inside, ``rb.num_stored(state)``."""
-        return int(np.sum(np.asarray(self.count), dtype=np.int64)) * self.layout.n_lanes
+        consumed = int(np.asarray(capabilities.consumed_items(self.sampler)))  # consume-once samplers
+        return int(np.sum(np.asarray(self.count), dtype=np.int64)) * self.layout.n_lanes - consumed
 
 
 def _select(data: Any, keys: tuple, who: str) -> Any:
@@ -270,7 +272,7 @@ class ReplayBuffer:
     def num_stored(self, state: BufferState) -> jax.Array:
         """int32 scalar: transitions stored over all lanes (jittable; for a sharded or
         per-worker state, over all its groups too). Eagerly, ``len(state)`` is the same number."""
-        return jnp.sum(state.count) * state.layout.n_lanes
+        return jnp.sum(state.count) * state.layout.n_lanes - capabilities.consumed_items(state.sampler)
 
     def split(self, n_groups: int, who: str = "ReplayBuffer.split") -> "ReplayBuffer":
         """The buffer each of ``n_groups`` lane groups runs (``rlbuf.shard``,

@@ -49,6 +49,7 @@ from rlbuf._groups import (
     _stored,
 )
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.samplers import capabilities
 
 _shard_map = getattr(jax, "shard_map", None)
 if _shard_map is None:  # pragma: no cover - jax < 0.7
@@ -211,7 +212,7 @@ class ShardedReplayBuffer:
     def num_stored(self, state: BufferState) -> jax.Array:
         """int32 scalar: transitions stored over all shards (jittable; a ``G``-element reduction,
         multi-host safe)."""
-        return jax.jit(jnp.sum)(state.count) * state.layout.n_lanes
+        return jax.jit(lambda s: jnp.sum(s.count) * s.layout.n_lanes - capabilities.consumed_items(s.sampler))(state)
 
     def shard_of(self, state: BufferState, g: int) -> BufferState:
         """Shard ``g``'s plain :class:`BufferState` (a host-side view, e.g. to compare with a

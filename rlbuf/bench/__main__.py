@@ -28,7 +28,7 @@ from rlbuf.bench._timing import print_rows
 
 MODULES = [
     "buffer", "slice", "slice_add", "prioritized", "xla", "collect", "scale", "ppo", "offline", "checkpoint", "host",
-    "pixels", "slice_loop",
+    "pixels", "slice_loop", "staleness",
 ]
 
 

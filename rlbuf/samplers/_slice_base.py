@@ -77,6 +77,12 @@ def check_slice_config(sampler) -> None:
     ``trajectory_key`` folded into ``traj_key`` at construction, see ``rlbuf._fields``)."""
     self = sampler
     name = type(self).__name__
+    if self.consume_after_n_samples is not None:
+        # TorchRL refuses it too: consumed steps would leave holes inside stored trajectories.
+        raise ValueError(
+            f"{name}: consume_after_n_samples is not supported by slice samplers (consumed steps would cut "
+            "the stored trajectories); use RandomSampler or SamplerWithoutReplacement"
+        )
     if (self.num_slices is None) == (self.slice_len is None):
         raise ValueError(
             f"{name}: give exactly one of num_slices or slice_len "
@@ -113,6 +119,8 @@ class _SliceBase(Sampler):
     strict_length: bool = True
     burn_in: int = 0
     trajectory_key: Any = _fields.key(alias_of="traj_key")
+    #: Refused (accepted as a keyword only to say so clearly): see ``check_slice_config``.
+    consume_after_n_samples: Optional[int] = None
 
     # Padding (strict_length=False, empty buffer) is zeroed by ``postprocess``.
     pads = True

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _fields, _reduce
+from rlbuf.samplers import capabilities
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.sumtree import SumTree, TreeState
 
@@ -39,9 +40,52 @@ from rlbuf.samplers.sumtree import SumTree, TreeState
 BRANCHING = 8
 
 
+def tree_of(tree: TreeState) -> SumTree:
+    """The static ``SumTree`` of a tree state, read from its arrays' shapes (one tree, no
+    leading axes)."""
+    return SumTree(tree.scratch.shape[-1], tree.sums[1].shape[-1], tree.sums[0].dtype.name)
+
+
+def power(v, r, st: SumTree):
+    """``v ** r`` for tree values ``v`` (zeros stay 0), clamped to the tree's finite range as every
+    leaf is (``SumTree.leaf_value``)."""
+    p = jnp.clip(jnp.power(jnp.where(v > 0, v, 1), r), np.finfo(v.dtype).tiny, st.max_leaf)
+    return jnp.where(v > 0, p, 0).astype(v.dtype)
+
+
+class ExponentState(capabilities.Exponents):
+    """What the prioritized states share: ``tree`` (a sum tree of ``(p + eps) ** alpha``),
+    ``alpha`` and ``beta``; ``with_exponents`` sets them (``set_alpha`` / ``set_beta``).
+    Subclasses holding more per-slot values re-exponentiate them in :meth:`reexponent`."""
+
+    def reexponent(self, ratio):
+        """The state with every stored value ``v`` replaced by ``v ** ratio`` and the tree rebuilt
+        in O(n); leading (shard / worker) axes are vmapped."""
+        st = tree_of(self.tree)
+
+        def one(t, r):
+            return st.rebuild(TreeState((*t.sums[:-1], power(t.sums[-1], r, st)), t.mins, t.scratch))
+
+        for _ in range(self.tree.sums[0].ndim - 1):
+            one = jax.vmap(one)
+        return dataclasses.replace(self, tree=one(self.tree, ratio))
+
+    def with_exponents(self, alpha=None, beta=None):
+        x = self
+        if beta is not None:
+            x = dataclasses.replace(x, beta=jnp.broadcast_to(jnp.asarray(beta, x.beta.dtype), x.beta.shape))
+        if alpha is not None:
+            new = jnp.broadcast_to(jnp.asarray(alpha, x.alpha.dtype), x.alpha.shape)
+            # With alpha 0 every stored value is 1 and the priorities cannot be recovered (TorchRL
+            # keeps them too): they stay uniform until their next update.
+            ratio = jnp.where(x.alpha > 0, new / jnp.where(x.alpha > 0, x.alpha, 1), 1).astype(new.dtype)
+            x = dataclasses.replace(x.reexponent(ratio), alpha=new)
+        return x
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class PrioritizedState:
+class PrioritizedState(ExponentState):
     """``tree``: sum/min tree over the ``n_lanes * capacity`` flat slots (leaf ``lane *
     capacity + t``, see ``rlbuf._ring.flat_index``) holding ``(p + eps) ** alpha``;
     ``max_priority``: largest raw priority passed to ``update_priority`` (``-inf`` before
@@ -269,12 +313,6 @@ class PrioritizedSampler(Sampler):
 
 
 # -------------------------------------------------------------------- alpha / beta setters
-def _is_priority_state(x) -> bool:
-    """A prioritized sampler's state (plain or slice): it holds ``tree``, ``alpha`` and ``beta``."""
-    return dataclasses.is_dataclass(x) and not isinstance(x, type) and \
-        {"tree", "alpha", "beta"} <= {f.name for f in dataclasses.fields(x)}
-
-
 def _check_value(name, v, lo, hi):
     if isinstance(v, jax.core.Tracer):
         return  # a traced value cannot be checked; it is used as given
@@ -283,65 +321,14 @@ def _check_value(name, v, lo, hi):
         raise ValueError(f"set_{name}: {name} must be a finite scalar in [{lo}, {hi}], got {v!r}")
 
 
-def _tree_of(tree: TreeState) -> SumTree:
-    """The static ``SumTree`` of a tree state, read from its arrays' shapes (one tree, no
-    leading axes)."""
-    return SumTree(tree.scratch.shape[-1], tree.sums[1].shape[-1], tree.sums[0].dtype.name)
-
-
-def _pow(v, r, st: SumTree):
-    """``v ** r`` for tree values ``v`` (zeros stay 0), clamped to the tree's finite range as every
-    leaf is (``SumTree.leaf_value``)."""
-    power = jnp.clip(jnp.power(jnp.where(v > 0, v, 1), r), np.finfo(v.dtype).tiny, st.max_leaf)
-    return jnp.where(v > 0, power, 0).astype(v.dtype)
-
-
-def _reexponent(x, ratio):
-    """Prioritized state ``x`` with every stored value ``v`` (tree leaves, and the per-step values
-    ``prio`` of slice samplers) replaced by ``v ** ratio``, the tree rebuilt in O(n). Leading
-    (shard / worker) axes are vmapped."""
-    st = _tree_of(x.tree)
-    has_prio = "prio" in {f.name for f in dataclasses.fields(x)}
-
-    def one(t, prio, r):
-        t = st.rebuild(TreeState((*t.sums[:-1], _pow(t.sums[-1], r, st)), t.mins, t.scratch))
-        return t, (_pow(prio, r, st) if has_prio else prio)
-
-    for _ in range(x.tree.sums[0].ndim - 1):
-        one = jax.vmap(one)
-    tree, prio = one(x.tree, x.prio if has_prio else ratio, ratio)
-    return dataclasses.replace(x, tree=tree, **({"prio": prio} if has_prio else {}))
-
-
-def _set_exponents(state, alpha=None, beta=None):
-    found = []
-
-    def visit(x):
-        if not _is_priority_state(x):
-            return x
-        found.append(True)
-        if beta is not None:
-            x = dataclasses.replace(x, beta=jnp.broadcast_to(jnp.asarray(beta, x.beta.dtype), x.beta.shape))
-        if alpha is not None:
-            new = jnp.broadcast_to(jnp.asarray(alpha, x.alpha.dtype), x.alpha.shape)
-            # With alpha 0 every stored value is 1 and the priorities cannot be recovered (TorchRL
-            # keeps them too): they stay uniform until their next update.
-            ratio = jnp.where(x.alpha > 0, new / jnp.where(x.alpha > 0, x.alpha, 1), 1).astype(new.dtype)
-            x = dataclasses.replace(_reexponent(x, ratio), alpha=new)
-        return x
-
-    out = jax.tree_util.tree_map(visit, state, is_leaf=_is_priority_state)
-    if not found:
-        raise TypeError("set_alpha/set_beta: the state holds no prioritized sampler state")
-    return out
-
-
 def set_beta(state, beta):
     """``state`` (a buffer state, or any pytree of them: sharded, per-worker, ensemble) with the
     importance-weight exponent of every prioritized sampler in it set to ``beta`` (in [0, 1]).
-    Pure and jittable; ``beta`` may be a traced scalar, so annealing never recompiles."""
+    Pure and jittable; ``beta`` may be a traced scalar, so annealing never recompiles. The
+    states are found by their type (``rlbuf.samplers.capabilities.Exponents``)."""
     _check_value("beta", beta, 0.0, 1.0)
-    return _set_exponents(state, beta=beta)
+    return capabilities.update_all(state, capabilities.Exponents, lambda x: x.with_exponents(beta=beta),
+                                   "set_alpha/set_beta", "prioritized")
 
 
 def set_alpha(state, alpha):
@@ -350,4 +337,5 @@ def set_alpha(state, alpha):
     as TorchRL's ``alpha`` setter; from ``alpha = 0`` they cannot be recovered and stay uniform
     until updated). Pure and jittable, no recompilation."""
     _check_value("alpha", alpha, 0.0, math.inf)
-    return _set_exponents(state, alpha=alpha)
+    return capabilities.update_all(state, capabilities.Exponents, lambda x: x.with_exponents(alpha=alpha),
+                                   "set_alpha/set_beta", "prioritized")

@@ -26,13 +26,13 @@ from rlbuf import _ring, _xla
 from rlbuf.samplers import _trajectories as trj
 from rlbuf.samplers._slice_base import _SliceBase, check_slice_config
 from rlbuf.samplers.base import Sampler
-from rlbuf.samplers.prioritized import PrioritizedSampler, check_capacity, check_config
+from rlbuf.samplers.prioritized import ExponentState, PrioritizedSampler, check_capacity, check_config, power, tree_of
 from rlbuf.samplers.sumtree import TreeState, last_wins
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class PrioritizedSliceState:
+class PrioritizedSliceState(ExponentState):
     """- ``traj``: trajectory-boundary bookkeeping (shared with the slice samplers).
     - ``prio``: ``[n_lanes * capacity]`` per-step tree value ``(p + eps) ** alpha``.
     - ``tree``: sum/min tree of ``prio * valid_start(thr)``.
@@ -50,6 +50,12 @@ class PrioritizedSliceState:
     thr: jax.Array
     alpha: jax.Array
     beta: jax.Array
+
+    def reexponent(self, ratio):
+        """The tree (``ExponentState.reexponent``) and the per-step values ``prio`` re-exponentiated."""
+        per_entry = jnp.asarray(ratio)[..., None]  # [*lead, 1]: one ratio per shard / worker entry
+        return dataclasses.replace(ExponentState.reexponent(self, ratio),
+                                   prio=power(self.prio, per_entry, tree_of(self.tree)))
 
 
 @dataclasses.dataclass(frozen=True)

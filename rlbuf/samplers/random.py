@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from rlbuf import _ring
+from rlbuf.samplers import _consume
 from rlbuf.samplers.base import Sampler
 
 
@@ -18,9 +20,47 @@ class RandomSampler(Sampler):
 
     Empty buffer: ``can_sample`` is False and ``sample`` returns the zero-filled slot 0
     (never written data) with ``info["mask"]`` False.
+
+    Args:
+      consume_after_n_samples: ``n``: an item returned ``n`` times is consumed: never
+        returned again, no longer counted by ``num_stored`` / ``len`` / ``can_sample``, until
+        a write replaces it (TorchRL's ``consume_after_n_samples`` / ``ConsumingSampler``,
+        see ``rlbuf.samplers._consume``). The items of one batch are then distinct (a
+        uniform random subset of the live items, as TorchRL); with fewer live items than
+        ``batch_size`` the rest is padding (``info["mask"]`` False); ``can_sample`` is True
+        while any item is live. Costs O(capacity) per ``sample``. ``None``: no consumption.
     """
 
+    consume_after_n_samples: Optional[int] = None
+
+    def __post_init__(self):
+        _consume.check_n(type(self).__name__, self.consume_after_n_samples)
+
+    @property
+    def pads(self):  # consume-once batches pad when fewer items are live than batch_size
+        return self.consume_after_n_samples is not None
+
+    @property
+    def redraws(self):  # a redraw would consume items
+        return self.consume_after_n_samples is None
+
+    def init(self, layout):
+        return () if self.consume_after_n_samples is None else _consume.init(layout, ())
+
+    def on_write(self, ring, sstate, write, data):
+        if self.consume_after_n_samples is None:
+            return sstate
+        return _consume.on_write(ring, sstate, write, self.consume_after_n_samples)
+
+    def can_sample(self, ring, sstate, batch_size: int):
+        if self.consume_after_n_samples is None:
+            return ring.count > 0
+        return _consume.n_live(ring, sstate) > 0
+
     def sample(self, ring, sstate, key, batch_size: int):
+        if self.consume_after_n_samples is not None:
+            sstate, index, mask = _consume.sample_distinct(ring, sstate, key, batch_size, self.consume_after_n_samples)
+            return sstate, index, {"mask": mask}
         n_items = ring.count * ring.n_lanes
         # Written slots are [0, count) in every lane (see rlbuf._ring), so one integer
         # draw over lanes x count addresses the stored items without touching the cursor.

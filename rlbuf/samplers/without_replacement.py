@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from rlbuf import _ring, _xla
+from rlbuf.samplers import _consume
 from rlbuf.samplers.base import Sampler
 
 
@@ -44,42 +46,79 @@ class SamplerWithoutReplacement(Sampler):
     - The buffer growing mid-epoch: items added after the epoch began wait for the next
       epoch. A slot overwritten mid-epoch is returned with its new content when its turn
       comes (slots, not values, are what an epoch visits).
+    - ``consume_after_n_samples=n``: an item returned ``n`` times (over ``n`` epochs) is
+      consumed: left out of later epochs and no longer counted by ``num_stored`` / ``len`` /
+      ``can_sample`` until a write replaces it (TorchRL's ``consume_after_n_samples``, which
+      TorchRL offers with its random sampler only; see ``rlbuf.samplers._consume``). An epoch
+      visits the items live at its start. ``None``: no consumption.
     """
 
     drop_last: bool = False
     shuffle: bool = True
+    consume_after_n_samples: Optional[int] = None
     pads = True
     redraws = False  # a redraw would consume items of the epoch: rejected items stay masked
 
+    def __post_init__(self):
+        _consume.check_n(type(self).__name__, self.consume_after_n_samples)
+
     def init(self, layout):
         z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers, for donation)
-        return WithoutReplacementState(
+        s = WithoutReplacementState(
             perm=jnp.arange(layout.size, dtype=jnp.int32), pos=z(), epoch_items=z(), epoch_count=z(), epoch=z()
         )
+        return s if self.consume_after_n_samples is None else _consume.init(layout, s)
 
-    def _new_epoch(self, ring, s, key):
+    def on_write(self, ring, sstate, write, data):
+        if self.consume_after_n_samples is None:
+            return sstate
+        return _consume.on_write(ring, sstate, write, self.consume_after_n_samples)
+
+    def _new_epoch(self, ring, s, key, live=None):
+        """A new epoch over the stored items (``live``: bool per flat slot, only those)."""
         layout = ring.layout
         n_items = ring.count * layout.n_lanes
         if self.shuffle:
             # A random permutation of all slots, stably filtered to the k < n_items ones,
             # is a uniform permutation of [0, n_items) with a static shape.
             perm = jax.random.permutation(key, layout.size).astype(jnp.int32)
-            perm = perm[jnp.argsort(perm >= n_items, stable=True)]
         else:
             perm = jnp.arange(layout.size, dtype=jnp.int32)
+        out = perm >= n_items
+        if live is not None:  # consume-once: leave out the consumed items (item k -> its flat slot)
+            count = jnp.maximum(ring.count, 1)
+            out = out | ~live[ring.flat(_ring.item_index(jnp.minimum(perm, n_items - 1), count, layout.lanes))]
+            n_items = jnp.sum(~out, dtype=jnp.int32)
+        if self.shuffle or live is not None:
+            perm = perm[jnp.argsort(out, stable=True)]
         return WithoutReplacementState(
             perm=perm, pos=jnp.zeros((), jnp.int32), epoch_items=n_items,
             epoch_count=ring.count, epoch=s.epoch + 1,
         )
 
     def sample(self, ring, s, key, batch_size: int):
+        n = self.consume_after_n_samples
+        if n is None:
+            return self._sample(ring, s, key, batch_size, None)
+        inner, index, info = self._sample(ring, s.inner, key, batch_size, s)
+        s = _consume.mark(ring, dataclasses.replace(s, inner=inner), index, info["mask"], n)
+        return s, index, info
+
+    def _sample(self, ring, s, key, batch_size: int, cs):
+        """The epoch logic on the sampler's own state ``s``; ``cs``: the consume-once state
+        (``rlbuf.samplers._consume``) or None."""
         layout = ring.layout
         left = s.epoch_items - s.pos
         need = (left <= 0) | (left < batch_size) & self.drop_last
         # When can_sample is False (empty buffer, or drop_last with fewer items than a batch)
         # no epoch begins and the batch is all padding (TorchRL raises; shapes stay static).
-        can = self.can_sample(ring, s, batch_size)
-        s = _xla.run_at_most_once(need & can, lambda c, k: self._new_epoch(ring, c, k), s, (key,))
+        can = self._can(ring, batch_size, None if cs is None else _consume.n_live(ring, cs))
+        n = self.consume_after_n_samples
+
+        def new_epoch(c, k, *consume):  # the live items are computed only when an epoch begins
+            return self._new_epoch(ring, c, k, *(_consume.live(ring, x, n) for x in consume))
+
+        s = _xla.run_at_most_once(need & can, new_epoch, s, (key,) if cs is None else (key, cs))
         real = can | ~need  # False: no batch at all (the state is left as it was)
         k = s.pos + jnp.arange(batch_size, dtype=jnp.int32)
         mask = (k < s.epoch_items) & real
@@ -91,6 +130,10 @@ class SamplerWithoutReplacement(Sampler):
         s = dataclasses.replace(s, pos=pos)
         return s, index, {"mask": mask}
 
-    def can_sample(self, ring, sstate, batch_size: int):
-        n_items = ring.count * ring.n_lanes
+    def _can(self, ring, batch_size: int, n_items=None):
+        n_items = ring.count * ring.n_lanes if n_items is None else n_items
         return n_items >= batch_size if self.drop_last else n_items > 0
+
+    def can_sample(self, ring, sstate, batch_size: int):
+        return self._can(ring, batch_size, None if self.consume_after_n_samples is None
+                         else _consume.n_live(ring, sstate))
