@@ -20,7 +20,7 @@ from rlbuf.collectors._env import EnvAdapter, strong
 from rlbuf.collectors._params import collector_params
 from rlbuf.collectors._policy import call_policy, check_action, check_carry, check_extras, init_carry
 from rlbuf.collectors._rollout import rollout
-from rlbuf.collectors._spaces import action_spec, has_action_space, sample_action
+from rlbuf.collectors._spaces import action_spec, has_action_space, plain_dicts, sample_action
 
 
 @jax.tree_util.register_dataclass
@@ -263,6 +263,7 @@ class Collector:
         """One checked policy call: ``(action, extras, new_carry)``."""
         with_carry = self.policy_carry is not None
         action, extras, new_carry = call_policy(self.policy, policy_params, obs, key, carry, with_carry)
+        action = plain_dicts(action)  # as random actions are (one structure for both)
         check_action(action, self._action_spec, self._lead, self.num_envs)
         check_extras(extras, self._lead)
         if with_carry:
