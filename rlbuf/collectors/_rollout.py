@@ -59,12 +59,13 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
     carry0 = c._carry0() if with_carry else None
     transition = c._env_map(c._adapter.transition, (0, 0, 0, c._pax))
     reset = c._env_map(c._adapter.reset, (0, c._pax))
+    layout = getattr(c.env, "batch_layout", None)
 
     def body(s, _):
         key, k_pol, k_env = jax.random.split(s.key, 3)
         pc = s.policy_carry
         if random:
-            action, extras, new_pc = c._random_actions(k_pol, params), extras0, pc
+            action, extras, new_pc = c._random_actions(k_pol, params, s.observation), extras0, pc
         else:
             action, extras, new_pc = c._call_policy(policy_params, s.observation, k_pol, pc)
         tr = transition(c._env_keys(k_env), s.env_state, action, params)
@@ -100,6 +101,8 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
         }
         if with_carry and c.store_carry:
             step["collector"] = {"carry": pc}  # the carry the policy received
+        if layout is not None:  # the env's own batch layout (multi-agent groups), from its info
+            step = layout(step, tr.info)
         new = dataclasses.replace(
             s,
             key=key,

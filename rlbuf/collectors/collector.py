@@ -251,7 +251,10 @@ class Collector:
         return jax.tree.map(strong, obs), jax.tree.map(strong, st)
 
     # ------------------------------------------------------------------ policy helpers
-    def _random_actions(self, key, params):
+    def _random_actions(self, key, params, obs=None):
+        masked = getattr(self.env, "random_action", None)  # env-chosen (e.g. action masks in obs)
+        if masked is not None:
+            return self._env_map(masked, (0, 0, self._pax))(self._env_keys(key), obs, params)
         sample = lambda k, p: sample_action(self.env, k, p)  # noqa: E731
         return self._env_map(sample, (0, self._pax))(self._env_keys(key), params)
 
@@ -263,6 +266,9 @@ class Collector:
         """One checked policy call: ``(action, extras, new_carry)``."""
         with_carry = self.policy_carry is not None
         action, extras, new_carry = call_policy(self.policy, policy_params, obs, key, carry, with_carry)
+        env_check = getattr(self.env, "check_action", None)  # the env's own, clearer messages first
+        if env_check is not None:
+            env_check(action, self._lead)
         check_action(action, self._action_spec, self._lead, self.num_envs)
         check_extras(extras, self._lead)
         if with_carry:

@@ -14,9 +14,10 @@ _SUITES = {
     "jumanji": ("rlbuf.envs.jumanji_env", "make_jumanji"),
     "navix": ("rlbuf.envs.navix_env", "make_navix"),
     "craftax": ("rlbuf.envs.craftax_env", "make_craftax"),
+    "jaxmarl": ("rlbuf.envs.jaxmarl_env", "make_jaxmarl"),
 }
 _PACKAGES = {"gymnax": "gymnax", "brax": "brax", "jumanji": "jumanji", "navix": "navix",
-             "craftax": "craftax"}
+             "craftax": "craftax", "jaxmarl": "jaxmarl"}
 
 
 def make(spec: str, **kwargs: Any):
@@ -40,7 +41,8 @@ def make(spec: str, **kwargs: Any):
     Returns:
         ``(env, env_params)``. gymnax envs are returned as they are; the others are wrapped in
         :class:`~rlbuf.envs.BraxEnv`, :class:`~rlbuf.envs.JumanjiEnv`,
-        :class:`~rlbuf.envs.CraftaxEnv` or :class:`~rlbuf.envs.NavixEnv`: gymnax 1.0 envs
+        :class:`~rlbuf.envs.CraftaxEnv`, :class:`~rlbuf.envs.NavixEnv` or
+        :class:`~rlbuf.envs.JaxMARLEnv`: gymnax 1.0 envs
         whose ``step`` auto-resets, returns the true final observation in
         ``info["final_observation"]`` and keeps ``terminated`` and ``truncated`` apart.
     """
