@@ -118,6 +118,11 @@ class JaxMARLEnv(SuiteEnv):
     behaviour; JaxMARL's SMAX then ignores it); random actions (``policy=None``,
     ``init_random_frames``) respect the masks.
 
+    Spaces: ``env.groups`` is ``{group: (agent names, ...)}`` (the order of each agent axis);
+    ``env.action_space().spaces[g]`` a :class:`GroupSpace` (``shape = (A_g, ...)``, ``n`` for
+    discrete actions, ``dtype``); ``env.observation_space()[g]`` the group's agent
+    observation space; ``env.unwrapped`` the JaxMARL env.
+
     Env-level values: the step's reward (and so ``("next", "reward")`` and the collector's
     ``("next", "episode_reward")``) is the sum of all agents' rewards; ``("next", g,
     "episode_reward")`` ``[B, T, A_g]`` is each agent's own running return.
