@@ -47,7 +47,8 @@ class RolloutSpec:
         options: the collector's :class:`CollectorOptions`.
         act: the checked policy call ``act(params, obs, key, carry) -> (action, extras,
             new_carry)`` on all envs' observations, or None (random actions only).
-        random_act: ``random_act(key, env_params) -> action`` for all envs.
+        random_act: ``random_act(key, env_params, observation) -> action`` for all envs (the
+            observation: for envs whose random actions depend on it, e.g. action masks).
         carry0: ``carry0() -> carry``: the initial policy carry (None without ``policy_carry``).
     """
 
@@ -140,7 +141,7 @@ def rollout(c: RolloutSpec, state: Any, policy_params: Any, random: bool):
         key, k_pol, k_env = jax.random.split(s.key, 3)
         pc = s.policy_carry
         if random:
-            action, extras, new_pc = c.random_act(k_pol, params), extras0, pc
+            action, extras, new_pc = c.random_act(k_pol, params, s.observation), extras0, pc
         else:
             action, extras, new_pc = c.act(policy_params, s.observation, k_pol, pc)
         tr = transition(c.env_keys(k_env), s.env_state, action, params)

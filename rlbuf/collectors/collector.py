@@ -85,7 +85,12 @@ class Collector(CollectorOptions):
         and ``info["final_observation"]`` is the true next observation. Otherwise the env is
         taken not to auto-reset and the collector calls ``reset`` where an episode ended.
         ``action_space(params)`` returning a gymnax space is needed for ``policy=None`` and
-        ``init_random_frames``, and enables the policy-output checks.
+        ``init_random_frames``, and enables the policy-output checks. Optional hooks (used by
+        the multi-agent :class:`rlbuf.envs.JaxMARLEnv`): ``batch_layout(step, info)`` (see
+        :mod:`rlbuf.collectors._rollout`), ``random_action(key, observation, params)`` (one
+        env's random action, e.g. within the observation's action masks) and
+        ``check_action(action, lead)`` (the env's own trace-time check of the policy's actions,
+        run before the generic one).
 
     Args:
         env: the environment (see above). Only its functions are used; parameters go in
@@ -186,7 +191,10 @@ class Collector(CollectorOptions):
         one = jax.tree.map(lambda x: x[0], s.env_params) if s.params_batched else s.env_params
         return action_spec(self.env, one)
 
-    def _random_actions(self, key, params):
+    def _random_actions(self, key, params, obs=None):
+        masked = getattr(self.env, "random_action", None)  # env-chosen (e.g. action masks in obs)
+        if masked is not None:
+            return self._spec.env_map(masked, (0, 0, self._spec.pax))(self._spec.env_keys(key), obs, params)
         sample = lambda k, p: sample_action(self.env, k, p)  # noqa: E731
         return self._spec.env_map(sample, (0, self._spec.pax))(self._spec.env_keys(key), params)
 
@@ -194,6 +202,9 @@ class Collector(CollectorOptions):
         """One checked policy call: ``(action, extras, new_carry)``."""
         with_carry = self.policy_carry is not None
         action, extras, new_carry = call_policy(self.policy, policy_params, obs, key, carry, with_carry)
+        env_check = getattr(self.env, "check_action", None)  # the env's own, clearer messages first
+        if env_check is not None:
+            env_check(action, self._spec.lead)
         action = plain_dicts(action)  # as random actions are (one structure for both)
         check_action(action, self._action_spec, self._spec.lead, self.num_envs)
         check_extras(extras, self._spec.lead)

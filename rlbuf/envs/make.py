@@ -14,9 +14,10 @@ _SUITES = {
     "jumanji": ("rlbuf.envs.jumanji_env", "make_jumanji"),
     "navix": ("rlbuf.envs.navix_env", "make_navix"),
     "craftax": ("rlbuf.envs.craftax_env", "make_craftax"),
+    "jaxmarl": ("rlbuf.envs.jaxmarl_env", "make_jaxmarl"),
 }
 _PACKAGES = {"gymnax": "gymnax", "brax": "brax", "jumanji": "jumanji", "navix": "navix",
-             "craftax": "craftax"}
+             "craftax": "craftax", "jaxmarl": "jaxmarl"}
 
 
 def make(spec: str, **kwargs: Any):
@@ -33,14 +34,18 @@ def make(spec: str, **kwargs: Any):
             (``brax.envs.get_environment``; keywords ``episode_length=1000``,
             ``action_repeat=1``, and the env's own such as ``backend="mjx"``), ``jumanji``
             (``jumanji.make``), ``craftax`` (``make_craftax_env_from_name``), ``navix``
-            (``navix.make``).
+            (``navix.make``), ``jaxmarl`` (``jaxmarl.make``, multi-agent: keywords
+            ``group_map=None`` and ``time_limit="auto"`` of :class:`~rlbuf.envs.JaxMARLEnv`,
+            and the env's own such as ``max_steps=25``; an unknown name raises listing
+            JaxMARL's envs).
         **kwargs: passed to the suite's constructor; ``max_steps_in_episode=n`` (every suite
             but gymnax) adds a time limit of ``n`` steps (truncation).
 
     Returns:
         ``(env, env_params)``. gymnax envs are returned as they are; the others are wrapped in
         :class:`~rlbuf.envs.BraxEnv`, :class:`~rlbuf.envs.JumanjiEnv`,
-        :class:`~rlbuf.envs.CraftaxEnv` or :class:`~rlbuf.envs.NavixEnv`: gymnax 1.0 envs
+        :class:`~rlbuf.envs.CraftaxEnv`, :class:`~rlbuf.envs.NavixEnv` or
+        :class:`~rlbuf.envs.JaxMARLEnv`: gymnax 1.0 envs
         whose ``step`` auto-resets, returns the true final observation in
         ``info["final_observation"]`` and keeps ``terminated`` and ``truncated`` apart.
     """
