@@ -1,11 +1,16 @@
 """mkdocs hooks (``mkdocs.yml`` -> ``hooks``): pages generated at build time, so that the site
 cannot fall behind the code.
 
-- ``api/<module>.md``: one page per public module of ``rlbuf`` (every ``.py`` file and package
-  whose name does not start with ``_``), rendered by mkdocstrings from its docstrings; a new
-  module gets its page without editing anything here.
+- ``api/<concept>.md``: the API reference, one page per concept as users look things up
+  (buffers, storages, samplers, writers, collectors, environments, returns, datasets,
+  checkpoints, scaling out), each rendering its modules' docstrings with mkdocstrings. Every
+  public module of ``rlbuf`` (every ``.py`` file and package whose name does not start with
+  ``_``) lands on exactly one page: a new module goes where its package's modules go, or on
+  "Other modules" until it is given a concept here. Examples, the demo, the benchmark scripts
+  and test helpers are not API and stay out.
 - ``notebooks/*.ipynb`` and ``BENCHMARKS.md`` from the repository root, so the pages can link to
   them (the notebooks are served for download).
+- Pages listed in ``OPTIONAL`` are dropped from the navigation while they do not exist yet.
 """
 
 from __future__ import annotations
@@ -16,12 +21,31 @@ from mkdocs.structure.files import File
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rlbuf"
-#: Not API: benchmark scripts.
-SKIP = {"rlbuf.bench"}
+#: Not API: benchmark scripts, runnable examples, the demo, test helpers.
+SKIP = {"rlbuf.bench", "rlbuf.examples", "rlbuf.demo", "rlbuf.envs.ground_truth"}
+#: Navigation entries whose page may not exist yet (written elsewhere).
+OPTIONAL = {"multi_agent.md"}
+
+#: (title, page, module names or ``prefix.*``); the first match places a module.
+CONCEPTS = [
+    ("Overview", "index", ["rlbuf"]),
+    ("Buffers", "buffers", ["rlbuf.replay_buffer", "rlbuf.ensemble", "rlbuf.transforms", "rlbuf.frame_stack"]),
+    ("Storages", "storages", ["rlbuf.storage", "rlbuf.compact"]),
+    ("Samplers", "samplers", ["rlbuf.samplers", "rlbuf.samplers.*"]),
+    ("Writers", "writers", ["rlbuf.writers", "rlbuf.writers.*"]),
+    ("Scaling out", "scaling_out", ["rlbuf.sharding", "rlbuf.per_worker", "rlbuf.distributed",
+                                    "rlbuf.collectors.sharded"]),
+    ("Collectors", "collectors", ["rlbuf.collectors", "rlbuf.collectors.*"]),
+    ("Environments", "envs", ["rlbuf.envs", "rlbuf.envs.*"]),
+    ("Returns", "returns", ["rlbuf.returns"]),
+    ("Datasets", "datasets", ["rlbuf.datasets", "rlbuf.datasets.*"]),
+    ("Checkpoints", "checkpoints", ["rlbuf.checkpoint"]),
+]
+OTHER = ("Other modules", "other")
 
 
 def public_modules() -> list[str]:
-    """Dotted names of rlbuf's public modules, sorted (packages before their modules)."""
+    """Dotted names of rlbuf's public API modules, sorted (packages before their modules)."""
     names = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(ROOT).with_suffix("")
@@ -37,19 +61,63 @@ def public_modules() -> list[str]:
     return sorted(names)
 
 
+def _matches(name: str, pattern: str) -> bool:
+    return name.startswith(pattern[:-1]) if pattern.endswith(".*") else name == pattern
+
+
+def api_pages() -> list[tuple[str, str, list[str]]]:
+    """``[(title, page, modules)]`` of the API reference, in navigation order."""
+    placed: dict[str, list[str]] = {page: [] for _, page, _ in CONCEPTS}
+    other = []
+    for name in public_modules():
+        page = next((p for _, p, pats in CONCEPTS if any(_matches(name, pat) for pat in pats)), None)
+        (placed[page] if page else other).append(name)
+    pages = [(title, page, placed[page]) for title, page, _ in CONCEPTS if placed[page]]
+    if other:
+        pages.append((*OTHER, other))
+    return pages
+
+
+def _page(title: str, page: str, modules: list[str]) -> str:
+    if page == "index":
+        rows = "\n".join(f"| [{t}]({p}.md) | {', '.join(f'`{m}`' for m in mods)} |"
+                         for t, p, mods in api_pages() if p != "index")
+        return (f"# API reference\n\nOrganised by concept; every name below is also importable from `rlbuf` "
+                f"where the package exports it.\n\n| concept | modules |\n|---|---|\n{rows}\n\n"
+                f"## `rlbuf`\n\n::: rlbuf\n    options:\n      members: false\n")
+    parts = [f"# {title}\n"]
+    for name in modules:
+        parts.append(f"## `{name}`\n\n::: {name}\n    options:\n      heading_level: 3\n")
+    return "\n".join(parts)
+
+
 def on_config(config):
-    """Fill the nav's "API reference" section with one entry per public module."""
-    pages = [{name: f"api/{name}.md"} for name in public_modules()]
-    for i, entry in enumerate(config["nav"] or []):
-        if isinstance(entry, dict) and "API reference" in entry:
-            config["nav"][i] = {"API reference": pages}
+    """Fill the nav's "API reference" section (one entry per concept page) and drop optional
+    pages that do not exist yet."""
+    docs = pathlib.Path(config["docs_dir"])
+
+    def prune(nav):
+        out = []
+        for entry in nav:
+            if isinstance(entry, dict):
+                (title, value), = entry.items()
+                if isinstance(value, str) and value in OPTIONAL and not (docs / value).is_file():
+                    continue
+                if isinstance(value, list):
+                    value = prune(value)
+                entry = {title: value}
+            out.append(entry)
+        return out
+
+    nav = prune(config["nav"] or [])
+    pages = [{title: f"api/{page}.md"} for title, page, _ in api_pages()]
+    config["nav"] = [{"API reference": pages} if isinstance(e, dict) and "API reference" in e else e for e in nav]
     return config
 
 
 def on_files(files, config):
-    for name in public_modules():
-        content = f"# `{name}`\n\n::: {name}\n"
-        files.append(File.generated(config, f"api/{name}.md", content=content))
+    for title, page, modules in api_pages():
+        files.append(File.generated(config, f"api/{page}.md", content=_page(title, page, modules)))
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         files.append(File.generated(config, f"notebooks/{nb.name}", abs_src_path=str(nb)))
     files.append(File.generated(config, "BENCHMARKS.md", abs_src_path=str(ROOT / "BENCHMARKS.md")))
