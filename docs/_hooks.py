@@ -11,11 +11,14 @@ cannot fall behind the code.
 - ``notebooks/*.ipynb`` and ``BENCHMARKS.md`` from the repository root, so the pages can link to
   them (the notebooks are served for download).
 - Pages listed in ``OPTIONAL`` are dropped from the navigation while they do not exist yet.
+- Sphinx roles left in docstrings (``:class:`X```, ``:meth:`~a.b.c```) render as plain code
+  (``X``, ``c``) instead of a literal ``:class:`` before it.
 """
 
 from __future__ import annotations
 
 import pathlib
+import re
 
 from mkdocs.structure.files import File
 
@@ -113,6 +116,15 @@ def on_config(config):
     pages = [{title: f"api/{page}.md"} for title, page, _ in api_pages()]
     config["nav"] = [{"API reference": pages} if isinstance(e, dict) and "API reference" in e else e for e in nav]
     return config
+
+
+_ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|obj|exc|py:\w+):<code>(~?)([^<]*)</code>")
+
+
+def on_page_content(html, page, config, files):
+    """``:class:<code>X</code>`` (a Sphinx role Markdown kept) -> ``<code>X</code>``; a ``~``
+    prefix keeps the last dotted component, as Sphinx does."""
+    return _ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html)
 
 
 def on_files(files, config):

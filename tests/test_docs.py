@@ -1,7 +1,8 @@
 """The documentation site (``mkdocs.yml``): it builds in strict mode, so a broken reference
 (a page, a link, an API object that mkdocstrings cannot find) fails the suite; the API
 reference is organised by concept and every public module is on it (examples, the demo and
-test helpers are not); docstrings render as parameter tables, never a literal reST ``::``;
+test helpers are not); docstrings render as parameter tables, never a literal reST ``::`` or
+Sphinx role;
 and every ```python block of every docs page runs, page by page, in order, as a user would
 run it after ``pip install -e ".[examples]"`` (``tests/docblocks.py``; a block that needs
 another extra says so in its first line and is skipped only where that extra is not
@@ -106,6 +107,7 @@ def test_mkdocs_build_strict(tmp_path):
     for page in (site / "api").rglob("index.html"):
         text = _text(page)
         assert ".. code-block" not in text, page
+        assert not re.search(r":(class|func|meth|attr|mod|exc):", text), page  # Sphinx roles (docs/_hooks.py)
         bad = re.findall(r".{0,60}[\w)`\]]::(?=\s).{0,20}", text)
         assert not bad, f"{page.parent.name}: {bad[:3]}"
     assert not (site / "api" / "rlbuf.examples").exists()
