@@ -90,8 +90,29 @@ def _page(title: str, page: str, modules: list[str]) -> str:
                 f"## `rlbuf`\n\n::: rlbuf\n    options:\n      members: false\n")
     parts = [f"# {title}\n"]
     for name in modules:
-        parts.append(f"## `{name}`\n\n::: {name}\n    options:\n      heading_level: 3\n")
+        parts.append(f"## `{name}`\n\n::: {name}\n    options:\n      heading_level: 3\n{_members_option(name)}")
     return "\n".join(parts)
+
+
+def _members_option(name: str) -> str:
+    """mkdocstrings' ``members`` for a package: the names it re-exports from its public modules
+    are documented with those modules on the same page, so the package lists only what it
+    defines itself or takes from private modules (``rlbuf.envs.SuiteEnv``); re-exports of
+    modules left out of the reference (test helpers) are not listed either."""
+    import ast
+
+    path = ROOT / pathlib.Path(*name.split("."))
+    if not path.is_dir():
+        return ""
+    own = []
+    for node in ast.parse((path / "__init__.py").read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if any(p.startswith("_") for p in module.split(".")):
+                own += [a.asname or a.name for a in node.names]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.append(node.name)
+    return f"      members: [{', '.join(own)}]\n" if own else "      members: false\n"
 
 
 def on_config(config):

@@ -111,6 +111,10 @@ def test_mkdocs_build_strict(tmp_path):
         bad = re.findall(r".{0,60}[\w)`\]]::(?=\s).{0,20}", text)
         assert not bad, f"{page.parent.name}: {bad[:3]}"
     assert not (site / "api" / "rlbuf.examples").exists()
+    # Packages list only their own names: nothing twice, no re-exported test helper.
+    envs = (site / "api" / "envs" / "index.html").read_text()
+    assert 'id="rlbuf.envs.SuiteEnv"' in envs and 'id="rlbuf.envs.brax_env.BraxEnv"' in envs
+    assert 'id="rlbuf.envs.BraxEnv"' not in envs and "GroundTruthEnv" not in envs
 
 
 def _text_of(fragment: str) -> str:
