@@ -1,7 +1,7 @@
 """``ReplayBufferEnsemble``: several replay buffers behind one state and one jitted ``sample``.
 
 The use case is offline-to-online RL (RLPD's symmetric sampling: half of every batch from the
-offline dataset, half from the online buffer)::
+offline dataset, half from the online buffer):
 
     ens = ReplayBufferEnsemble(offline_rb, online_rb, num_per_buffer=(128, 128))
     state = ens.init(offline_example, online_example)       # or ens.from_states(s_off, s_on)

@@ -1,7 +1,7 @@
 """``ReplayBuffer``: storage x sampler x writer x transform, as pure functions over a state.
 
 Usage (everything jittable; donate the state to ``add`` and ``sample`` so they update it in
-place instead of copying the storage)::
+place instead of copying the storage):
 
     rb = ReplayBuffer(storage=LazyTensorStorage(100_000, ndim=2), batch_size=256)
     state = rb.init(example_batch)                 # example: [B, T, ...] leaves
@@ -88,7 +88,7 @@ def _select(data: Any, keys: tuple, who: str) -> Any:
 class ReplayBuffer:
     """A replay buffer in TorchRL's decomposition with optax's purity.
 
-    Args (keyword-only):
+    Args:
       storage: a ``rlbuf.storage.Storage``, e.g. ``LazyTensorStorage(max_size, ndim)``.
       sampler: ``RandomSampler()`` (default), ``SamplerWithoutReplacement``, slice and
         prioritized samplers, or any ``rlbuf.samplers.base.Sampler``.
