@@ -3,8 +3,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
+# On 3.10 minari is not installed (the extras require it only on >= 3.11): say why the dataset
+# tests skip instead of a bare "could not import 'minari'".
+if sys.version_info < (3, 11):
+    pytest.skip("offline data (rlbuf.datasets, Minari) needs Python >= 3.11: the offline extra installs "
+                "minari[hdf5]>=0.5.4 only there", allow_module_level=True)
 pytest.importorskip("minari")
 pytest.importorskip("h5py")
 

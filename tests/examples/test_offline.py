@@ -6,10 +6,14 @@ half of every batch from each buffer."""
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
+if sys.version_info < (3, 11):
+    pytest.skip("offline data (rlbuf.datasets, Minari) needs Python >= 3.11: the offline extra installs "
+                "minari[hdf5]>=0.5.4 only there", allow_module_level=True)
 pytest.importorskip("minari")
 pytest.importorskip("h5py")
 pytest.importorskip("optax")
