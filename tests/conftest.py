@@ -30,3 +30,40 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+# Rough cost (seconds of one idle core) of the longest test files: subprocess suites, notebooks,
+# docs, example training runs, env suites that compile large programs. pytest-xdist's loadfile
+# hands out whole files in collection order (`--no-loadscope-reorder` in pyproject: its default
+# orders files by test count, which put the one-test multi-device subprocess files last, so one
+# worker ran them alone at the end). Longest first lets the two workers finish together; files
+# not listed follow, most tests first (xdist's own proxy). Figures are estimates from --durations
+# under load divided by the load factor; only their order matters.
+_FILE_COST = {
+    "tests/multidevice/test_multidevice.py": 100,
+    "tests/test_docs.py": 90,
+    "tests/envs/test_craftax.py": 90,
+    "tests/test_notebooks.py": 80,
+    "tests/examples/test_dqn.py": 70,
+    "tests/multidevice/test_multidevice_collectors.py": 60,
+    "tests/examples/test_ppo.py": 50,
+    "tests/examples/test_recurrent.py": 50,
+    "tests/test_checkpoint.py": 50,
+    "tests/test_fuzz.py": 45,
+    "tests/envs/test_brax.py": 45,
+    "tests/collectors/test_marl_collectors.py": 40,
+    "tests/examples/test_offline.py": 35,
+    "tests/examples/test_atari.py": 30,
+    "tests/test_readme.py": 30,
+    "tests/multidevice/test_multihost.py": 30,
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Order test files longest first (see ``_FILE_COST``); tests keep their order inside a file."""
+    files: dict[str, int] = {}
+    for item in items:
+        f = item.nodeid.split("::", 1)[0]
+        files[f] = files.get(f, 0) + 1
+    rank = {f: i for i, f in enumerate(sorted(files, key=lambda f: (-_FILE_COST.get(f, 0), -files[f], f)))}
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
