@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlbuf import _ring, checkpoint, compact
+from rlbuf import _ring, checkpoint
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers import RandomSampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler
@@ -18,6 +18,7 @@ from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.sharding import PerWorkerReplayBuffer
 from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import compact
 from rlbuf.writers import MaxValueWriter
 
 LANES = {1: (), 2: (2,), 3: (2, 1)}
