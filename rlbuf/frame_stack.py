@@ -25,6 +25,10 @@ warns when neither ids nor flags are stored and the storage reports no breaks. T
 never leaves the stored steps of the lane: if the trajectory's first steps were overwritten,
 its oldest stored frame is repeated (never a frame of a slot overwritten since).
 
+``FrameStack`` is a sample-time stage (``rlbuf.stages``): ``frame_stack=FrameStack(...)`` puts it
+first in the buffer's chain; it may also be placed anywhere in ``transform=(...)``, before
+stages that change the stacked keys' shapes.
+
 Cost: ``num_frames - 1`` extra frame gathers per item and key (the observation and next
 observation of the item are the buffer's own gather), plus one flag gather per offset.
 """
@@ -38,7 +42,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from rlbuf import _tree
-from rlbuf.samplers.base import zero_masked
+from rlbuf.stages import SampleContext
 
 FLAGS = (("next", "done"), ("next", "truncated"))
 #: Trajectory-id keys tried in order when ``traj_key`` is not given (the slice samplers' order).
@@ -108,8 +112,10 @@ class FrameStack:
         ax = self.axis if self.axis < 0 else n_batch + self.axis
         return jnp.moveaxis(x, n_batch, ax)
 
-    def apply(self, storage, ring, sstorage, index: tuple, batch, info):
-        """``batch`` (gathered at ``index``) with stacked frames; masked items stay zeros."""
+    def apply(self, batch, ctx: SampleContext):
+        """``batch`` (gathered at ``ctx.index``) with stacked frames; masked items (zeros) stay
+        zeros: their stack repeats their own frame."""
+        storage, ring, sstorage, index, info = ctx.storage, ctx.ring, ctx.data, ctx.index, ctx.info
         layout = ring.layout
         K = self.num_frames
         t = index[-1]
@@ -144,20 +150,24 @@ class FrameStack:
             ids = ids.reshape(*s0.shape, -1)
             brk = brk | jnp.any(ids[..., 1:, :] != ids[..., :-1, :], axis=-1)
         ok = (j <= ring.logical(t)[..., None]) & ~brk
+        if "mask" in info:  # a masked item (zeros) is a trajectory of its own: its frame repeated
+            ok = ok & info["mask"][..., None]
         n_cont = jnp.sum(jnp.cumprod(ok, axis=-1, dtype=jnp.int32), axis=-1)  # steps back in the trajectory
         first = jnp.take_along_axis(s, jnp.maximum(n_cont - 1, 0)[..., None], axis=-1)[..., 0]
         first = jnp.where(n_cont == 0, t, first)
         src = jnp.where(j <= n_cont[..., None], s, first[..., None])[..., ::-1]  # oldest first
         old = storage.gather(layout, sstorage, (*lanes, src))  # [*S, K-1, ...]
+        alone = (n_cont == 0)[..., None]  # [*S, 1]: the item's own frame (as in the batch) repeated
         out = batch
         for k in self._keys:
-            frames = jnp.concatenate([_tree.get(old, k), jnp.expand_dims(_tree.get(batch, k), n_batch)], axis=n_batch)
+            own = jnp.expand_dims(_tree.get(batch, k), n_batch)
+            older = _tree.get(old, k)
+            older = jnp.where(alone.reshape(alone.shape + (1,) * (older.ndim - alone.ndim)), own, older)
+            frames = jnp.concatenate([older, own], axis=n_batch)
             out = _tree.set_in(out, k, self._place(frames, n_batch))
             nk = ("next", *k)
             if _tree.has(batch, nk):
                 nxt = jnp.concatenate([frames[(slice(None),) * n_batch + (slice(1, None),)],
                                        jnp.expand_dims(_tree.get(batch, nk), n_batch)], axis=n_batch)
                 out = _tree.set_in(out, nk, self._place(nxt, n_batch))
-        if "mask" in info:
-            out = zero_masked(out, info["mask"])
         return out
