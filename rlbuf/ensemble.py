@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 
 from rlbuf import _tree
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.buffer import SplittableBuffer
+from rlbuf.replay_buffer import BufferState
 from rlbuf.samplers.base import Sampler
 
 __all__ = ["EnsembleState", "ReplayBufferEnsemble"]
@@ -104,8 +105,9 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
         if not self.buffers:
             raise ValueError("ReplayBufferEnsemble: give at least one buffer")
         for i, rb in enumerate(self.buffers):
-            if not isinstance(rb, ReplayBuffer):
-                raise TypeError(f"ReplayBufferEnsemble: buffer {i} is a {type(rb).__name__}, not a ReplayBuffer")
+            if not isinstance(rb, SplittableBuffer):
+                raise TypeError(f"ReplayBufferEnsemble: buffer {i} is a {type(rb).__name__}, not a buffer "
+                                "(rlbuf.buffer.SplittableBuffer, e.g. a ReplayBuffer)")
         if self.num_per_buffer is not None:
             if len(self.num_per_buffer) != len(self.buffers):
                 raise ValueError(
@@ -122,7 +124,7 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
         if self.num_per_buffer is None:
             return self.buffers
         return tuple(
-            rb if rb.batch_size == n else dataclasses.replace(rb, batch_size=n)
+            rb.with_batch_size(n)
             for rb, n in zip(self.buffers, self.num_per_buffer)
         )
 

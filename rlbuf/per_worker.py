@@ -14,7 +14,8 @@ import numpy as np
 
 from rlbuf import _tree
 from rlbuf._groups import _ignore_foreign, _rank1, _split_buffer, _stored
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.buffer import SplittableBuffer
+from rlbuf.replay_buffer import BufferState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ class PerWorkerReplayBuffer:
     Sampling distribution: see :mod:`rlbuf.sharding` (each worker contributes equally).
     """
 
-    buffer: ReplayBuffer
+    buffer: SplittableBuffer
     num_workers: int
 
     def __post_init__(self):
@@ -50,11 +51,11 @@ class PerWorkerReplayBuffer:
         self._local  # split now: a buffer that cannot be split raises here
 
     @functools.cached_property
-    def _local(self) -> ReplayBuffer:
+    def _local(self) -> SplittableBuffer:
         return _split_buffer(self.buffer, int(self.num_workers), "PerWorkerReplayBuffer")
 
     @property
-    def local_buffer(self) -> ReplayBuffer:
+    def local_buffer(self) -> SplittableBuffer:
         """The plain buffer each worker runs (``max_size / W``, ``batch_size / W``)."""
         return self._local
 
