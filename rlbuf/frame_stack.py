@@ -19,9 +19,10 @@ Frames before the trajectory's start repeat its first frame (gymnasium's
   step whose next observation is not the following stored one, e.g. the cut at the end of a
   ``reset_at_each_iter`` batch).
 
-Without trajectory ids and without ``compact_next`` only flagged ends are seen: a cut that no
-flag marks is invisible (the stack then holds frames of the previous trajectory); ``init``
-warns when neither ids nor flags are stored and the storage reports no breaks. The walk back
+Without trajectory ids only flagged ends (and ``compact_next``'s breaks) are seen: a cut that
+no flag marks is invisible (the stack then holds frames of the previous trajectory), and so is,
+to ``compact_next``, an episode whose final observation equals the next reset observation
+(a value comparison is not a boundary); ``init`` warns when neither ids nor flags are stored. The walk back
 never leaves the stored steps of the lane: if the trajectory's first steps were overwritten,
 its oldest stored frame is repeated (never a frame of a slot overwritten since).
 
@@ -93,12 +94,16 @@ class FrameStack:
         when no boundary information is stored (see the module docstring)."""
         if self.traj_key is not None:
             layout.spec(self.traj_key)  # raises naming the key
-        elif self._traj_key(layout) is None and not any(f in layout.keys() for f in FLAGS) \
-                and not (storage is not None and storage.reports_breaks):
+        elif self._traj_key(layout) is None and not any(f in layout.keys() for f in FLAGS):
+            # compact_next's breaks are not enough: an episode whose final observation equals the
+            # next reset observation leaves no break (a value comparison is not a boundary).
+            seen = " (compact_next's breaks miss an episode whose final observation equals the next " \
+                "reset observation)" if storage is not None and storage.reports_breaks else ""
             warnings.warn(
                 "FrameStack: no trajectory ids (traj_key, ('collector', 'traj_ids'), 'episode') nor "
-                "('next', 'done') / ('next', 'truncated') flags are stored: stacks cannot see where a "
-                "trajectory starts and may hold frames of the previous one", stacklevel=3)
+                "('next', 'done') / ('next', 'truncated') flags are stored: stacks cannot see every "
+                f"trajectory start and may hold frames of the previous trajectory{seen}; store "
+                "('collector', 'traj_ids') or the done flags", stacklevel=4)
         for k in self._keys:
             shape, _ = layout.spec(k)  # raises naming the key
             if not -len(shape) - 1 <= self.axis <= len(shape):

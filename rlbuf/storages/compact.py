@@ -14,8 +14,11 @@ step ``t``'s next observation is, in order of precedence,
 3. otherwise the observation of the following physical slot ``(t + 1) % capacity`` of the
    same lane (round-robin writing puts the next step there, also across the ring's end).
 
-Because breaks are detected by comparing the data, the rebuilt batch equals the stored one
-bit for bit whatever the done flags say.
+Because breaks are detected by comparing the data's bits (``-0.0`` is not ``+0.0``, NaNs
+compare by payload), the rebuilt batch equals the stored one bit for bit whatever the done
+flags say. A break is not an episode boundary, though: a final observation equal to the next
+episode's reset observation is no break (nothing needs rebuilding), so ``rlbuf.FrameStack``
+needs trajectory ids or done flags to see every start (it warns at ``init`` otherwise).
 
 Memory: each compacted ``k`` is one array ``[*lanes, capacity + F + 1, ...]``: the ring's
 ``capacity`` slots, then ``F`` table rows, then the head row. ``F`` (rows per lane) is
@@ -123,6 +126,22 @@ def _lanes_first(x, layout):
     return x.reshape(layout.n_lanes, *x.shape[layout.ndim - 1 :])
 
 
+def _bits(x):
+    """``x`` as integers of its bit patterns (floats; complex: real and imaginary parts), so that
+    comparing them tells ``-0.0`` from ``+0.0`` and one NaN payload from another: the rebuilt
+    next observation must be the stored one bit for bit."""
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        return jnp.stack([_bits(jnp.real(x)), _bits(jnp.imag(x))], axis=-1)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+    return x
+
+
+def _differ(a, b):
+    """Elementwise: ``a`` and ``b`` have different bits."""
+    return _bits(a) != _bits(b)
+
+
 def _any_trailing(x, lead: int):
     return jnp.any(x, axis=tuple(range(lead, x.ndim))) if x.ndim > lead else x
 
@@ -146,7 +165,7 @@ def _write(storage, layout, st: CompactState, positions, data: Any, skip: int = 
     # Breaks inside the batch: next observation != the following step's observation, or done.
     brk = jnp.zeros((L, n), bool)
     for k in compact:
-        mism = _any_trailing(nxt[k][:, :-1] != obs[k][:, 1:], 2)
+        mism = _any_trailing(_differ(nxt[k][:, :-1], obs[k][:, 1:]), 2)
         brk = brk | jnp.pad(mism, ((0, 0), (0, 1)))
     if any(k == DONE for k in layout.keys()):
         brk = brk | _any_trailing(steps(DONE).astype(bool), 2)
@@ -158,7 +177,7 @@ def _write(storage, layout, st: CompactState, positions, data: Any, skip: int = 
     hb = jnp.zeros((L,), bool)
     if n < cap:
         for k in compact:
-            hb = hb | _any_trailing(head[k] != obs[k][:, 0], 1)
+            hb = hb | _any_trailing(_differ(head[k], obs[k][:, 0]), 1)
         hb = hb & (newest >= 0) & ~has_row
 
     cand = jnp.concatenate([hb[:, None], brk], axis=1)  # [L, n + 1]
