@@ -59,6 +59,11 @@ class PerWorkerReplayBuffer:
         """The plain buffer each worker runs (``max_size / W``, ``batch_size / W``)."""
         return self._local
 
+    @property
+    def batch_size(self) -> int:
+        """Items per ``sample`` over all workers (the wrapped buffer's)."""
+        return self.buffer.batch_size
+
     def num_stored(self, state: BufferState) -> jax.Array:
         """int32 scalar: transitions stored over all workers (jittable)."""
         return self._local.num_stored(state)

@@ -86,7 +86,7 @@ def _select(data: Any, keys: tuple, who: str) -> Any:
 class ReplayBuffer:
     """A replay buffer in TorchRL's decomposition with optax's purity.
 
-    Args (keyword-only):
+    Args:
       storage: a ``rlbuf.storages.base.Storage``, e.g. ``LazyTensorStorage(max_size, ndim)``.
       sampler: ``RandomSampler()`` (default), ``SamplerWithoutReplacement``, slice and
         prioritized samplers, or any ``rlbuf.samplers.base.Sampler``.

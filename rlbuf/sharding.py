@@ -131,6 +131,11 @@ class ShardedReplayBuffer:
         return jax.lax.axis_index(self.axis_name)
 
     # -------------------------------------------------------------- API
+    @property
+    def batch_size(self) -> int:
+        """Items per ``sample`` over all shards (the wrapped buffer's)."""
+        return self.buffer.batch_size
+
     def init(self, example: Any) -> BufferState:
         """An empty sharded buffer for global ``add`` batches like ``example`` (arrays or
         ``ShapeDtypeStruct``s, leaves ``[*lanes, T, ...]``); each device allocates its own shard."""

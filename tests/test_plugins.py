@@ -125,6 +125,48 @@ def double_prev(batch):
     return dict(batch, prev2=batch["prev"] * 2)
 
 
+@dataclasses.dataclass(frozen=True)
+class Negating:
+    """A buffer that is no ``ReplayBuffer`` (it wraps one and negates sampled ids): the group
+    wrappers take it because it implements ``rlbuf.buffer.SplittableBuffer``."""
+
+    inner: ReplayBuffer
+
+    batch_size = property(lambda self: self.inner.batch_size)
+    ndim = property(lambda self: self.inner.ndim)
+
+    def init(self, example):
+        return self.inner.init(example)
+
+    def add(self, state, data):
+        return self.inner.add(state, data)
+
+    def sample(self, state, key):
+        state, batch, info = self.inner.sample(state, key)
+        return state, dict(batch, id=-batch["id"]), info
+
+    def can_sample(self, state):
+        return self.inner.can_sample(state)
+
+    def num_stored(self, state):
+        return self.inner.num_stored(state)
+
+    def update_priority(self, state, index, priority):
+        return self.inner.update_priority(state, index, priority)
+
+    def split(self, n_groups, who="Negating.split"):
+        return Negating(self.inner.split(n_groups, who))
+
+    def stored(self, data, who="Negating.add"):
+        return self.inner.stored(data, who)
+
+    def check(self, layout, data):
+        return self.inner.check(layout, data)
+
+    def with_batch_size(self, batch_size):
+        return Negating(self.inner.with_batch_size(batch_size))
+
+
 # ---------------------------------------------------------------------------------- the checks
 
 LANES, T, WINDOW, CAP, STRIDE = 4, 6, 3, 8, 2
@@ -219,6 +261,25 @@ def test_stages_sharded_and_per_worker():
         state = prb.add_worker(state, 1, _data(LANES, T, i * T))
     _, batch, _ = jax.jit(prb.sample)(state, jax.random.key(5))
     _check_stages(batch, BATCH)
+
+
+def test_any_splittable_buffer_runs_per_worker_and_sharded():
+    import rlbuf
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    for rb in (_buffer(), Negating(_buffer()), shard(_buffer(), mesh), PerWorkerReplayBuffer(_buffer(), 2)):
+        assert isinstance(rb, rlbuf.Buffer), type(rb).__name__
+    assert isinstance(Negating(_buffer()), rlbuf.SplittableBuffer)
+    prb = PerWorkerReplayBuffer(Negating(_buffer()), 2)
+    state = prb.init(_data(LANES, T, 0))
+    for w in range(2):
+        state = prb.add_worker(state, w, _data(LANES, T, 0))
+    _, batch, _ = jax.jit(prb.sample)(state, jax.random.key(6))
+    _check(-batch["id"], 1, LANES)  # the wrapper's own sample ran in each worker
+    assert int(prb.num_stored(state)) == 2 * LANES * T // STRIDE
+    state = _run(shard(_buffer(), mesh))  # the sharded wrapper checks batches through rb.check
+    with pytest.raises(TypeError, match="SplittableBuffer"):
+        PerWorkerReplayBuffer(object(), 2)
 
 
 def test_sharded_on_a_one_device_mesh():
