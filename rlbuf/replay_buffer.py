@@ -161,11 +161,12 @@ class ReplayBuffer:
         ``ndim`` leading batch dims; the time length of the example does not matter)."""
         layout = self.storage.layout(self.stored(example, "ReplayBuffer.init"))
         # Sampler and storage declare what they need from the writer; one check for both.
-        for part, what in ((self.sampler, ""), (self.storage, " (as configured)")):
+        for part, what in ((self.sampler, type(self.sampler).__name__),
+                           (self.storage, f"{self.storage.public_name} (as configured)")):
             missing = sorted(part.requires - self.writer.provides)
             if missing:
                 raise ValueError(
-                    f"ReplayBuffer: {type(part).__name__}{what} needs a writer that provides {missing} "
+                    f"ReplayBuffer: {what} needs a writer that provides {missing} "
                     f"(e.g. RoundRobinWriter); {type(self.writer).__name__} provides "
                     f"{sorted(self.writer.provides) or 'none of them'}"
                 )

@@ -17,8 +17,7 @@ from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.sharding import PerWorkerReplayBuffer
-from rlbuf.storage import LazyTensorStorage
-from rlbuf.storages import compact
+from rlbuf.storages import LazyTensorStorage, compact
 from rlbuf.writers import MaxValueWriter
 
 LANES = {1: (), 2: (2,), 3: (2, 1)}

@@ -17,7 +17,7 @@ from rlbuf.frame_stack import FrameStack
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers import RandomSampler
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 K = 3
 KEYS = ("observation", "pixels")

@@ -95,6 +95,11 @@ class Storage:
         if self.ndim not in (1, 2, 3):
             raise ValueError(f"{name}: ndim must be 1, 2 or 3, got {self.ndim!r}")
 
+    @property
+    def public_name(self) -> str:
+        """The name users build this storage by (in error messages)."""
+        return type(self).__name__
+
     def layout(self, example: Any) -> Layout:
         """Static layout from one example ``add`` batch (arrays or ``ShapeDtypeStruct``s)."""
         items = _tree.leaves_with_keys(example)

@@ -91,6 +91,11 @@ class LazyTensorStorage(Storage):
                 f"LazyTensorStorage: memory_kind must be None or 'pinned_host', got {self.memory_kind!r}"
             )
 
+    @property
+    def public_name(self) -> str:
+        """``"LazyTensorStorage"`` for every variant (``compact_next=True`` included)."""
+        return "LazyTensorStorage"
+
     def to_storage(self, x):
         """``x`` moved to the storage's memory (a no-op for device storage)."""
         return x if self.memory_kind is None else jax.device_put(x, jax.memory.Space.Host)
