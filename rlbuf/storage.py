@@ -142,6 +142,13 @@ class Storage:
                 f"{type(self).__name__}: max_size={self.max_size} is smaller than one time row of "
                 f"{n} lanes {lanes}; use max_size >= {n}"
             )
+        if capacity > _ring.MAX_STEPS:
+            # Time indices are int32; lanes can hold more items in all (gathers index by lane and time).
+            raise ValueError(
+                f"{type(self).__name__}(ndim={self.ndim}): max_size={self.max_size} over {n} lanes {lanes} is "
+                f"{capacity} time steps per lane; a lane holds at most 2**31 - 1 = {_ring.MAX_STEPS} steps "
+                "(int32 time index). Spread the data over more lanes (ndim=2, batches [B, T])"
+            )
         if capacity * n != self.max_size:
             warnings.warn(
                 f"{type(self).__name__}: max_size={self.max_size} is not a multiple of the {n} lanes "
@@ -345,13 +352,7 @@ class LazyTensorStorage(Storage):
         """Items at ``index = (*lane_idx, t)`` (int arrays of one shape ``S``): leaves ``[*S, ...]``."""
         if self.compact_next:
             return compact.gather(self, layout, storage, index)
-        # Host storage: the index goes to the host, only the gathered items come back.
-        if layout.lanes:
-            flat = self._host(_ring.flat_index(index, layout.lanes, layout.capacity))
-            return jax.tree_util.tree_map(
-                lambda x: self._device(jnp.take(x.reshape(layout.size, *x.shape[layout.ndim :]), flat, axis=0,
-                                                mode="clip")),
-                storage,
-            )
-        i = self._host(index[0])
-        return jax.tree_util.tree_map(lambda x: self._device(jnp.take(x, i, axis=0, mode="clip")), storage)
+        # Host storage: the index goes to the host, only the gathered items come back. The index
+        # stays (lane, t), never one flat position: lanes * capacity may pass the int32 range.
+        index = tuple(self._host(i) for i in index)
+        return jax.tree_util.tree_map(lambda x: self._device(x.at[index].get(mode="clip")), storage)

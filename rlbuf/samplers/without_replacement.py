@@ -51,6 +51,10 @@ class SamplerWithoutReplacement(Sampler):
     pads = True
     redraws = False  # a redraw would consume items of the epoch: rejected items stay masked
 
+    def check(self, layout, batch_size: int) -> None:
+        # The epoch's permutation holds int32 item numbers.
+        _ring.check_flat(layout.lanes, layout.capacity, type(self).__name__)
+
     def init(self, layout):
         z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers, for donation)
         return WithoutReplacementState(
