@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree
-from rlbuf._groups import _ignore_foreign, _rank1, _split_buffer, _stored
+from rlbuf._groups import _check_groups, _ignore_foreign, _rank1, _split_buffer, _stored
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 
 
@@ -58,8 +58,14 @@ class PerWorkerReplayBuffer:
         """The plain buffer each worker runs (``max_size / W``, ``batch_size / W``)."""
         return self._local
 
+    def _check(self, state: BufferState, method: str) -> None:
+        n = int(self.num_workers)
+        _check_groups(state, n, f"PerWorkerReplayBuffer.{method}", f"the buffer has {n} workers")
+
     def num_stored(self, state: BufferState) -> jax.Array:
-        """int32 scalar: transitions stored over all workers (jittable)."""
+        """Scalar: transitions stored over all workers (jittable; dtype as for
+        ``ReplayBuffer.num_stored``: int32 below ``2**31``)."""
+        self._check(state, "num_stored")
         return self._local.num_stored(state)
 
     def init(self, example: Any) -> BufferState:
@@ -70,6 +76,7 @@ class PerWorkerReplayBuffer:
 
     def add_worker(self, state: BufferState, worker_id, batch: Any) -> BufferState:
         """Write one worker's ``batch`` into its sub-buffer (``worker_id``: int or int scalar)."""
+        self._check(state, "add_worker")
         w = jnp.asarray(worker_id, jnp.int32)
         sub = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, w, keepdims=False), state)
         sub = self._local.add(sub, batch)
@@ -77,6 +84,7 @@ class PerWorkerReplayBuffer:
 
     def add(self, state: BufferState, batch: Any) -> BufferState:
         """Write a batch of every worker (leaves ``[W, *lanes, T, ...]``)."""
+        self._check(state, "add")
         batch = _stored(self.buffer, batch, "PerWorkerReplayBuffer.add")
         for key, x in _tree.leaves_with_keys(batch):
             if not np.shape(x) or np.shape(x)[0] != self.num_workers:
@@ -90,6 +98,7 @@ class PerWorkerReplayBuffer:
 
     def sample(self, state: BufferState, key: jax.Array):
         """``(state, batch, info)`` with ``batch_size / W`` items per worker, worker-major."""
+        self._check(state, "sample")
         W = self.num_workers
 
         def one(st, w):
@@ -103,10 +112,12 @@ class PerWorkerReplayBuffer:
         return state, jax.tree_util.tree_map(merge, batch), jax.tree_util.tree_map(merge, info)
 
     def can_sample(self, state: BufferState) -> jax.Array:
+        self._check(state, "can_sample")
         return jnp.all(jax.vmap(self._local.can_sample)(state))
 
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set priorities at ``index = (worker, *lane_idx, t)`` laid out as ``sample`` returned."""
+        self._check(state, "update_priority")
         W = self.num_workers
         split = lambda x: jnp.reshape(x, (W, x.shape[0] // W, *x.shape[1:]))  # noqa: E731
         priority = split(jnp.broadcast_to(jnp.asarray(priority), jnp.shape(index[0])))

@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 from rlbuf import _tree
 from rlbuf._groups import (
     _check_global,
+    _check_groups,
     _local_example,
     _offset_index,
     _own_index,
@@ -48,7 +49,7 @@ from rlbuf._groups import (
     _split_buffer,
     _stored,
 )
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.replay_buffer import BufferState, ReplayBuffer, stored_count
 
 _shard_map = getattr(jax, "shard_map", None)
 if _shard_map is None:  # pragma: no cover - jax < 0.7
@@ -126,6 +127,10 @@ class ShardedReplayBuffer:
     def _smap(self, f, in_specs, out_specs):
         return _shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
+    def _check(self, state: BufferState, method: str) -> None:
+        _check_groups(state, self._n, f"ShardedReplayBuffer.{method}",
+                      f"the mesh has {self._n} devices along {self.axis_name!r}")
+
     def _index(self):
         return jax.lax.axis_index(self.axis_name)
 
@@ -141,6 +146,7 @@ class ShardedReplayBuffer:
 
     def add(self, state: BufferState, data: Any) -> BufferState:
         """Write the global batch ``data`` (leaves ``[*lanes, T, ...]``), each shard its lanes."""
+        self._check(state, "add")
         data = _stored(self.buffer, data, "ShardedReplayBuffer.add")
         _check_global(self.buffer, state.layout, data, self._n, "ShardedReplayBuffer")
 
@@ -155,6 +161,7 @@ class ShardedReplayBuffer:
 
     def sample(self, state: BufferState, key: jax.Array):
         """``(state, batch, info)``: ``batch_size / G`` items from each shard, concatenated."""
+        self._check(state, "sample")
 
         def f(st, key):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
@@ -169,6 +176,7 @@ class ShardedReplayBuffer:
 
     def can_sample(self, state: BufferState) -> jax.Array:
         """Bool scalar: every shard can return a full batch of real data."""
+        self._check(state, "can_sample")
 
         def f(st):
             return self._local.can_sample(jax.tree_util.tree_map(lambda x: x[0], st))[None]
@@ -178,6 +186,7 @@ class ShardedReplayBuffer:
 
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set priorities at ``index`` (global, laid out as ``sample`` returned it)."""
+        self._check(state, "update_priority")
 
         def f(st, index, priority):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
@@ -199,6 +208,7 @@ class ShardedReplayBuffer:
         through its ``gather`` at every slot: a materialised copy with every key of the
         ``add`` batches (slots never written, or whose item the storage cannot return, hold
         what ``gather`` reads there)."""
+        self._check(state, "global_storage")
         layout = state.layout
         if jax.tree_util.tree_structure(state.storage) == layout.treedef:
             return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), state.storage)
@@ -209,14 +219,18 @@ class ShardedReplayBuffer:
                                       jax.jit(gather)(state.storage))
 
     def num_stored(self, state: BufferState) -> jax.Array:
-        """int32 scalar: transitions stored over all shards (jittable; a ``G``-element reduction,
-        multi-host safe)."""
-        return jax.jit(jnp.sum)(state.count) * state.layout.n_lanes
+        """Scalar: transitions stored over all shards (jittable; a ``G``-element reduction,
+        multi-host safe; dtype as for ``ReplayBuffer.num_stored``: int32 below ``2**31``)."""
+        self._check(state, "num_stored")
+        return _count_jit(state.count, state.layout)
 
     def shard_of(self, state: BufferState, g: int) -> BufferState:
         """Shard ``g``'s plain :class:`BufferState` (a host-side view, e.g. to compare with a
         plain :class:`ReplayBuffer`; fetches the data: single process, not for hot paths)."""
         return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[g]), state)
+
+
+_count_jit = jax.jit(stored_count, static_argnums=1)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
