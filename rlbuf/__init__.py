@@ -16,6 +16,7 @@ from rlbuf.collectors.host import HostCollector, HostCollectorState
 from rlbuf.collectors.sharded import ShardedCollector, shard_collector
 from rlbuf.ensemble import EnsembleState, ReplayBufferEnsemble
 from rlbuf.frame_stack import FrameStack
+from rlbuf.regrouping import regroup
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers import RandomSampler, Sampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler, set_alpha, set_beta
@@ -74,6 +75,7 @@ __all__ = [
     "Writer",
     "checkpoint",
     "returns",
+    "regroup",
 ]
 
 
