@@ -66,7 +66,8 @@ class SamplerWithoutReplacement(Sampler):
         n_items = ring.count * layout.n_lanes
         if self.shuffle:
             # A random permutation of all slots, stably filtered to the k < n_items ones,
-            # is a uniform permutation of [0, n_items) with a static shape.
+            # is a uniform permutation of [0, n_items) with a static shape. (jax's permutation
+            # sorts by random 32-bit keys, with rounds against ties: no randint range bias.)
             perm = jax.random.permutation(key, layout.size).astype(jnp.int32)
             perm = perm[jnp.argsort(perm >= n_items, stable=True)]
         else:
