@@ -28,6 +28,7 @@ CHECKS = [
     "multisync_sharded",
     "collector_sharded_carry",
     "async_collector_per_worker_buffer",
+    "buffer_regroup_4_to_2_devices",
 ]
 
 
