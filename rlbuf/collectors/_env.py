@@ -58,7 +58,8 @@ class Transition(NamedTuple):
     ``did_reset``: the env auto-reset. ``reset_obs`` / ``reset_state``: a fresh reset, used
     where the episode ended and the env did not reset itself (None when the adapter's
     ``reset_on_demand``: the rollout then resets from ``reset_key`` only on steps where some
-    env needs it).
+    env needs it). ``info``: the env step's info pytree when the env defines ``batch_layout``
+    (the rollout hands it to that hook), else ``{}`` (nothing extra carried through the loop).
     """
 
     next_obs: Any
@@ -71,6 +72,7 @@ class Transition(NamedTuple):
     reset_obs: Any
     reset_state: Any
     reset_key: Any = None
+    info: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -88,6 +90,14 @@ class EnvAdapter:
         return bool(getattr(self.env, "reset_on_demand", False))
 
     @functools.cached_property
+    def batch_layout(self):
+        """The env's ``batch_layout(step, info) -> step`` hook, or None (see
+        :mod:`rlbuf.collectors._rollout`): how one env's step dict is laid out in the batch
+        (e.g. multi-agent groups ``(g, "observation")`` built from dicts of agents)."""
+        fn = getattr(self.env, "batch_layout", None)
+        return fn if callable(fn) else None
+
+    @functools.cached_property
     def native(self) -> bool:
         """A gymnax ``Environment`` whose ``step`` is gymnax's own (so ``step_env`` is exact)."""
         base = gymnax_environment_class()
@@ -102,7 +112,7 @@ class EnvAdapter:
         env = self.env
         k_step, k_reset = jax.random.split(key)
         if self.native:
-            obs, st, reward, term, _ = env.step_env(k_step, state, action, params)
+            obs, st, reward, term, info = env.step_env(k_step, state, action, params)
             if hasattr(env, "is_truncated"):
                 trunc = env.is_truncated(st, params)
             else:  # gymnax < 1.0: step_env's done includes the time limit
@@ -127,4 +137,5 @@ class EnvAdapter:
         if not self.reset_on_demand:
             reset_obs, reset_st = self.reset(k_reset, params)
         return Transition(next_obs, obs, st, jnp.asarray(reward, jnp.float32), jnp.asarray(term, bool),
-                          jnp.asarray(trunc, bool), jnp.asarray(did_reset, bool), reset_obs, reset_st, k_reset)
+                          jnp.asarray(trunc, bool), jnp.asarray(did_reset, bool), reset_obs, reset_st, k_reset,
+                          info if self.batch_layout is not None else {})
