@@ -17,7 +17,8 @@ Run it::
   ``rlbuf.set_policy_version`` after every update, together with the parameters.
 - Learner: ``rlbuf.returns.vtrace`` (rho/c clipped at 1) on each sampled rollout with
   ``log_rho = log pi(a|x) - stored log mu(a|x)``; policy gradient on the V-trace advantages
-  (normalised per batch), value loss on the V-trace targets, entropy bonus; Adam.
+  (normalised per batch), value loss on the V-trace targets, entropy bonus; Adam with its step
+  size annealed linearly to 0.
 
 The last line per seed, ``final eval return: X``, is a greedy evaluation of the LAST
 parameters. The staleness of every sampled rollout is counted and printed.
@@ -46,7 +47,7 @@ class ImpalaConfig:
     batch_rollouts: int = 2  # rollouts per learner step (a multiple of num_workers)
     updates_per_batch: int = 1  # learner steps per received batch
     max_staleness: int = 4
-    lr: float = 1e-3
+    lr: float = 1e-3  # annealed linearly to 0 over the run's learner steps
     gamma: float = 0.99
     ent_coef: float = 0.01
     vf_coef: float = 0.5
@@ -100,7 +101,9 @@ def train(cfg: ImpalaConfig) -> dict:
         ReplayBuffer(storage=LazyTensorStorage(W * cfg.rollouts_per_worker), batch_size=cfg.batch_rollouts,
                      sampler=StalenessAwareSampler(max_staleness=cfg.max_staleness, version_key="version")),
         W, proportional=True)
-    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+    n_updates = max(1, cfg.total_frames // (B * T) * cfg.updates_per_batch)
+    lr = optax.linear_schedule(cfg.lr, 0.0, n_updates)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=1e-5))
 
     key = jax.random.key(cfg.seed)
     k_init, k_coll, key = jax.random.split(key, 3)
