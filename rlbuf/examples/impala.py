@@ -39,15 +39,15 @@ class ImpalaConfig:
     """Hyper-parameters (frozen, hashable)."""
 
     seed: int = 0
-    total_frames: int = 600_000
+    total_frames: int = 800_000
     num_workers: int = 2  # actor workers (one device each)
     num_envs: int = 16  # envs per worker
     rollout_len: int = 32  # T
     rollouts_per_worker: int = 8  # replay capacity per worker, in rollouts
-    batch_rollouts: int = 2  # rollouts per learner step (a multiple of num_workers)
+    batch_rollouts: int = 4  # rollouts per learner step (a multiple of num_workers)
     updates_per_batch: int = 1  # learner steps per received batch
     max_staleness: int = 4
-    lr: float = 1e-3  # annealed linearly to 0 over the run's learner steps
+    lr: float = 6e-4  # annealed linearly to 0 over the run's learner steps
     gamma: float = 0.99
     ent_coef: float = 0.01
     vf_coef: float = 0.5
