@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Optional
 import jax
 import jax.numpy as jnp
 
-from rlbuf import _ring
 from rlbuf.storages.base import Layout, Storage
 
 
