@@ -261,7 +261,8 @@ def main(argv=None) -> dict:
                                         eval_every=a.eval_every, learning_starts=a.learning_starts), a.set)
     per = cfg.num_envs * cfg.steps_per_collect
     cfg = dataclasses.replace(cfg, log_every=max(per, min(cfg.log_every, cfg.eval_every) // per * per))
-    plot = None if a.no_plot else (a.plot or (f"vdn_mpe_seed{cfg.seed}.png" if a.seeds is None else "vdn_mpe_seeds.png"))
+    default_png = f"vdn_mpe_seed{cfg.seed}.png" if a.seeds is None else "vdn_mpe_seeds.png"
+    plot = None if a.no_plot else (a.plot or default_png)
     _nets.enable_compilation_cache()
     return train(cfg, seeds=a.seeds, quiet=a.quiet, plot=plot)
 
