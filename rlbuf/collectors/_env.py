@@ -58,7 +58,8 @@ class Transition(NamedTuple):
     ``did_reset``: the env auto-reset. ``reset_obs`` / ``reset_state``: a fresh reset, used
     where the episode ended and the env did not reset itself (None when the adapter's
     ``reset_on_demand``: the rollout then resets from ``reset_key`` only on steps where some
-    env needs it). ``info``: the env step's info pytree (what an env's ``batch_layout`` reads).
+    env needs it). ``info``: the env step's info pytree when the env defines ``batch_layout``
+    (the rollout hands it to that hook), else ``{}`` (nothing extra carried through the loop).
     """
 
     next_obs: Any
@@ -87,6 +88,14 @@ class EnvAdapter:
         it, for all envs at once, only on steps where an episode ended (the same keys, so the
         same data as an eager reset)."""
         return bool(getattr(self.env, "reset_on_demand", False))
+
+    @functools.cached_property
+    def batch_layout(self):
+        """The env's ``batch_layout(step, info) -> step`` hook, or None (see
+        :mod:`rlbuf.collectors._rollout`): how one env's step dict is laid out in the batch
+        (e.g. multi-agent groups ``(g, "observation")`` built from dicts of agents)."""
+        fn = getattr(self.env, "batch_layout", None)
+        return fn if callable(fn) else None
 
     @functools.cached_property
     def native(self) -> bool:
@@ -129,4 +138,4 @@ class EnvAdapter:
             reset_obs, reset_st = self.reset(k_reset, params)
         return Transition(next_obs, obs, st, jnp.asarray(reward, jnp.float32), jnp.asarray(term, bool),
                           jnp.asarray(trunc, bool), jnp.asarray(did_reset, bool), reset_obs, reset_st, k_reset,
-                          info if getattr(env, "batch_layout", None) is not None else None)
+                          info if self.batch_layout is not None else {})

@@ -146,10 +146,9 @@ def _alloc(obs, action, B, T):
         dtype = jax.dtypes.canonicalize_dtype(x.dtype)
         return np.empty((B, T) + x.shape[1:], dtype)
 
-    a = np.asarray(action)
     return {
         "observation": jax.tree.map(like, obs),
-        "action": np.empty((B, T) + a.shape[1:], jax.dtypes.canonicalize_dtype(a.dtype)),
+        "action": jax.tree.map(like, action),
         "next": {
             "observation": jax.tree.map(like, obs),
             "reward": np.empty((B, T), np.float32),
@@ -167,7 +166,7 @@ def batch_keys(key, n):
     return key, jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
 
 
-def finish_batch(batch, extras, ids0, next_id, count0, ret0, *, with_carry=False):
+def finish_batch(batch, extras, ids0, next_id, count0, ret0, *, with_carry=False, layout=None):
     """A host batch on the device, with its counters (jitted once per batch by the collector).
 
     ``batch``: the host buffers of :func:`_alloc` (``[B, T, ...]``), ``extras`` the policy's
@@ -176,10 +175,15 @@ def finish_batch(batch, extras, ids0, next_id, count0, ret0, *, with_carry=False
     rewards by :class:`rlbuf.Collector`'s rules and functions (``collectors/_counters.py``) from
     the counters before the batch: ids ``ids0 [B]``, ``next_id []``, step counts ``count0 [B]``,
     returns ``ret0 [B]``. Returns ``(batch, (ids, next_id, step_count, episode_reward))``, the
-    counters after it.
+    counters after it. ``layout``: the env's ``batch_layout(step, info)`` hook, applied to the
+    whole ``[B, T]`` batch with the stored per-step info (``batch["info"]``).
     """
+    batch = {**batch, **extras}
+    if layout is not None:
+        info = batch.pop("info")
+        batch = layout(batch, info)
     batch, (last_ids, next_id, last_count) = add_counters(
-        {**batch, **extras}, ids0, next_id, count0, time_axis=1, with_carry=with_carry)
+        batch, ids0, next_id, count0, time_axis=1, with_carry=with_carry)
     nxt = batch["next"]
 
     def accumulate(ret, x):  # sequential, as each step adds its reward in Collector

@@ -8,6 +8,16 @@ Each step is written straight into the batch's ``[B, T, ...]`` buffers (carried 
 loop, ``dynamic_update_slice`` at time ``t``), not stacked time-major by ``scan`` and
 transposed afterwards: that transpose was a second full pass over the batch's largest leaves
 (image or grid observations, a recurrent policy's stored carry).
+
+Layout hook (multi-agent and other structured envs): each step's dict is built in one place,
+``body`` below. If the env defines ``batch_layout(step, info) -> dict``, it is applied to that
+dict before it is written, once per env (vmapped: ``step`` and ``info`` hold one env's leaves,
+no env axis), with ``info`` the env step's info pytree (``{}`` when the env gives none). The
+hook may regroup keys (e.g. ``{agent: obs}`` into ``(group, "observation")`` ``[A_g, ...]``) and
+add keys from ``info``; it must keep ``("next", "terminated")`` and ``("next", "truncated")``
+(per-env bool scalars: the counters are computed from them). Observations, actions (the
+policy's output) and random actions may be any pytree (e.g. dicts of groups); the env's reward
+is one scalar per env and ``("next", "episode_reward")`` is its running sum.
 """
 
 from __future__ import annotations
@@ -59,7 +69,9 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
     carry0 = c._carry0() if with_carry else None
     transition = c._env_map(c._adapter.transition, (0, 0, 0, c._pax))
     reset = c._env_map(c._adapter.reset, (0, c._pax))
-    layout = getattr(c.env, "batch_layout", None)
+    layout = c._adapter.batch_layout
+    if layout is not None:  # one env's step dict in, one env's step dict out
+        layout = c._env_map(layout, (0, 0))
 
     def body(s, _):
         key, k_pol, k_env = jax.random.split(s.key, 3)
@@ -101,7 +113,7 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
         }
         if with_carry and c.store_carry:
             step["collector"] = {"carry": pc}  # the carry the policy received
-        if layout is not None:  # the env's own batch layout (multi-agent groups), from its info
+        if layout is not None:
             step = layout(step, tr.info)
         new = dataclasses.replace(
             s,

@@ -20,7 +20,7 @@ from rlbuf.collectors._env import EnvAdapter, strong
 from rlbuf.collectors._params import collector_params
 from rlbuf.collectors._policy import call_policy, check_action, check_carry, check_extras, init_carry
 from rlbuf.collectors._rollout import rollout
-from rlbuf.collectors._spaces import action_spec, has_action_space, sample_action
+from rlbuf.collectors._spaces import action_spec, has_action_space, plain_dicts, sample_action
 
 
 @jax.tree_util.register_dataclass
@@ -85,7 +85,12 @@ class Collector:
         and ``info["final_observation"]`` is the true next observation. Otherwise the env is
         taken not to auto-reset and the collector calls ``reset`` where an episode ended.
         ``action_space(params)`` returning a gymnax space is needed for ``policy=None`` and
-        ``init_random_frames``, and enables the policy-output checks.
+        ``init_random_frames``, and enables the policy-output checks. Optional hooks (used by
+        the multi-agent :class:`rlbuf.envs.JaxMARLEnv`): ``batch_layout(step, info)`` (see
+        :mod:`rlbuf.collectors._rollout`), ``random_action(key, observation, params)`` (one
+        env's random action, e.g. within the observation's action masks) and
+        ``check_action(action, lead)`` (the env's own trace-time check of the policy's actions,
+        run before the generic one).
 
     Args:
         env: the environment (see above). Only its functions are used; parameters go in
@@ -269,6 +274,7 @@ class Collector:
         env_check = getattr(self.env, "check_action", None)  # the env's own, clearer messages first
         if env_check is not None:
             env_check(action, self._lead)
+        action = plain_dicts(action)  # as random actions are (one structure for both)
         check_action(action, self._action_spec, self._lead, self.num_envs)
         check_extras(extras, self._lead)
         if with_carry:

@@ -140,7 +140,9 @@ class HostCollector:
         self.policy = policy
         self._policy_step = None if policy is None else jax.jit(self._policy_fn, static_argnames="impl")
         self._carry_reset = jax.jit(self._carry_reset_fn)
-        self._finish = jax.jit(finish_batch, static_argnames="with_carry")
+        self._finish = jax.jit(finish_batch, static_argnames=("with_carry", "layout"))
+        # the env's batch_layout(step, info) hook (multi-agent groups), applied on the device
+        self._layout = getattr(self.groups[0].vec, "batch_layout", None)
         self._keys = jax.jit(batch_keys, static_argnums=1)
         self._frames = None  # frames of the state the envs are in (stale-state check)
         self._extras_spec = None
@@ -175,6 +177,9 @@ class HostCollector:
         return action, extras, new_carry, carry
 
     def _check_action(self, action, group: _Group):
+        check = getattr(group.vec, "check_action", None)  # the env's own (pytree actions)
+        if check is not None:
+            return check(action, (group.num,))
         space = group.action_space
         want = (group.num,) + tuple(getattr(space, "shape", None) or ())
         if hasattr(space, "shape") and tuple(np.shape(action)) != want:
@@ -229,7 +234,7 @@ class HostCollector:
         # the flags on the device, vectorized over the batch, instead of per step on the host
         batch, (ids, next_id, count, ret) = self._finish(
             host, extras, state.traj_ids, state.next_traj_id, state.step_count, state.episode_reward,
-            with_carry=self.policy_carry is not None)
+            with_carry=self.policy_carry is not None, layout=self._layout)
         state = HostCollectorState(
             observation=obs, key=key, traj_ids=np.asarray(ids), next_traj_id=np.asarray(next_id),
             step_count=np.asarray(count), episode_reward=np.asarray(ret),
@@ -289,8 +294,8 @@ class HostCollector:
             a_spec, ex_spec = self._policy_spec(params, state.observation, key)
         # random actions are stored with the policy's dtype (as Collector does), so random and
         # policy batches go into one buffer
-        act_dtype = (a_spec.dtype if self.policy is not None
-                     else jax.dtypes.canonicalize_dtype(np.asarray(groups[0].random_actions()).dtype))
+        act_dtype = (jax.tree.map(lambda s: s.dtype, a_spec) if self.policy is not None else jax.tree.map(
+            lambda x: jax.dtypes.canonicalize_dtype(np.asarray(x).dtype), groups[0].random_actions()))
         if not random:  # one key per policy call, split once per batch
             key, keys = self._keys(key, T * G)
             keys = np.asarray(keys)
@@ -313,7 +318,7 @@ class HostCollector:
                     carry[gi] = self._carry_reset(carry[gi], fresh[gi])
                     fresh[gi] = np.zeros(g.num, bool)
                     stored[gi].append(carry[gi])
-                return np.asarray(g.random_actions()).astype(act_dtype, copy=False)
+                return jax.tree.map(lambda x, d: np.asarray(x).astype(d, copy=False), g.random_actions(), act_dtype)
             a, ex, new_carry, carry_in = self._policy_step(params, obs[gi], keys[t * G + gi], carry[gi],
                                                            fresh[gi] if with_carry else None, impl=impl)
             extras[gi].append(ex)
@@ -325,12 +330,13 @@ class HostCollector:
 
         def launch(gi, a):
             """Wait for group ``gi``'s action and start its envs' step; returns the action."""
-            a = np.asarray(a)
+            a = _tmap(np.asarray, a)
             if not checked[gi]:
                 self._check_action(a, groups[gi])
                 checked[gi] = True
             dtype = env_dtype[gi]
-            groups[gi].step_async(a if dtype is None or a.dtype == dtype else a.astype(dtype))
+            groups[gi].step_async(a if dtype is None or not hasattr(a, "dtype") or a.dtype == dtype
+                                  else a.astype(dtype))
             return a
 
         # a synchronous vector env steps inside step_wait, so its action is read back only then
@@ -378,9 +384,13 @@ class HostCollector:
                     pending[gi] = dispatch(gi, t + 1)
                 if buf is None:
                     buf = _alloc(cur, actions[gi], self.num_envs, T)
+                    if self._layout is not None:  # the env's info is the hook's input: stored per step
+                        buf["info"] = _alloc(info, info, self.num_envs, T)["observation"]
                 _put(buf["observation"], a, b, t, cur)
                 _put(buf["next"]["observation"], a, b, t, nxt)
-                buf["action"][a:b, t] = actions[gi]
+                _put(buf["action"], a, b, t, actions[gi])
+                if self._layout is not None:
+                    _put(buf["info"], a, b, t, info)
                 n = buf["next"]
                 n["reward"][a:b, t], n["terminated"][a:b, t], n["truncated"][a:b, t] = rew, term, trunc
                 if not last and not lazy[gi]:

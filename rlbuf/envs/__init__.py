@@ -14,6 +14,7 @@ from rlbuf.envs.jaxmarl_env import JaxMARLEnv
 from rlbuf.envs.jumanji_env import JumanjiEnv
 from rlbuf.envs.make import make
 from rlbuf.envs.navix_env import NavixEnv
+from rlbuf.envs.pettingzoo_env import PettingZooEnvs
 
 __all__ = [
     "NO_LIMIT",
@@ -28,6 +29,7 @@ __all__ = [
     "JumanjiEnv",
     "MultiDiscrete",
     "NavixEnv",
+    "PettingZooEnvs",
     "SuiteEnv",
     "SuiteParams",
     "SuiteState",

@@ -12,7 +12,8 @@ return, and what the policy receives, leading ``[B]`` added by the collector):
 - action: ``{g: [A_g, ...]}``;
 - reward: the sum over all agents of their rewards (a scalar: the collectors' running
   ``("next", "episode_reward")`` is the team's return);
-- info ``{"agents": {g: {"reward", "done_now", "done_before", "episode_reward"}}}`` (``[A_g]``).
+- info ``{"agents": {g: {"reward", "done_now", "done_before", "episode_reward"}}}`` (``[A_g]``;
+  optionally ``"truncated_now"``).
 
 :func:`marl_layout` (each adapter's ``batch_layout``) turns one collected step into TorchRL's
 layout (see its docstring).
@@ -146,8 +147,9 @@ def marl_layout(step: dict, info: Any, groups: Mapping[str, Sequence[str]]) -> d
 
     Per-agent flags: an agent done before this step (``done_before``: a dead SMAX unit) stays
     terminated (and not truncated); an agent done at this step (``done_now``) is terminated
-    unless the episode was truncated at it; when the episode ends every agent still in it takes
-    the episode's terminated/truncated.
+    unless it was truncated itself (``truncated_now``, when the env says) or the episode was
+    truncated at that step; when the episode ends every agent still in it takes the episode's
+    terminated/truncated.
     """
     obs, nxt = step["observation"], step["next"]
     next_obs, action = nxt["observation"], step["action"]
@@ -166,8 +168,9 @@ def marl_layout(step: dict, info: Any, groups: Mapping[str, Sequence[str]]) -> d
     for g in groups:
         a = per_agent[g]
         before = a["done_before"]
-        term = before | (a["done_now"] & ~ep_trunc) | ep_term
-        trunc = ep_trunc & ~before
+        own_trunc = a.get("truncated_now", False)  # PettingZoo: an agent's own truncation
+        term = before | (a["done_now"] & ~own_trunc & ~ep_trunc) | ep_term
+        trunc = (ep_trunc | own_trunc) & ~before
         out[g] = {**obs[g], "action": action[g]}
         new_next[g] = {**next_obs[g], "reward": a["reward"], "done": term | trunc, "terminated": term,
                        "truncated": trunc, "episode_reward": a["episode_reward"]}
