@@ -88,7 +88,13 @@ def load_baseline(root: Path, rel: str):
 def _yaml(root: Path, rel: str) -> dict:
     import yaml
 
-    return yaml.safe_load((root / rel).read_text())
+    def number(v):  # YAML 1.1 reads "1e5" as a string; their hydra/OmegaConf loader as a float
+        try:
+            return float(v) if isinstance(v, str) else v
+        except ValueError:
+            return v
+
+    return {k: number(v) for k, v in yaml.safe_load((root / rel).read_text()).items()}
 
 
 @dataclasses.dataclass
