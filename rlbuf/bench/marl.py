@@ -11,7 +11,8 @@ callback, as it does with ``WANDB_MODE: disabled``).
 
 Each side trains ``--seeds`` at once (vmapped, one jitted program; theirs with
 ``jax.random.PRNGKey(seed)`` per seed, ours with ``jax.random.key(seed)``) and is timed from
-the call to the end of training, compilation included (``wall_s``). Then the LAST parameters
+the call to the end of training, compilation included (``wall_s``; ``cpu_s``: the process's CPU
+time over the same span, all threads, which a shared machine disturbs less). Then the LAST parameters
 of both are evaluated by the same function, ``rlbuf.examples._marl.team_returns``: greedy
 (argmax) joint actions, team return (sum over agents and steps) averaged over 512 episodes
 per seed. Their own final figure is printed too: IPPO's logged training return of the last
@@ -101,13 +102,14 @@ def _yaml(root: Path, rel: str) -> dict:
 class Result:
     name: str
     wall_s: float
+    cpu_s: float  # process CPU time (all threads) over the same span: steadier than wall on a shared machine
     eval_returns: np.ndarray  # [S] common greedy evaluation of the last params
     own_returns: np.ndarray  # [S] the implementation's own final figure
 
     def line(self) -> str:
         ev = " ".join(f"{x:.1f}" for x in self.eval_returns)
         own = " ".join(f"{x:.1f}" for x in self.own_returns)
-        return (f"{self.name:<22s} wall {self.wall_s:7.1f}s  eval (greedy, last params) mean "
+        return (f"{self.name:<22s} wall {self.wall_s:7.1f}s  cpu {self.cpu_s:7.1f}s  eval (greedy, last params) mean "
                 f"{self.eval_returns.mean():7.2f} [{ev}]  own figure [{own}]")
 
 
@@ -132,14 +134,14 @@ def theirs_ippo(root: Path, total_frames: int, seeds) -> Result:
     mod = load_baseline(root, "baselines/IPPO/ippo_ff_mpe.py")
     config = _yaml(root, "baselines/IPPO/config/ippo_ff_mpe.yaml")
     config.update(TOTAL_TIMESTEPS=total_frames, ENV_NAME=ENV_NAME, NUM_SEEDS=len(seeds))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(jax.jit(jax.vmap(mod.make_train(config)))(_seed_keys(seeds)))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     params = out["runner_state"][0].params
     own = np.asarray(out["metrics"]["returned_episode_returns"][:, -1])  # logged per update: [S, updates]
     net = mod.ActorCritic(5, activation=config["ACTIVATION"])
     act = lambda p: lambda obs, k: jnp.argmax(net.apply(p, obs)[0].logits, -1)  # noqa: E731
-    return Result("JaxMARL ippo_ff_mpe", wall, _evaluate(act, params, seeds), own)
+    return Result("JaxMARL ippo_ff_mpe", wall, cpu, _evaluate(act, params, seeds), own)
 
 
 def theirs_vdn(root: Path, total_frames: int, seeds) -> Result:
@@ -148,9 +150,9 @@ def theirs_vdn(root: Path, total_frames: int, seeds) -> Result:
               **_yaml(root, "baselines/QLearning/config/alg/vdn_ff_mpe.yaml")}
     config.update(TOTAL_TIMESTEPS=total_frames, ENV_NAME=ENV_NAME, NUM_SEEDS=len(seeds), WANDB_MODE="disabled")
     env, _ = mod.env_from_config(dict(config))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(jax.jit(jax.vmap(mod.make_train(config, env)))(_seed_keys(seeds)))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     train_state, test_state = out["runner_state"][0], out["runner_state"][3]
     own = np.asarray(test_state["returned_episode_returns"])
     net = mod.QNetwork(action_dim=5, hidden_size=config["HIDDEN_SIZE"], num_layers=config["NUM_LAYERS"])
@@ -161,7 +163,7 @@ def theirs_vdn(root: Path, total_frames: int, seeds) -> Result:
             return jnp.argmax(net.apply(p, jnp.concatenate([obs, ids], -1)), -1)
         return f
 
-    return Result("JaxMARL vdn_ff (mpe)", wall, _evaluate(act, train_state.params, seeds), own)
+    return Result("JaxMARL vdn_ff (mpe)", wall, cpu, _evaluate(act, train_state.params, seeds), own)
 
 
 def ours_ippo(total_frames: int, seeds) -> Result:
@@ -169,12 +171,12 @@ def ours_ippo(total_frames: int, seeds) -> Result:
 
     cfg = dataclasses.replace(ippo.IPPOConfig(), total_frames=total_frames, eval_every=total_frames,
                               log_every=_log_every(total_frames, 2048))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = ippo.train(cfg, seeds=seeds, quiet=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     agent = out["agent"]
     act = lambda p: lambda obs, k: jnp.argmax(agent.net.apply(p, obs)[0], -1)  # noqa: E731
-    return Result("rlbuf ippo", wall, _evaluate(act, out["state"].params, seeds), np.asarray(out["final_returns"]))
+    return Result("rlbuf ippo", wall, cpu, _evaluate(act, out["state"].params, seeds), np.asarray(out["final_returns"]))
 
 
 def ours_vdn(total_frames: int, seeds) -> Result:
@@ -182,12 +184,12 @@ def ours_vdn(total_frames: int, seeds) -> Result:
 
     cfg = dataclasses.replace(vdn.VDNConfig(), total_frames=total_frames, eval_every=total_frames)
     cfg = dataclasses.replace(cfg, log_every=_log_every(total_frames, cfg.num_envs * cfg.steps_per_collect))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = vdn.train(cfg, seeds=seeds, quiet=True, plot=None)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     agent = out["agent"]
     act = lambda p: lambda obs, k: agent.greedy(p, obs)  # noqa: E731
-    return Result("rlbuf vdn", wall, _evaluate(act, out["params"], seeds), np.atleast_1d(out["final_return"]))
+    return Result("rlbuf vdn", wall, cpu, _evaluate(act, out["params"], seeds), np.atleast_1d(out["final_return"]))
 
 
 def _log_every(total: int, per: int) -> int:
