@@ -55,7 +55,7 @@ GROUP = "agents"
 class IPPOConfig(ppo.PPOConfig):
     """JaxMARL's ``ippo_ff_mpe.yaml`` (frozen, hashable); frames count env steps (all agents)."""
 
-    total_frames: int = 1_998_848  # 976 iterations of 2048 frames (JaxMARL: 1e7)
+    total_frames: int = 1_048_576  # 512 iterations of 2048 frames (JaxMARL: 1e7)
     num_envs: int = 16
     steps_per_collect: int = 128
     env_name: str = "MPE_simple_spread_v3"

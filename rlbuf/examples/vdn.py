@@ -184,8 +184,9 @@ class VDN(_loop.QLearnerLoop):
 def train(cfg: VDNConfig, *, seeds=None, quiet: bool = False, plot: str | None = None) -> dict:
     """Train one agent (seed ``cfg.seed``), or with ``seeds=[s, ...]`` one per seed at once
     (vmapped). Returns ``{"final_return" (float, or [S] with seeds), "random_return", "curve":
-    (frames, returns), "wall_time", "state", "agent", "params", "plot"}``. Prints the random
-    policy's return first and ``final eval return: X`` last."""
+    (frames, returns), "wall_time", "state", "agent", "runner" (the agent or its vmapped
+    ``_loop.Seeds``), "params", "plot"}``. Prints the random policy's return first and ``final
+    eval return: X`` last."""
     t0 = time.perf_counter()
     agent = VDN(cfg)
     rnd = _marl.random_return(agent.marl_env, jax.random.key(cfg.seed + 999_983), cfg.eval_episodes)
@@ -222,7 +223,7 @@ def train(cfg: VDNConfig, *, seeds=None, quiet: bool = False, plot: str | None =
         print(f"final eval return: {float(final):.1f}")
     return {"final_return": final if seeds is not None else float(final), "random_return": rnd,
             "curve": (frames_curve, returns_curve), "wall_time": wall, "state": state, "agent": agent,
-            "params": state.params, "plot": png}
+            "runner": runner, "params": state.params, "plot": png}
 
 
 def _override(cfg: VDNConfig, assignments) -> VDNConfig:

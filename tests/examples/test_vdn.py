@@ -102,7 +102,7 @@ def test_cli_tiny_run_two_seeds(capsys, tmp_path, monkeypatch):
     assert out["random_return"] < 0 and np.all(np.isfinite(out["final_return"]))
     frames, curve = out["curve"]
     assert frames == [512, 1024] and np.all(np.isfinite(curve))
-    assert out["agent"].chunk._cache_size() == 0  # the vmapped runner's chunk ran, not the agent's
+    assert out["runner"].chunk._cache_size() == 1  # every chunk of the vmapped runner ran one program
     leaves = jax.tree.leaves(out["params"])
     assert all(x.shape[0] == 2 and bool(jnp.isfinite(x).all()) for x in leaves)
     assert not np.allclose(np.asarray(leaves[0][0]), np.asarray(leaves[0][1]))
