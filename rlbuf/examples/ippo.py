@@ -18,7 +18,7 @@ steps, each one step of all 3 agents, as JaxMARL's ``TOTAL_TIMESTEPS`` does). On
    the shared network and returns ``({"agents": action [B, A]}, {"log_prob", "value"})``
    (extras ``[B, A]``, stored as ``[B, T, A]``).
 2. ``rlbuf.returns.gae`` per agent (the agent axis moved before time), with each agent's own
-   reward, ``terminated`` and ``done`` and V of its TRUE next observation: MPE's 25-step limit
+   reward, ``terminated`` and ``done`` and V of its TRUE next observation: MPE's time limit (26 steps)
    is a truncation and is bootstrapped (JaxMARL's IPPO treats it as terminal).
 3. ``ReplayBuffer.add`` into a one-batch ``LazyTensorStorage(ndim=2)`` over ``[B, T]``; an
    epoch is ``num_minibatches`` samples of ``SamplerWithoutReplacement``, each ``[M, A, ...]``
@@ -26,10 +26,13 @@ steps, each one step of all 3 agents, as JaxMARL's ``TOTAL_TIMESTEPS`` does). On
 4. The clipped PPO loss of ``rlbuf.examples.ppo`` (the same function: it is shape-agnostic).
 
 The driver is ``rlbuf.examples.ppo.train`` (seeds vmapped, iterations in a ``lax.scan`` inside
-one ``jax.jit``). Printed: first ``random-policy return: X`` (uniform random joint actions),
-last ``final eval return: X``: a fresh greedy (argmax) evaluation of the LAST parameters, one
-value per seed. Returns are team returns (the sum over agents and steps of the rewards in an
-episode), the figure JaxMARL's ``MPELogWrapper`` logs (see ``rlbuf.examples._marl``).
+one ``jax.jit``); its training return is the collector's episode-level ``("next",
+"episode_reward")``, the team's (the adapter's reward is the sum over agents).
+
+Printed: first ``random-policy return: X`` (uniform random joint actions), last ``final eval
+return: X``: a fresh greedy (argmax) evaluation of the LAST parameters, one value per seed.
+Returns are team returns (the sum over agents and steps of the rewards in an episode), the
+figure JaxMARL's ``MPELogWrapper`` logs (see ``rlbuf.examples._marl``).
 """
 
 from __future__ import annotations
@@ -118,18 +121,6 @@ class IPPO(ppo.PPO):
         return {"observation": batch[GROUP]["observation"], "action": batch[GROUP]["action"],
                 "log_prob": batch["log_prob"], "value": batch["value"], "advantage": _agents_first(adv),
                 "value_target": _agents_first(target)}
-
-    def episode_stats(self, batch: dict):
-        """Per-seed ``(team return sum, episodes)`` of the episodes that ended in the batch
-        (leaves ``[S, B, T, ...]``): the collector's running ``("next", "episode_reward")`` (the
-        team's, summed over agents) at the episode-level ``("next", "done")``."""
-        nxt = batch["next"]
-        if "episode_reward" in nxt:
-            return super().episode_stats(batch)
-        # Without a running return: every reward of the batch over the episodes that ended
-        # (exact on average for MPE's fixed-length episodes).
-        n = jnp.sum(nxt["done"], axis=(1, 2), dtype=jnp.int32)
-        return jnp.where(n > 0, jnp.sum(nxt[GROUP]["reward"], axis=(1, 2, 3)), 0.0), n
 
     def _evaluate(self, params, key):
         """Mean team return of the greedy (argmax) joint policy over ``eval_episodes`` episodes."""

@@ -16,7 +16,7 @@ target copy every ``target_update_every`` updates; 32 envs x 16 steps per collec
 Differences (``VDNConfig`` says which field): a 64-64 ReLU MLP (their ``NUM_LAYERS: 2`` makes a
 single linear layer), ``updates_per_collect`` updates per collect instead of one, and the
 targets use the stored TRUE next observation of each transition (their flat flashbax buffer
-pairs a step with the same env's step one collect later) with the 25-step time limit
+pairs a step with the same env's step one collect later) with MPE's time limit (26 steps)
 bootstrapped (a truncation, not a termination).
 
 Each iteration, inside one ``jax.jit`` (``rlbuf.examples._loop``):
