@@ -48,14 +48,8 @@ from rlbuf._groups import (
     _split_buffer,
     _stored,
 )
+from rlbuf._shard_map import shard_map as _shard_map
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
-
-_shard_map = getattr(jax, "shard_map", None)
-if _shard_map is None:  # pragma: no cover - jax < 0.7
-    from jax.experimental.shard_map import shard_map as _legacy_shard_map
-
-    def _shard_map(f, *, mesh, in_specs, out_specs, check_vma=False):
-        return _legacy_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check_vma)
 
 
 @dataclasses.dataclass(frozen=True)

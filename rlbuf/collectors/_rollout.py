@@ -23,23 +23,86 @@ is one scalar per env and ``("next", "episode_reward")`` is its running sum.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from rlbuf.collectors._counters import add_counters, saturating_add
-from rlbuf.collectors._env import tree_select
-
-if TYPE_CHECKING:
-    from rlbuf.collectors.collector import Collector, CollectorState
+from rlbuf.collectors._counters import add_counters, id_dtype, saturating_add
+from rlbuf.collectors._env import EnvAdapter, strong, tree_select
+from rlbuf.collectors.options import CollectorOptions
 
 
-def extras_like(c: "Collector", state: "CollectorState", policy_params: Any) -> dict:
+@dataclasses.dataclass(frozen=True, eq=False)
+class RolloutSpec:
+    """Everything a rollout needs to know about its collector, stated explicitly.
+
+    Attributes:
+        adapter: the env, behind the env protocol (:class:`rlbuf.collectors._env.EnvAdapter`).
+        env_params: env params (compile-time constants), ``[N, ...]`` when ``params_batched``.
+        params_batched: one params set per env.
+        num_envs: ``None`` for one env without an env axis, else ``N``.
+        T: steps per batch.
+        options: the collector's :class:`CollectorOptions`.
+        act: the checked policy call ``act(params, obs, key, carry) -> (action, extras,
+            new_carry)`` on all envs' observations, or None (random actions only).
+        random_act: ``random_act(key, env_params, observation) -> action`` for all envs (the
+            observation: for envs whose random actions depend on it, e.g. action masks).
+        carry0: ``carry0() -> carry``: the initial policy carry (None without ``policy_carry``).
+    """
+
+    adapter: EnvAdapter
+    env_params: Any
+    params_batched: bool
+    num_envs: int | None
+    T: int
+    options: CollectorOptions
+    act: Callable | None
+    random_act: Callable
+    carry0: Callable | None
+
+    @property
+    def num(self) -> int:
+        return 1 if self.num_envs is None else int(self.num_envs)
+
+    @property
+    def pax(self):
+        """The env params' vmap axis."""
+        return 0 if self.params_batched else None
+
+    @property
+    def lead(self) -> tuple[int, ...]:
+        return () if self.num_envs is None else (self.num,)
+
+    def env_map(self, fn, in_axes):
+        """``vmap`` over envs; a single-env collector (``num_envs=None``) runs ``fn`` as is,
+        without a size-1 env axis (cheaper per step, and its state has no env axis)."""
+        return fn if self.num_envs is None else jax.vmap(fn, in_axes=in_axes)
+
+    def env_keys(self, key):
+        return key if self.num_envs is None else jax.random.split(key, self.num)
+
+    def env_range(self, start):
+        start = jnp.asarray(start, id_dtype())
+        return start if self.num_envs is None else start + jnp.arange(self.num, dtype=start.dtype)
+
+    def reset_all(self, key):
+        """Every env reset: ``(observation, env_state)``, strong-typed leaves ``[N, ...]``."""
+        reset = self.env_map(self.adapter.reset, (0, self.pax))
+        obs, st = reset(self.env_keys(key), self.env_params)
+        return jax.tree.map(strong, obs), jax.tree.map(strong, st)
+
+    @functools.cached_property
+    def time_axis(self) -> int:
+        return 0 if self.num_envs is None else 1
+
+
+def extras_like(spec: RolloutSpec, state: Any, policy_params: Any) -> dict:
     """Zeros shaped like the policy's extras (stored in random-action batches)."""
-    if c.policy is None:
+    if spec.act is None:
         return {}
-    shapes = jax.eval_shape(lambda p, o, k, pc: c._call_policy(p, o, k, pc)[1], policy_params,
+    shapes = jax.eval_shape(lambda p, o, k, pc: spec.act(p, o, k, pc)[1], policy_params,
                             state.observation, state.key, state.policy_carry)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
@@ -56,31 +119,32 @@ def _write(buf: Any, step: Any, t: jax.Array, axis: int) -> Any:
         buf, step)
 
 
-def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random: bool):
+def rollout(c: RolloutSpec, state: Any, policy_params: Any, random: bool):
     """``T`` steps from ``state``; returns ``(state, batch)`` with ``batch`` in TorchRL's layout
     (leaves ``[B, T, ...]``, or ``[T, ...]`` for a single env). ``random``: uniform random
     actions (the policy is not called, its carry is not advanced, its extras are zeros)."""
     # env params are compile-time constants of the collector (as in a hand-written
     # rollout closing over them), so XLA can fold what depends only on them
-    params = c._params
+    params = c.env_params
     extras0 = extras_like(c, state, policy_params) if random else None
-    mf = c._max_frames
-    with_carry = c.policy_carry is not None
-    carry0 = c._carry0() if with_carry else None
-    transition = c._env_map(c._adapter.transition, (0, 0, 0, c._pax))
-    reset = c._env_map(c._adapter.reset, (0, c._pax))
-    layout = c._adapter.batch_layout
+    opts = c.options
+    mf = opts.max_frames
+    with_carry = opts.with_carry
+    carry0 = c.carry0() if with_carry else None
+    transition = c.env_map(c.adapter.transition, (0, 0, 0, c.pax))
+    reset = c.env_map(c.adapter.reset, (0, c.pax))
+    layout = c.adapter.batch_layout
     if layout is not None:  # one env's step dict in, one env's step dict out
-        layout = c._env_map(layout, (0, 0))
+        layout = c.env_map(layout, (0, 0))
 
     def body(s, _):
         key, k_pol, k_env = jax.random.split(s.key, 3)
         pc = s.policy_carry
         if random:
-            action, extras, new_pc = c._random_actions(k_pol, params, s.observation), extras0, pc
+            action, extras, new_pc = c.random_act(k_pol, params, s.observation), extras0, pc
         else:
-            action, extras, new_pc = c._call_policy(policy_params, s.observation, k_pol, pc)
-        tr = transition(c._env_keys(k_env), s.env_state, action, params)
+            action, extras, new_pc = c.act(policy_params, s.observation, k_pol, pc)
+        tr = transition(c.env_keys(k_env), s.env_state, action, params)
         trunc = tr.truncated
         new = {}
         if mf is not None:
@@ -93,7 +157,7 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
             new["policy_carry"] = tree_select(done, carry0, new_pc)
         need_reset = jnp.logical_and(done, jnp.logical_not(tr.did_reset))
         reset_obs, reset_state = tr.reset_obs, tr.reset_state
-        if c._adapter.reset_on_demand:  # a costly reset runs only on steps where some env ended
+        if c.adapter.reset_on_demand:  # a costly reset runs only on steps where some env ended
             cont = (tr.cont_obs, tr.cont_state)
             reset_obs, reset_state = jax.lax.cond(
                 jnp.any(need_reset), lambda k: _like(reset(k, params), cont),
@@ -111,7 +175,7 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
             },
             **extras,
         }
-        if with_carry and c.store_carry:
+        if with_carry and opts.store_carry:
             step["collector"] = {"carry": pc}  # the carry the policy received
         if layout is not None:
             step = layout(step, tr.info)
@@ -127,8 +191,8 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
 
     slim = dataclasses.replace(state, frames=None, traj_ids=None, next_traj_id=None,
                                step_count=state.step_count if mf is not None else None)
-    T = c._T
-    axis = 0 if c.num_envs is None else 1  # the time axis of the batch
+    T = c.T
+    axis = c.time_axis  # the time axis of the batch
     # the batch's buffers, shaped from one (traced, not run) step
     _, spec = jax.eval_shape(body, slim, None)
     bufs0 = jax.tree.map(lambda x: jnp.zeros(x.shape[:axis] + (T,) + x.shape[axis:], x.dtype), spec)
@@ -143,7 +207,7 @@ def rollout(c: "Collector", state: "CollectorState", policy_params: Any, random:
         traj, state.traj_ids, state.next_traj_id, state.step_count, time_axis=axis, with_carry=with_carry)
     carry = dataclasses.replace(
         carry,
-        frames=saturating_add(state.frames, c.frames_per_batch),
+        frames=saturating_add(state.frames, opts.frames_per_batch),
         traj_ids=last_ids,
         next_traj_id=next_id,
         step_count=last_count,

@@ -2,25 +2,29 @@
 
 The pieces live in their own modules: the env protocol (``_env``), per-env parameter
 inference (``_params``), policy calls and output checks (``_policy``), the rollout
-(``_rollout``) and the counters with their limits (``_counters``).
+(``_rollout``, driven by an explicit :class:`~rlbuf.collectors._rollout.RolloutSpec`), the
+counters with their limits (``_counters``) and the shared options (``options``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from rlbuf.collectors._counters import frames_limit, id_dtype
-from rlbuf.collectors._env import EnvAdapter, strong
-from rlbuf.collectors._params import collector_params
+from rlbuf.collectors._counters import id_dtype
+from rlbuf.collectors._env import EnvAdapter
+from rlbuf.collectors._groups import CollectorGroups
+from rlbuf.collectors._params import collector_params, group_params
 from rlbuf.collectors._policy import call_policy, check_action, check_carry, check_extras, init_carry
-from rlbuf.collectors._rollout import rollout
+from rlbuf.collectors._rollout import RolloutSpec, rollout
 from rlbuf.collectors._spaces import action_spec, has_action_space, plain_dicts, sample_action
+from rlbuf.collectors._version import stamp_version
+from rlbuf.collectors.options import CollectorOptions, positive_int
 
 
 @jax.tree_util.register_dataclass
@@ -56,12 +60,8 @@ class CollectorState:
     policy_carry: Any = None
 
 
-def _positive_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class Collector:
+class Collector(CollectorOptions):
     """Synchronous data collector (TorchRL's ``SyncDataCollector``) as pure functions.
 
     .. code-block:: python
@@ -111,22 +111,14 @@ class Collector:
             every leaf has a leading axis of size ``num_envs``. They are constants of the
             compiled ``collect`` (not part of the state): build a new collector to change them.
         num_envs: ``None`` for one env (leaves ``[T, ...]``) or ``B`` (leaves ``[B, T, ...]``).
-        max_frames_per_traj: truncate (``("next","truncated")``) and reset an episode at its
-            ``n``-th step. ``None`` (or ``-1``) disables.
-        init_random_frames: a batch uses random actions when fewer than this many frames were
-            collected before it (TorchRL's rule, so it rounds up to whole batches). Policy
-            extras are zeros in such batches.
-        reset_at_each_iter: reset every env at the start of each ``collect`` (except the first,
-            whose envs are fresh from ``init``), giving them fresh trajectory ids.
-        postproc: a pure function applied to each batch inside ``collect``.
-        policy_carry: ``init_fn(num_envs) -> carry``, a pytree of arrays with leading ``[B]``
-            (no env axis when ``num_envs=None``): the policy's recurrent state. It lives in
-            ``CollectorState.policy_carry`` across ``collect`` calls (so checkpoints hold it),
-            and is reset to ``init_fn``'s value where an env starts an episode (after a done
-            step, at ``reset_at_each_iter``). In random-action batches (``init_random_frames``)
-            the policy is not called and the carry is not advanced.
-        store_carry: with ``policy_carry``, store the carry the policy *received* at each step
-            at ``("collector", "carry")`` (leaves ``[B, T, ...]``; R2D2's stored state).
+        max_frames_per_traj, init_random_frames, reset_at_each_iter, postproc, policy_carry,
+            store_carry: the shared options, :class:`rlbuf.collectors.options.CollectorOptions`
+            (the collector extends it; ``collector.options`` is the plain options object).
+            Here: ``init_random_frames`` batches store zeros for the policy's extras;
+            ``policy_carry`` lives in ``CollectorState.policy_carry`` across ``collect`` calls (so
+            checkpoints hold it), is not advanced in random-action batches, and
+            ``store_carry`` stores it at ``("collector", "carry")`` (leaves ``[B, T, ...]``,
+            R2D2's stored state).
 
     Batch (nested dict; leaves ``[T, ...]`` or ``[B, T, ...]``, time last):
         ``"observation"``: observation acted on. ``"action"``: the action taken.
@@ -151,121 +143,60 @@ class Collector:
     env: Any
     policy: Callable | None = None
     _: dataclasses.KW_ONLY
-    frames_per_batch: int
     env_params: Any = None
     num_envs: int | None = None
-    max_frames_per_traj: int | None = None
-    init_random_frames: int = 0
-    reset_at_each_iter: bool = False
-    postproc: Callable | None = None
-    policy_carry: Callable | None = None
-    store_carry: bool = False
+
+    # a collector is hashed by identity (jit caches on it), not by its options' values
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    jittable = True  # rlbuf.CollectorLike: init/collect are pure JAX functions
 
     def __post_init__(self):
+        super().__post_init__()
         fpb, n = self.frames_per_batch, self.num_envs
-        if not _positive_int(fpb):
-            raise ValueError(f"frames_per_batch must be a positive int, got {fpb!r}")
-        if n is not None and not _positive_int(n):
+        if n is not None and not positive_int(n):
             raise ValueError(f"num_envs must be None or a positive int, got {n!r}")
-        if fpb % self._num:
+        num = 1 if n is None else int(n)
+        if fpb % num:
             raise ValueError(
-                f"frames_per_batch={fpb} is not divisible by num_envs={self._num} "
-                f"({fpb} % {self._num} = {fpb % self._num})"
+                f"frames_per_batch={fpb} is not divisible by num_envs={num} ({fpb} % {num} = {fpb % num})"
             )
-        if self._random_frames > frames_limit():
-            raise ValueError(
-                f"init_random_frames={self.init_random_frames} exceeds the frames counter's limit "
-                f"{frames_limit()} (enable jax_enable_x64 for an int64 counter)"
-            )
-        if (self.policy is None or self._random_frames > 0) and not has_action_space(self.env):
+        if (self.policy is None or self.random_frames > 0) and not has_action_space(self.env):
             raise ValueError("random actions (policy=None or init_random_frames>0) need env.action_space")
         if self.policy_carry is not None and self.policy is None:
             raise ValueError("policy_carry needs a policy (policy=None takes random actions)")
-        if self.store_carry and self.policy_carry is None:
-            raise ValueError("store_carry=True needs policy_carry")
         self._action_spec  # noqa: B018 -- infers and checks env_params now, not at the first collect
 
     # ------------------------------------------------------------------ derived configuration
     @functools.cached_property
-    def _num(self) -> int:
-        return 1 if self.num_envs is None else int(self.num_envs)
-
-    @functools.cached_property
-    def _T(self) -> int:
-        return self.frames_per_batch // self._num
-
-    @functools.cached_property
-    def _max_frames(self) -> int | None:
-        mf = self.max_frames_per_traj
-        return None if mf is None or mf <= 0 else int(mf)
-
-    @functools.cached_property
-    def _random_frames(self) -> int:
-        return int(self.init_random_frames or 0)
-
-    @functools.cached_property
-    def _adapter(self) -> EnvAdapter:
-        return EnvAdapter(self.env)
-
-    @functools.cached_property
-    def _resolved_params(self) -> tuple[Any, bool]:
-        return collector_params(self.env, self.env_params, self.num_envs)
-
-    @property
-    def _params(self) -> Any:
-        """Env params (``env.default_params`` when None), strong-typed; per-env: ``[N, ...]``."""
-        return self._resolved_params[0]
-
-    @property
-    def _params_batched(self) -> bool:
-        return self._resolved_params[1]
-
-    @property
-    def _pax(self):
-        return 0 if self._params_batched else None
+    def _spec(self) -> RolloutSpec:
+        """What the rollout needs (env params resolved once: ``env.default_params`` when None,
+        strong-typed; per-env ``[N, ...]``)."""
+        params, batched = collector_params(self.env, self.env_params, self.num_envs)
+        num = 1 if self.num_envs is None else int(self.num_envs)
+        lead = () if self.num_envs is None else (num,)
+        carry0 = None
+        if self.policy_carry is not None:
+            carry0 = functools.partial(init_carry, self.policy_carry, self.num_envs, lead)
+        spec = RolloutSpec(adapter=EnvAdapter(self.env), env_params=params, params_batched=batched,
+                           num_envs=self.num_envs, T=self.frames_per_batch // num, options=self.options,
+                           act=None if self.policy is None else self._call_policy, random_act=self._random_actions,
+                           carry0=carry0)
+        return spec
 
     @functools.cached_property
     def _action_spec(self):
-        one = jax.tree.map(lambda x: x[0], self._params) if self._params_batched else self._params
+        s = self._spec
+        one = jax.tree.map(lambda x: x[0], s.env_params) if s.params_batched else s.env_params
         return action_spec(self.env, one)
 
-    @property
-    def _lead(self) -> tuple[int, ...]:
-        return () if self.num_envs is None else (self._num,)
-
-    # ------------------------------------------------------------------ env helpers
-    def _env_map(self, fn, in_axes):
-        """``vmap`` over envs; a single-env collector (``num_envs=None``) runs ``fn`` as is,
-        without a size-1 env axis (cheaper per step, and its state has no env axis)."""
-        return fn if self.num_envs is None else jax.vmap(fn, in_axes=in_axes)
-
-    def _env_keys(self, key):
-        return key if self.num_envs is None else jax.random.split(key, self._num)
-
-    def _env_zeros(self, dtype):
-        return jnp.zeros(self._lead, dtype)
-
-    def _env_range(self, start):
-        start = jnp.asarray(start, id_dtype())
-        if self.num_envs is None:
-            return start
-        return start + jnp.arange(self._num, dtype=start.dtype)
-
-    def _reset_all(self, key, params):
-        obs, st = self._env_map(self._adapter.reset, (0, self._pax))(self._env_keys(key), params)
-        return jax.tree.map(strong, obs), jax.tree.map(strong, st)
-
-    # ------------------------------------------------------------------ policy helpers
     def _random_actions(self, key, params, obs=None):
         masked = getattr(self.env, "random_action", None)  # env-chosen (e.g. action masks in obs)
         if masked is not None:
-            return self._env_map(masked, (0, 0, self._pax))(self._env_keys(key), obs, params)
+            return self._spec.env_map(masked, (0, 0, self._spec.pax))(self._spec.env_keys(key), obs, params)
         sample = lambda k, p: sample_action(self.env, k, p)  # noqa: E731
-        return self._env_map(sample, (0, self._pax))(self._env_keys(key), params)
-
-    def _carry0(self):
-        """The initial carry ``policy_carry(num_envs)``, checked."""
-        return init_carry(self.policy_carry, self.num_envs, self._lead)
+        return self._spec.env_map(sample, (0, self._spec.pax))(self._spec.env_keys(key), params)
 
     def _call_policy(self, policy_params, obs, key, carry=None):
         """One checked policy call: ``(action, extras, new_carry)``."""
@@ -273,71 +204,112 @@ class Collector:
         action, extras, new_carry = call_policy(self.policy, policy_params, obs, key, carry, with_carry)
         env_check = getattr(self.env, "check_action", None)  # the env's own, clearer messages first
         if env_check is not None:
-            env_check(action, self._lead)
+            env_check(action, self._spec.lead)
         action = plain_dicts(action)  # as random actions are (one structure for both)
-        check_action(action, self._action_spec, self._lead, self.num_envs)
-        check_extras(extras, self._lead)
+        check_action(action, self._action_spec, self._spec.lead, self.num_envs)
+        check_extras(extras, self._spec.lead)
         if with_carry:
             check_carry(new_carry, carry)
         return action, extras, new_carry
 
     # ------------------------------------------------------------------ public API
     @property
+    def per_env_params(self) -> Any:
+        """The env params as resolved, one set per env (leaves ``[num_envs, ...]``), or None
+        when all envs share one set."""
+        s = self._spec
+        return s.env_params if s.params_batched else None
+
+    @property
     def batch_shape(self) -> tuple[int, ...]:
         """Leading batch dims of every leaf of a batch: ``(T,)`` or ``(B, T)``."""
-        return (self._T,) if self.num_envs is None else (self._num, self._T)
+        s = self._spec
+        return (s.T,) if self.num_envs is None else (s.num, s.T)
 
     def init(self, key: jax.Array) -> CollectorState:
         """Reset every env; returns the initial :class:`CollectorState` (jittable)."""
+        s = self._spec
         key, k_reset = jax.random.split(key)
-        obs, st = self._reset_all(k_reset, self._params)
+        obs, st = s.reset_all(k_reset)
         return CollectorState(
             env_state=st,
             observation=obs,
             key=key,
-            traj_ids=self._env_range(0),
-            next_traj_id=jnp.asarray(self._num, id_dtype()),
-            step_count=self._env_zeros(jnp.int32),
-            episode_reward=self._env_zeros(jnp.float32),
+            traj_ids=s.env_range(0),
+            next_traj_id=jnp.asarray(s.num, id_dtype()),
+            step_count=jnp.zeros(s.lead, jnp.int32),
+            episode_reward=jnp.zeros(s.lead, jnp.float32),
             frames=jnp.zeros((), id_dtype()),
-            policy_carry=None if self.policy_carry is None else self._carry0(),
+            policy_carry=None if s.carry0 is None else s.carry0(),
         )
 
-    def collect(self, state: CollectorState, policy_params: Any = None):
-        """Collect one batch; returns ``(new_state, batch)`` (pure; safe under jit and scan)."""
+    def collect(self, state: CollectorState, policy_params: Any = None, *, policy_version: Any = None):
+        """Collect one batch; returns ``(new_state, batch)`` (pure; safe under jit and scan).
+
+        Args:
+            state: the state from :meth:`init` or the previous ``collect``.
+            policy_params: the policy's parameters.
+            policy_version: an int scalar (traced under jit: changing it does not recompile)
+                stored at ``("collector", "policy_version")`` (int32 ``batch_shape``); None
+                stores nothing.
+        """
+        spec = self._spec
         if self.reset_at_each_iter:
             state = self._reset_at_iter(state)
         if self.policy is None:
-            state, traj = rollout(self, state, policy_params, random=True)
-        elif self._random_frames > 0:
-            state, traj = jax.lax.cond(
-                state.frames < self._random_frames,
-                lambda s, p: rollout(self, s, p, random=True),
-                lambda s, p: rollout(self, s, p, random=False),
+            state, batch = rollout(spec, state, policy_params, random=True)
+        elif self.random_frames > 0:
+            state, batch = jax.lax.cond(
+                state.frames < self.random_frames,
+                lambda s, p: rollout(spec, s, p, random=True),
+                lambda s, p: rollout(spec, s, p, random=False),
                 state, policy_params,
             )
         else:
-            state, traj = rollout(self, state, policy_params, random=False)
-        batch = traj  # already in TorchRL's layout (time last): see _rollout
+            state, batch = rollout(spec, state, policy_params, random=False)
+        batch = stamp_version(batch, policy_version, self.batch_shape)
         if self.postproc is not None:
             batch = self.postproc(batch)
         return state, batch
 
+    def split(self, n_groups: int, who: str = "Collector.split") -> CollectorGroups:
+        """The envs in ``n_groups`` groups of ``num_envs / n_groups`` (``rlbuf.shard_collector``):
+        each group a ``Collector`` of its envs with ``frames_per_batch`` and
+        ``init_random_frames`` divided by ``n_groups`` and no ``postproc`` (the caller applies
+        it to the whole batch)."""
+        G = n_groups
+        if self.num_envs is None or self.num_envs % G:
+            raise ValueError(
+                f"{who}: num_envs={self.num_envs} must be an int divisible by {G} groups (a single env cannot be split)"
+            )
+        N = int(self.num_envs)
+        flat = self.per_env_params
+        grouped = None if flat is None else group_params(flat, G, (N // G,))
+        irf = math.ceil(self.random_frames / G)
+
+        def make(p):
+            return dataclasses.replace(self, frames_per_batch=self.frames_per_batch // G, num_envs=N // G,
+                                       env_params=p, init_random_frames=irf, postproc=None)
+
+        first = self.env_params if grouped is None else jax.tree_util.tree_map(lambda x: x[0], grouped)
+        return CollectorGroups(self, make(first), N // G, G, grouped, make, self.postproc)
+
     def _reset_at_iter(self, state: CollectorState) -> CollectorState:
+        s = self._spec
         key, k_reset = jax.random.split(state.key)
-        obs, st = self._reset_all(k_reset, self._params)
+        obs, st = s.reset_all(k_reset)
         fresh = state.frames > 0  # the first batch's envs are already fresh from init
         pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(fresh, x, y), a, b)  # noqa: E731
         carry = state.policy_carry
         if carry is not None:
-            carry = pick(self._carry0(), carry)
+            carry = pick(s.carry0(), carry)
         return dataclasses.replace(
             state,
             env_state=pick(st, state.env_state),
             observation=pick(obs, state.observation),
             key=key,
-            traj_ids=jnp.where(fresh, self._env_range(state.next_traj_id), state.traj_ids),
-            next_traj_id=state.next_traj_id + jnp.where(fresh, self._num, 0).astype(state.next_traj_id.dtype),
+            traj_ids=jnp.where(fresh, s.env_range(state.next_traj_id), state.traj_ids),
+            next_traj_id=state.next_traj_id + jnp.where(fresh, s.num, 0).astype(state.next_traj_id.dtype),
             step_count=jnp.where(fresh, 0, state.step_count),
             episode_reward=jnp.where(fresh, 0.0, state.episode_reward),
             policy_carry=carry,

@@ -30,6 +30,8 @@ from rlbuf.collectors._host_env import (  # noqa: F401  (make_groups: public thr
     make_groups,
 )
 from rlbuf.collectors._policy import call_policy, check_carry, check_extras, init_carry
+from rlbuf.collectors._version import stamp_version
+from rlbuf.collectors.options import OPTION_NAMES, CollectorOptions, with_option_keywords
 
 
 @jax.tree_util.register_dataclass
@@ -112,31 +114,20 @@ class HostCollector:
 
     jittable = False
 
-    def __init__(self, env: Any, policy: Callable | None = None, *, frames_per_batch: int,
-                 max_frames_per_traj: int | None = None, init_random_frames: int = 0,
-                 reset_at_each_iter: bool = False, postproc: Callable | None = None,
-                 policy_carry: Callable | None = None, store_carry: bool = False):
-        if policy_carry is not None and policy is None:
+    @with_option_keywords
+    def __init__(self, env: Any, policy: Callable | None = None, **options: Any):
+        #: the shared options (:class:`rlbuf.collectors.options.CollectorOptions`), also read as
+        #: attributes (``hc.frames_per_batch``, ``hc.store_carry``, ...)
+        self.options = CollectorOptions(**options)
+        if self.options.policy_carry is not None and policy is None:
             raise ValueError("policy_carry needs a policy (policy=None takes random actions)")
-        if store_carry and policy_carry is None:
-            raise ValueError("store_carry=True needs policy_carry")
-        self.policy_carry = policy_carry
-        self.store_carry = bool(store_carry)
         self.groups = _as_groups(env)
         self.num_envs = sum(g.num for g in self.groups)
-        fpb = frames_per_batch
-        if not isinstance(fpb, (int, np.integer)) or isinstance(fpb, bool) or fpb <= 0:
-            raise ValueError(f"frames_per_batch must be a positive int, got {fpb!r}")
+        fpb = self.options.frames_per_batch
         if fpb % self.num_envs:
             raise ValueError(f"frames_per_batch={fpb} is not divisible by the number of envs "
                              f"{self.num_envs} ({fpb} % {self.num_envs} = {fpb % self.num_envs})")
-        self.frames_per_batch = int(fpb)
         self.T = int(fpb) // self.num_envs
-        mf = max_frames_per_traj
-        self.max_frames_per_traj = None if mf is None or mf <= 0 else int(mf)
-        self.init_random_frames = int(init_random_frames or 0)
-        self.reset_at_each_iter = bool(reset_at_each_iter)
-        self.postproc = postproc
         self.policy = policy
         self._policy_step = None if policy is None else jax.jit(self._policy_fn, static_argnames="impl")
         self._carry_reset = jax.jit(self._carry_reset_fn)
@@ -146,6 +137,12 @@ class HostCollector:
         self._keys = jax.jit(batch_keys, static_argnums=1)
         self._frames = None  # frames of the state the envs are in (stale-state check)
         self._extras_spec = None
+
+    def __getattr__(self, name: str) -> Any:
+        # the options read as attributes (hc.frames_per_batch, ...), so none is declared twice
+        if name in OPTION_NAMES and "options" in self.__dict__:
+            return getattr(self.options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------------ policy on the device
     def _carry0(self, n: int):
@@ -217,9 +214,10 @@ class HostCollector:
             episode_reward=np.zeros(B, np.float32),
             policy_carry=None if self.policy_carry is None else self._carry0(B))
 
-    def collect(self, state: HostCollectorState, policy_params: Any = None):
+    def collect(self, state: HostCollectorState, policy_params: Any = None, *, policy_version: Any = None):
         """Step the envs ``T`` times; returns ``(new_state, batch)`` with device-array leaves
-        ``[B, T, ...]``. Not jittable (see the class docstring)."""
+        ``[B, T, ...]``. Not jittable (see the class docstring). ``policy_version`` (an int)
+        is stored at ``("collector", "policy_version")`` (int32 ``[B, T]``); None stores none."""
         if self._frames is None or int(state.frames) != self._frames:
             raise ValueError(
                 f"HostCollector.collect got a state at frame {int(state.frames)} but its envs are at "
@@ -227,7 +225,7 @@ class HostCollector:
                 "(after a checkpoint restore, call resume(state) first)")
         if self.reset_at_each_iter and int(state.frames) > 0:
             state = self.resume(state)
-        random = self.policy is None or int(state.frames) < self.init_random_frames
+        random = self.policy is None or int(state.frames) < self.options.random_frames
         host, extras, stored, obs, key, carry = self._rollout(state, policy_params, random)
         # one transfer per batch (the host buffers are arguments of one jitted call: cheaper than
         # device_put's per-leaf path); the counters (ids, step counts, returns) are computed from
@@ -241,6 +239,7 @@ class HostCollector:
             frames=np.asarray(int(state.frames) + self.frames_per_batch, np.int64), policy_carry=carry)
         if stored is not None:
             batch["collector"]["carry"] = stored
+        batch = stamp_version(batch, policy_version, self.batch_shape)
         if self.postproc is not None:
             batch = self.postproc(batch)
         self._frames = int(state.frames)
@@ -284,7 +283,7 @@ class HostCollector:
         """
         groups, T, G = self.groups, self.T, len(self.groups)
         starts = [int(x) for x in np.cumsum([0] + [g.num for g in groups])]  # (python ints: faster slicing)
-        mf = self.max_frames_per_traj
+        mf = self.options.max_frames
         obs = [jax.tree.map(lambda x, a=a, b=b: np.asarray(x[a:b]), state.observation)
                for a, b in zip(starts[:-1], starts[1:])]
         key, keys, ex_spec = state.key, None, {}

@@ -6,6 +6,9 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+
+from rlbuf.collectors.protocols import CollectorLike, require_collector
 
 
 class CollectorIterator:
@@ -15,12 +18,16 @@ class CollectorIterator:
         state: the current collector state (read it to checkpoint; assign a restored one to
             resume).
         policy_params: the parameters used for the next batch.
+        policy_version: the version stamped on the next batch (None: batches are not stamped).
         frames: frames yielded so far by this iterator.
     """
 
-    def __init__(self, collector, key, policy_params=None, *, total_frames=-1, progress=False):
+    def __init__(self, collector: CollectorLike, key, policy_params=None, *, total_frames=-1, progress=False,
+                 policy_version: int | None = None):
+        require_collector(collector, "iterate")
         self.collector = collector
         self.policy_params = policy_params
+        self.policy_version = None if policy_version is None else int(policy_version)
         fpb = int(collector.frames_per_batch)
         if total_frames is None or total_frames < 0:
             self._num_batches = None
@@ -29,7 +36,7 @@ class CollectorIterator:
             self._num_batches = math.ceil(total_frames / fpb)
         self.total_frames = -1 if self._num_batches is None else self._num_batches * fpb
         # compiled once, reused for every batch (a HostCollector steps host envs: not jittable)
-        jittable = getattr(collector, "jittable", True)
+        jittable = bool(collector.jittable)
         self._collect = jax.jit(collector.collect) if jittable else collector.collect
         self.state = (jax.jit(collector.init) if jittable else collector.init)(key)
         self.frames = 0
@@ -55,7 +62,11 @@ class CollectorIterator:
         if self._num_batches is not None and self._batches >= self._num_batches:
             self.close()
             raise StopIteration
-        self.state, batch = self._collect(self.state, self.policy_params)
+        if self.policy_version is None:
+            self.state, batch = self._collect(self.state, self.policy_params)
+        else:  # an int32 array: a new version does not recompile
+            version = jnp.asarray(self.policy_version, jnp.int32)
+            self.state, batch = self._collect(self.state, self.policy_params, policy_version=version)
         self._batches += 1
         n = int(self.collector.frames_per_batch)
         self.frames += n
@@ -65,8 +76,11 @@ class CollectorIterator:
 
     def update_policy_params(self, policy_params: Any) -> None:
         """Use ``policy_params`` from the next batch on (TorchRL's ``update_policy_weights_``);
-        they must keep the same shapes and dtypes, or ``collect`` recompiles."""
+        they must keep the same shapes and dtypes, or ``collect`` recompiles. With versions
+        (``iterate(..., policy_version=v)``) the version increments."""
         self.policy_params = policy_params
+        if self.policy_version is not None:
+            self.policy_version += 1
 
     update_policy_weights_ = update_policy_params
 
@@ -76,14 +90,19 @@ class CollectorIterator:
             self._pbar = None
 
 
-def iterate(collector, key: jax.Array, policy_params: Any = None, *, total_frames: int = -1,
-            progress: bool = False) -> CollectorIterator:
+def iterate(collector: CollectorLike, key: jax.Array, policy_params: Any = None, *, total_frames: int = -1,
+            progress: bool = False, policy_version: int | None = None) -> CollectorIterator:
     """Iterate ``collector``'s batches like TorchRL: ``for batch in iterate(c, key, params)``.
 
     ``collector.init(key)`` and a jitted ``collector.collect`` (compiled once) drive the
     iteration. ``total_frames=-1`` never stops; otherwise it is rounded up to whole batches and
     ``len()`` is the number of batches. ``progress=True`` shows a tqdm bar in frames/s. The
     iterator exposes ``.state`` (checkpoint it / assign it) and ``update_policy_params``.
+
+    ``collector``: anything implementing :class:`rlbuf.collectors.protocols.CollectorLike`
+    (``jittable`` says whether ``init``/``collect`` are compiled). ``policy_version=v``: every
+    batch holds the version of its parameters at ``("collector", "policy_version")`` (``v``
+    first, incremented by each ``update_policy_params``); None (default) stores none.
     """
     return CollectorIterator(collector, key, policy_params, total_frames=total_frames,
-                             progress=progress)
+                             progress=progress, policy_version=policy_version)

@@ -93,8 +93,8 @@ def scalar_reward(reward: Any, suite: str) -> jax.Array:
     if reward.ndim != 0:
         raise ValueError(
             f"{suite}: the env's reward has shape {reward.shape}; rlbuf's collectors store one "
-            "scalar reward per step (multi-agent rewards are not supported; wrap the env to sum "
-            "them)"
+            "scalar reward per step (multi-agent envs: use rlbuf.envs.JaxMARLEnv, which keeps "
+            "per-agent rewards in TorchRL's MARL layout)"
         )
     return reward.astype(jnp.float32)
 

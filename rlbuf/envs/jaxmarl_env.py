@@ -118,6 +118,11 @@ class JaxMARLEnv(SuiteEnv):
     behaviour; JaxMARL's SMAX then ignores it); random actions (``policy=None``,
     ``init_random_frames``) respect the masks.
 
+    Spaces: ``env.groups`` is ``{group: (agent names, ...)}`` (the order of each agent axis);
+    ``env.action_space().spaces[g]`` a :class:`GroupSpace` (``shape = (A_g, ...)``, ``n`` for
+    discrete actions, ``dtype``); ``env.observation_space()[g]`` the group's agent
+    observation space; ``env.unwrapped`` the JaxMARL env.
+
     Env-level values: the step's reward (and so ``("next", "reward")`` and the collector's
     ``("next", "episode_reward")``) is the sum of all agents' rewards; ``("next", g,
     "episode_reward")`` ``[B, T, A_g]`` is each agent's own running return.
@@ -184,8 +189,9 @@ class JaxMARLEnv(SuiteEnv):
             out[k] = obs[k]
         return out
 
-    def _per_group(self, d: Mapping[str, Any], dtype) -> dict:
-        return {g: jnp.stack([jnp.asarray(d[a]) for a in names]).astype(dtype)
+    def _per_group(self, d: Mapping[str, Any], dtype, default: Any) -> dict:
+        """Per-agent values stacked per group (an agent the env leaves out gets ``default``)."""
+        return {g: jnp.stack([jnp.asarray(d.get(a, default)).astype(dtype) for a in names])
                 for g, names in self.group_map.items()}
 
     # ------------------------------------------------------------------ gymnax protocol
@@ -204,8 +210,8 @@ class JaxMARLEnv(SuiteEnv):
         time = state.time + 1
         all_done = jnp.asarray(dones["__all__"], bool)
         trunc = jnp.zeros((), bool) if self.time_limit is None else all_done & (time >= self.time_limit)
-        reward = self._per_group(rewards, jnp.float32)
-        done_now = self._per_group(dones, bool)
+        reward = self._per_group(rewards, jnp.float32, 0.0)
+        done_now = self._per_group(dones, bool, all_done)
         before = state.inner["agent_done"]
         ret = jax.tree.map(jnp.add, state.inner["agent_return"], reward)
         new = SuiteState(time=time, truncated=trunc,

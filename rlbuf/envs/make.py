@@ -34,7 +34,10 @@ def make(spec: str, **kwargs: Any):
             (``brax.envs.get_environment``; keywords ``episode_length=1000``,
             ``action_repeat=1``, and the env's own such as ``backend="mjx"``), ``jumanji``
             (``jumanji.make``), ``craftax`` (``make_craftax_env_from_name``), ``navix``
-            (``navix.make``).
+            (``navix.make``), ``jaxmarl`` (``jaxmarl.make``, multi-agent: keywords
+            ``group_map=None`` and ``time_limit="auto"`` of :class:`~rlbuf.envs.JaxMARLEnv`,
+            and the env's own such as ``max_steps=25``; an unknown name raises listing
+            JaxMARL's envs).
         **kwargs: passed to the suite's constructor; ``max_steps_in_episode=n`` (every suite
             but gymnax) adds a time limit of ``n`` steps (truncation).
 

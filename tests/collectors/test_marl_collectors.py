@@ -120,19 +120,20 @@ def test_compact_next_and_frame_stack_on_grouped_keys(batches):
     sampler = rlbuf.RandomSampler()
     rb_full, full = _buffer(sampler, batches[0])
     rb_c, comp = _buffer(sampler, batches[0], compact_next=True)
+    add_full, add_c, sample_c = jax.jit(rb_full.add), jax.jit(rb_c.add), jax.jit(rb_c.sample)
     for b in batches:
-        full, comp = rb_full.add(full, b), rb_c.add(comp, b)
+        full, comp = add_full(full, b), add_c(comp, b)
     for i in range(3):  # each compact sample equals the uncompressed storage at its index
-        _, y, iy = rb_c.sample(comp, jax.random.key(i))
+        _, y, iy = sample_c(comp, jax.random.key(i))
         x = jax.tree.map(lambda v: v[iy["index"]], full.storage)
         jax.tree.map(np.testing.assert_array_equal, x, y)
         assert y["next"]["agents"]["observation"].shape == (8, 3, 4)
     fs = rlbuf.ReplayBuffer(storage=rlbuf.LazyTensorStorage(64, ndim=2), sampler=sampler, batch_size=8,
                             frame_stack=rlbuf.FrameStack(2, keys=(OBS,), axis=-1))
-    st = fs.init(batches[0])
+    st, add = fs.init(batches[0]), jax.jit(fs.add)
     for b in batches:
-        st = fs.add(st, b)
-    _, s, _ = fs.sample(st, jax.random.key(0))
+        st = add(st, b)
+    _, s, _ = jax.jit(fs.sample)(st, jax.random.key(0))
     o = np.asarray(s["agents"]["observation"])  # [8, A, 4, 2]: previous frame then current
     assert o.shape == (8, 3, 4, 2)
     prev, cur = o[..., 0], o[..., 1]
@@ -147,16 +148,17 @@ def test_per_transition_priority_from_agent_errors(batches):
     the agents): one priority per [B, T] item, as for any batch."""
     sampler = rlbuf.PrioritizedSampler(max_capacity=64, alpha=1.0, beta=1.0)
     rb, state = _buffer(sampler, batches[0], batch_size=256)
+    add, sample = jax.jit(rb.add), jax.jit(rb.sample)
     for b in batches:
-        state = rb.add(state, b)
-    state, s, info = rb.sample(state, jax.random.key(0))
+        state = add(state, b)
+    state, s, info = sample(state, jax.random.key(0))
     # [N, A] stand-in for per-agent TD errors (agent 0's reward; the others' are masked out)
     err = s["next"]["agents"]["reward"] * jnp.array([1.0, 0.0, 0.0])
     prio = jnp.max(jnp.abs(err), axis=-1)  # [N]
     state = rb.update_priority(state, info["index"], prio)
     updated = set(zip(*(np.asarray(i).tolist() for i in info["index"])))
     assert (np.asarray(prio) == 0).any()
-    state, s, info2 = rb.sample(state, jax.random.key(1))
+    state, s, info2 = sample(state, jax.random.key(1))
     # items whose agents' errors were all 0 are never drawn again
     again = np.array([k in updated for k in zip(*(np.asarray(i).tolist() for i in info2["index"]))])
     assert again.any() and (np.asarray(s["next"]["agents"]["reward"])[:, 0][again] > 0).all()

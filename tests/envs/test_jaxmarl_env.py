@@ -116,6 +116,20 @@ def test_recurrent_carry(gt, env):
     np.testing.assert_array_equal(r["is_init"], r["step_count"] == 0)
 
 
+def test_init_random_frames_then_policy(gt, env):
+    """Random and policy batches share one structure (the two branches of the collector's cond)."""
+    spaces = env.action_space().spaces
+    c = rlbuf.Collector(env, gt_policy(spaces), frames_per_batch=2 * 6, num_envs=2, init_random_frames=12)
+    _, (b0, b1) = run(c, 2)
+    for b in (b0, b1):
+        a, m = b["agents"]["action"], b["agents"]["action_mask"]
+        assert np.take_along_axis(m, a[..., None].astype(np.int64), -1).all()
+    o = b1["agents"]["observation"]
+    np.testing.assert_array_equal(b1["agents"]["action"], (o[..., 2] + o[..., 0]) % 3)
+    o = b0["agents"]["observation"]
+    assert (b0["agents"]["action"] != (o[..., 2] + o[..., 0]) % 3).any()
+
+
 def test_single_env():
     gt = GroundTruthMARLEnv(max_steps=4)
     env = JaxMARLEnv(gt)

@@ -41,7 +41,8 @@ def test_bad_specs(spec, match):
 
 def test_import_rlbuf_loads_no_suite():
     code = ("import sys, rlbuf; import rlbuf.envs; "
-            "print(sorted(m for m in ('brax', 'jumanji', 'navix', 'craftax', 'ale_py', 'torch') "
+            "print(sorted(m for m in ('brax', 'jumanji', 'navix', 'craftax', 'ale_py', 'torch', 'jaxmarl', "
+            "'pettingzoo') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
