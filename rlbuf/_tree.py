@@ -8,6 +8,7 @@ nesting before anything else looks at the tree.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Union
 
 import jax
@@ -77,6 +78,13 @@ def leaves_with_keys(tree: Any) -> list[tuple[tuple, Any]]:
 
 def _what(x) -> str:
     return f"a Python {type(x).__name__}" if isinstance(x, (bool, int, float, complex)) else type(x).__name__
+
+
+def pytree_dataclass(cls):
+    """A frozen dataclass registered as a pytree (every field a child). gymnax's
+    EnvState/EnvParams are such dataclasses (with ``.replace``); their subclasses need only
+    these two steps, so rlbuf does not import flax for them."""
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
 
 
 def leaf_spec(x, key: Key | None = None, owner: str = "") -> tuple[tuple, np.dtype]:
@@ -162,3 +170,8 @@ def check_prng_key(key: Any, owner: str) -> None:
             if isinstance(key, (int, np.integer)) and not isinstance(key, bool) else "")
     got = repr(key) if isinstance(key, (int, float, np.integer)) else f"{type(key).__name__} {dtype or ''}"
     raise TypeError(f"{owner}: the second argument must be a PRNG key (jax.random.key(seed)), got {got}{hint}")
+
+
+def expand_right(m, x):
+    """``m`` (``[*B, T]``) reshaped with trailing 1s to broadcast against ``x`` (``[*B, T, ...]``)."""
+    return m.reshape(m.shape + (1,) * (x.ndim - m.ndim))

@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 from rlbuf import _tree
 from rlbuf._groups import (
     _check_global,
+    _check_groups,
     _local_example,
     _offset_index,
     _own_index,
@@ -49,7 +50,8 @@ from rlbuf._groups import (
     _stored,
 )
 from rlbuf._shard_map import shard_map as _shard_map
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.buffer import SplittableBuffer
+from rlbuf.replay_buffer import BufferState, stored_count
 from rlbuf.samplers import capabilities
 
 
@@ -81,7 +83,7 @@ class ShardedReplayBuffer:
     The sampling distribution is described in :mod:`rlbuf.sharding`.
     """
 
-    buffer: ReplayBuffer
+    buffer: SplittableBuffer
     mesh: Mesh
     axis_name: Any = "data"
 
@@ -101,7 +103,7 @@ class ShardedReplayBuffer:
         return int(np.prod([self.mesh.shape[a] for a in names]))
 
     @functools.cached_property
-    def _local(self) -> ReplayBuffer:
+    def _local(self) -> SplittableBuffer:
         return _split_buffer(self.buffer, self._n, "shard")
 
     @property
@@ -109,7 +111,7 @@ class ShardedReplayBuffer:
         return self._n
 
     @property
-    def local_buffer(self) -> ReplayBuffer:
+    def local_buffer(self) -> SplittableBuffer:
         """The plain buffer each shard runs (``max_size / G``, ``batch_size / G``)."""
         return self._local
 
@@ -121,21 +123,31 @@ class ShardedReplayBuffer:
     def _smap(self, f, in_specs, out_specs):
         return _shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
+    def _check(self, state: BufferState, method: str) -> None:
+        _check_groups(state, self._n, f"ShardedReplayBuffer.{method}",
+                      f"the mesh has {self._n} devices along {self.axis_name!r}")
+
     def _index(self):
         return jax.lax.axis_index(self.axis_name)
 
     # -------------------------------------------------------------- API
+    @property
+    def batch_size(self) -> int:
+        """Items per ``sample`` over all shards (the wrapped buffer's)."""
+        return self.buffer.batch_size
+
     def init(self, example: Any) -> BufferState:
         """An empty sharded buffer for global ``add`` batches like ``example`` (arrays or
         ``ShapeDtypeStruct``s, leaves ``[*lanes, T, ...]``); each device allocates its own shard."""
         example = _tree.nest(example, "ShardedReplayBuffer.init")  # TorchRL-style tuple keys, list leaves
-        local = _local_example(example, self._local.storage.ndim, self._n, "shard")
+        local = _local_example(example, self._local.ndim, self._n, "shard")
         leaves, treedef = jax.tree_util.tree_flatten(local)
         # jit's own cache, keyed on the (hashable) example signature: one compile per signature.
         return _sharded_init(self, treedef, tuple((x.shape, np.dtype(x.dtype).name) for x in leaves))
 
     def add(self, state: BufferState, data: Any) -> BufferState:
         """Write the global batch ``data`` (leaves ``[*lanes, T, ...]``), each shard its lanes."""
+        self._check(state, "add")
         data = _stored(self.buffer, data, "ShardedReplayBuffer.add")
         _check_global(self.buffer, state.layout, data, self._n, "ShardedReplayBuffer")
 
@@ -150,6 +162,7 @@ class ShardedReplayBuffer:
 
     def sample(self, state: BufferState, key: jax.Array):
         """``(state, batch, info)``: ``batch_size / G`` items from each shard, concatenated."""
+        self._check(state, "sample")
 
         def f(st, key):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
@@ -164,6 +177,7 @@ class ShardedReplayBuffer:
 
     def can_sample(self, state: BufferState) -> jax.Array:
         """Bool scalar: every shard can return a full batch of real data."""
+        self._check(state, "can_sample")
 
         def f(st):
             return self._local.can_sample(jax.tree_util.tree_map(lambda x: x[0], st))[None]
@@ -173,6 +187,7 @@ class ShardedReplayBuffer:
 
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set priorities at ``index`` (global, laid out as ``sample`` returned it)."""
+        self._check(state, "update_priority")
 
         def f(st, index, priority):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
@@ -190,10 +205,11 @@ class ShardedReplayBuffer:
         ``global_storage(state)[k][info["index"]]`` is the sampled ``batch[k]``.
 
         A storage whose arrays are not one ``[*lanes, capacity, ...]`` leaf per key (e.g.
-        ``compact_next``: ``("next", k)`` is rebuilt, ``rlbuf.compact.CompactState``) is read
+        ``compact_next``: ``("next", k)`` is rebuilt, ``rlbuf.storages.compact.CompactState``) is read
         through its ``gather`` at every slot: a materialised copy with every key of the
         ``add`` batches (slots never written, or whose item the storage cannot return, hold
         what ``gather`` reads there)."""
+        self._check(state, "global_storage")
         layout = state.layout
         if jax.tree_util.tree_structure(state.storage) == layout.treedef:
             return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), state.storage)
@@ -204,14 +220,22 @@ class ShardedReplayBuffer:
                                       jax.jit(gather)(state.storage))
 
     def num_stored(self, state: BufferState) -> jax.Array:
-        """int32 scalar: transitions stored over all shards (jittable; a ``G``-element reduction,
-        multi-host safe)."""
-        return jax.jit(lambda s: jnp.sum(s.count) * s.layout.n_lanes - capabilities.consumed_items(s.sampler))(state)
+        """Scalar: transitions stored over all shards (jittable; a ``G``-element reduction,
+        multi-host safe; dtype as for ``ReplayBuffer.num_stored``: int32 below ``2**31``)."""
+        self._check(state, "num_stored")
+        return _count_jit(state.count, state.layout, state.sampler)
 
     def shard_of(self, state: BufferState, g: int) -> BufferState:
         """Shard ``g``'s plain :class:`BufferState` (a host-side view, e.g. to compare with a
         plain :class:`ReplayBuffer`; fetches the data: single process, not for hot paths)."""
         return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[g]), state)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _count_jit(count, layout, sampler_state):
+    """``ReplayBuffer.num_stored`` over all groups: stored less consumed items."""
+    n = stored_count(count, layout)
+    return n - capabilities.consumed_items(sampler_state).astype(n.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -224,7 +248,7 @@ def _sharded_init(srb: ShardedReplayBuffer, treedef, specs: tuple) -> BufferStat
     return srb._smap(f, (), P(srb.axis_name))()
 
 
-def shard(rb: ReplayBuffer, mesh: Mesh, axis_name: Any = "data") -> ShardedReplayBuffer:
+def shard(rb: SplittableBuffer, mesh: Mesh, axis_name: Any = "data") -> ShardedReplayBuffer:
     """Split ``rb``'s lanes over ``mesh`` along ``axis_name`` (a mesh axis name or a tuple of
     them); see :class:`ShardedReplayBuffer`. ``rb`` keeps its global meaning: ``max_size`` and
     ``batch_size`` count over all shards and must be divisible by the number of shards."""

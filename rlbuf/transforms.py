@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree
-from rlbuf.returns import _expand, n_step_return
+from rlbuf.returns import n_step_return
 
 
 def _under_next(key) -> tuple:
@@ -231,7 +231,7 @@ class MultiStep:
 
         def gather(x):
             x = to_time_last(x)
-            idx = jnp.broadcast_to(_expand(last, x), x.shape)
+            idx = jnp.broadcast_to(_tree.expand_right(last, x), x.shape)
             return from_time_last(jnp.take_along_axis(x, idx, axis=ax))
 
         new_next = jax.tree_util.tree_map(gather, nxt)  # rewards too: overwritten just below
