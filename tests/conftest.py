@@ -37,8 +37,8 @@ def _release_compiled_programs():
 # hands out whole files in collection order (`--no-loadscope-reorder` in pyproject: its default
 # orders files by test count, which put the one-test multi-device subprocess files last, so one
 # worker ran them alone at the end). Longest first lets the two workers finish together; files
-# not listed follow, most tests first (xdist's own proxy). Figures are estimates from --durations
-# under load divided by the load factor; only their order matters.
+# not listed follow, most tests first (xdist's own proxy). Figures are estimates (--durations under
+# load divided by the load factor, or process CPU time where measured); only their order matters.
 _FILE_COST = {
     "tests/multidevice/test_multidevice.py": 100,
     "tests/test_docs.py": 90,
@@ -49,11 +49,14 @@ _FILE_COST = {
     "tests/examples/test_ppo.py": 50,
     "tests/examples/test_recurrent.py": 50,
     "tests/test_checkpoint.py": 50,
-    "tests/test_fuzz.py": 45,
+    "tests/test_fuzz.py": 75,  # 74 s of process CPU time, measured
     "tests/envs/test_brax.py": 45,
     "tests/collectors/test_marl_collectors.py": 40,
     "tests/examples/test_offline.py": 35,
     "tests/examples/test_atari.py": 30,
+    "tests/examples/test_vdn.py": 40,
+    "tests/examples/test_ippo.py": 35,
+    "tests/examples/test_impala.py": 30,
     "tests/test_readme.py": 30,
     "tests/multidevice/test_multihost.py": 30,
 }
