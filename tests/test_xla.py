@@ -87,3 +87,17 @@ def test_cpu_and_generic_forms_sample_the_same(which):
         data = {"ep": jnp.arange(30, dtype=jnp.int32)}
     for a, b in zip(jax.tree_util.tree_leaves(_run(rb, data, False)), jax.tree_util.tree_leaves(_run(rb, data, True))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_take_few_reads_the_indexed_points(generic):
+    # [4, 9000, 2] (>= TAKE_FEW_MIN_SIZE elements): 4 points (dynamic slices on CPU) and 12 (a gather)
+    arr = np.arange(4 * 9000 * 2, dtype=np.int32).reshape(4, 9000, 2)
+    rng = np.random.default_rng(0)
+    for k in (1, 3):
+        cols = rng.integers(0, 9000, (4, k)).astype(np.int32)
+        lanes = np.arange(4, dtype=np.int32)[:, None]
+        with _xla.generic_forms(generic):
+            got = jax.jit(_xla.take_few)(jnp.asarray(arr), jnp.asarray(lanes), jnp.asarray(cols))
+        np.testing.assert_array_equal(np.asarray(got), arr[lanes, cols])
+        assert got.shape == (4, k, 2)
