@@ -103,3 +103,17 @@ def test_below_is_unbiased_near_2_31():
         assert stats.chisquare(quarters).pvalue > 1e-4, quarters
         halves = np.bincount(u * 2 // n, minlength=2)
         assert abs(halves[0] / u.size - 0.5) < 0.005, halves  # randint: 0.58 at n = 1.8e9
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_take_few_reads_the_indexed_points(generic):
+    # [4, 9000, 2] (>= TAKE_FEW_MIN_SIZE elements): 4 points (dynamic slices on CPU) and 12 (a gather)
+    arr = np.arange(4 * 9000 * 2, dtype=np.int32).reshape(4, 9000, 2)
+    rng = np.random.default_rng(0)
+    for k in (1, 3):
+        cols = rng.integers(0, 9000, (4, k)).astype(np.int32)
+        lanes = np.arange(4, dtype=np.int32)[:, None]
+        with _xla.generic_forms(generic):
+            got = jax.jit(lambda *a: _xla.take_few(*a))(jnp.asarray(arr), jnp.asarray(lanes), jnp.asarray(cols))
+        np.testing.assert_array_equal(np.asarray(got), arr[lanes, cols])
+        assert got.shape == (4, k, 2)
