@@ -40,27 +40,34 @@ def _release_compiled_programs():
 # hands out whole files in collection order (`--no-loadscope-reorder` in pyproject: its default
 # orders files by test count, which put the one-test multi-device subprocess files last, so one
 # worker ran them alone at the end). Longest first lets the two workers finish together; files
-# not listed follow, most tests first (xdist's own proxy). Figures are estimates (--durations under
-# load divided by the load factor, or process CPU time where measured); only their order matters.
+# not listed follow, most tests first (xdist's own proxy). Only the order of the figures matters.
 _FILE_COST = {
+    # measured: process CPU seconds (children included) under load, -n 0
+    "tests/storages/test_compact.py": 211,
+    "tests/test_docs.py": 195,
+    "tests/examples/test_dqn.py": 89,
+    "tests/test_fuzz.py": 74,
+    "tests/test_readme.py": 57,
+    "tests/storages/test_host_memory.py": 55,
+    "tests/test_returns.py": 43,
+    "tests/test_ensemble.py": 31,
+    "tests/sharding/test_per_worker.py": 28,
+    "tests/examples/test_ppo.py": 26,
+    "tests/writers/test_max_value.py": 25,
+    # estimated (--durations under load / the load factor, or the kind of work)
     "tests/multidevice/test_multidevice.py": 100,
-    "tests/test_docs.py": 90,
     "tests/envs/test_craftax.py": 90,
     "tests/test_notebooks.py": 80,
-    "tests/examples/test_dqn.py": 90,  # measured: 89 s CPU
     "tests/multidevice/test_multidevice_collectors.py": 60,
-    "tests/examples/test_ppo.py": 26,  # measured: 26 s CPU
     "tests/examples/test_recurrent.py": 50,
     "tests/test_checkpoint.py": 50,
-    "tests/test_fuzz.py": 75,  # measured: 74 s of process CPU time
     "tests/envs/test_brax.py": 45,
     "tests/collectors/test_marl_collectors.py": 40,
-    "tests/examples/test_offline.py": 35,
-    "tests/examples/test_atari.py": 30,
     "tests/examples/test_vdn.py": 40,
+    "tests/examples/test_offline.py": 35,
     "tests/examples/test_ippo.py": 35,
+    "tests/examples/test_atari.py": 30,
     "tests/examples/test_impala.py": 30,
-    "tests/test_readme.py": 30,
     "tests/multidevice/test_multihost.py": 30,
 }
 
