@@ -35,7 +35,7 @@ def _release_compiled_programs():
     gc.collect()
 
 
-# Rough cost (seconds of one idle core) of the longest test files: subprocess suites, notebooks,
+# Rough cost (CPU seconds of one process) of the longest test files: subprocess suites, notebooks,
 # docs, example training runs, env suites that compile large programs. pytest-xdist's loadfile
 # hands out whole files in collection order (`--no-loadscope-reorder` in pyproject: its default
 # orders files by test count, which put the one-test multi-device subprocess files last, so one
