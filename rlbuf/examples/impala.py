@@ -26,9 +26,8 @@ parameters. The staleness of every sampled rollout is counted and printed.
 Measured (default config, 1.2M frames, 2-core machine under load; runs are not bit-reproducible,
 the actor threads' timing decides which versions the rollouts carry): ``--seeds 0 1 2`` gave
 500.0 / 496.9 / 500.0, a second run (one process per seed) 500.0 / 500.0 / 500.0, seeds 3, 4:
-500.0 / 500.0. With the
-advantages also divided by their batch std (``scale_advantage=True``) the same budget gave
-495.8 / 224.3 / 500.0, and 374 / 491 / 493 at 800k frames.
+500.0 / 500.0. With the advantages also divided by their batch std (``scale_advantage=True``)
+the same budget gave 495.8 / 224.3 / 500.0, and 374 / 491 / 493 at 800k frames.
 """
 
 from __future__ import annotations
