@@ -254,7 +254,7 @@ def _check_parts(i: int, rb: ReplayBuffer, s: BufferState) -> None:
         want = jax.eval_shape(lambda o=obj: o.init(s.layout))
         g_def, w_def = jax.tree.structure(got), jax.tree.structure(want)
         what = None
-        if g_def != w_def:
+        if g_def != w_def:  # type: ignore[operator]  # jax's PyTreeDef is untyped to mypy
             what = f"its structure is {g_def}, expected {w_def}"
         else:
             for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):

@@ -53,7 +53,7 @@ class SplittableCollector(CollectorLike, Protocol):
 
 def require_collector(obj: Any, who: str, protocol: type = CollectorLike) -> None:
     """Raise a ``TypeError`` naming the members ``obj`` lacks to implement ``protocol``."""
-    members = ("jittable", "frames_per_batch", "batch_shape", "init", "collect")
+    members: tuple[str, ...] = ("jittable", "frames_per_batch", "batch_shape", "init", "collect")
     if protocol is SplittableCollector:
         members += ("split",)
     missing = [m for m in members if not hasattr(obj, m)]
