@@ -1,6 +1,7 @@
 """rlbuf: JAX-functional collectors and replay buffers in TorchRL's layout, usable inside jit."""
 
 from rlbuf import checkpoint, returns
+from rlbuf.buffer import Buffer, SplittableBuffer
 from rlbuf.collectors import (
     Collector,
     CollectorIterator,
@@ -26,7 +27,8 @@ from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.staleness import StalenessAwareSampler, set_policy_version
 from rlbuf.sharding import PerWorkerReplayBuffer, ShardedReplayBuffer, shard
-from rlbuf.storage import Layout, LazyTensorStorage, Storage
+from rlbuf.stages import SampleContext, Stage, chain
+from rlbuf.storages import CompactTensorStorage, Layout, LazyTensorStorage, Storage
 from rlbuf.transforms import MultiStep, MultiStepTransform
 from rlbuf.writers import MaxValueWriter, RoundRobinWriter, TensorDictMaxValueWriter, WriteInfo, Writer
 
@@ -60,6 +62,7 @@ __all__ = [
     "ReplayBufferEnsemble",
     "datasets",
     "Layout",
+    "CompactTensorStorage",
     "FrameStack",
     "LazyTensorStorage",
     "MaxValueWriter",
@@ -79,6 +82,11 @@ __all__ = [
     "TensorDictMaxValueWriter",
     "WriteInfo",
     "Writer",
+    "Buffer",
+    "SplittableBuffer",
+    "SampleContext",
+    "Stage",
+    "chain",
     "checkpoint",
     "returns",
     "StalenessAwareSampler",

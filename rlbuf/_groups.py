@@ -12,23 +12,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffer import SplittableBuffer
 
 
-def _split_buffer(rb: ReplayBuffer, n: int, who: str) -> ReplayBuffer:
-    """The buffer one of ``n`` lane groups runs: ``rb.split(n)`` (storage, sampler and writer
-    each split by their own ``split``)."""
-    if not isinstance(rb, ReplayBuffer):
-        raise TypeError(f"{who}: expected a ReplayBuffer, got {type(rb).__name__}")
+def _split_buffer(rb: SplittableBuffer, n: int, who: str) -> SplittableBuffer:
+    """The buffer one of ``n`` lane groups runs: ``rb.split(n)`` (a ``ReplayBuffer``'s storage,
+    sampler and writer each split by their own ``split``)."""
+    if not isinstance(rb, SplittableBuffer):
+        raise TypeError(f"{who}: expected a buffer (rlbuf.buffer.SplittableBuffer, e.g. a ReplayBuffer), "
+                        f"got {type(rb).__name__}")
     return rb.split(n, who)
 
 
-def _stored(rb: ReplayBuffer, data: Any, who: str) -> Any:
+def _stored(rb: SplittableBuffer, data: Any, who: str) -> Any:
     """``data`` as ``rb.add`` would store it: TorchRL-style tuple keys turned into nesting, list
     leaves into arrays, and only ``rb.keys`` kept. Done once on the global batch, so the checks
     below see what is stored and the groups receive only stored keys (``nest``/``keys`` are
     idempotent: the groups' own ``add`` finds nothing left to do)."""
-    return rb._stored(_tree.nest(data, who), who)
+    return rb.stored(data, who)
 
 
 def _local_example(example: Any, ndim: int, n: int, who: str) -> Any:
@@ -50,14 +51,14 @@ def _local_example(example: Any, ndim: int, n: int, who: str) -> Any:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(example), leaves)
 
 
-def _check_global(rb: ReplayBuffer, layout, data: Any, n: int, who: str) -> None:
+def _check_global(rb: SplittableBuffer, layout, data: Any, n: int, who: str) -> None:
     """Trace-time validation of an ``add`` batch against the *global* layout, so errors name
     the shapes the user passed, not a group's."""
     if layout.ndim >= 2:
         glob = dataclasses.replace(layout, lanes=(layout.lanes[0] * n, *layout.lanes[1:]))
-        rb.storage.check(glob, data)
+        rb.check(glob, data)
     else:
-        rb.storage.check(layout, data)
+        rb.check(layout, data)
         for key, x in _tree.leaves_with_keys(data):
             if np.shape(x)[0] % n:
                 raise ValueError(

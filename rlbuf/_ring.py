@@ -34,7 +34,7 @@ class Ring:
       ``[0, count)``);
     - ``added``: int32 ``[]``, time steps ever added per lane (the *stamp* of the next step;
       the ring holds stamps ``[added - count, added)``);
-    - ``layout``: the static ``rlbuf.storage.Layout`` (lanes, capacity, leaf specs).
+    - ``layout``: the static ``rlbuf.storages.base.Layout`` (lanes, capacity, leaf specs).
 
     Hooks get the ring as it is *after* the write they are told about (``on_write``) or at
     the call (``sample``, ``can_sample``, ``update_priority``); ``rlbuf.writers.WriteInfo``

@@ -162,3 +162,8 @@ def check_prng_key(key: Any, owner: str) -> None:
             if isinstance(key, (int, np.integer)) and not isinstance(key, bool) else "")
     got = repr(key) if isinstance(key, (int, float, np.integer)) else f"{type(key).__name__} {dtype or ''}"
     raise TypeError(f"{owner}: the second argument must be a PRNG key (jax.random.key(seed)), got {got}{hint}")
+
+
+def expand_right(m, x):
+    """``m`` (``[*B, T]``) reshaped with trailing 1s to broadcast against ``x`` (``[*B, T, ...]``)."""
+    return m.reshape(m.shape + (1,) * (x.ndim - m.ndim))

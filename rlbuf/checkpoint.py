@@ -1,7 +1,5 @@
 """Checkpoints of any rlbuf state (replay buffers, collectors), built on orbax-checkpoint.
 
-.. code-block:: python
-
     rlbuf.checkpoint.save("/ckpt/buffer", state)                # blocks until written
     state = rlbuf.checkpoint.restore("/ckpt/buffer", target)    # target: state or abstract state
 

@@ -1,6 +1,6 @@
 """Multi-host recipe helpers on ``jax.distributed`` (no home-made communication layer).
 
-Recipe (the same script runs on every host; each process owns the lanes of its devices)::
+Recipe (the same script runs on every host; each process owns the lanes of its devices):
 
     import rlbuf                                   # does not start JAX's backend
     from rlbuf import distributed as dist

@@ -1,7 +1,7 @@
 """``ReplayBufferEnsemble``: several replay buffers behind one state and one jitted ``sample``.
 
 The use case is offline-to-online RL (RLPD's symmetric sampling: half of every batch from the
-offline dataset, half from the online buffer)::
+offline dataset, half from the online buffer):
 
     ens = ReplayBufferEnsemble(offline_rb, online_rb, num_per_buffer=(128, 128))
     state = ens.init(offline_example, online_example)       # or ens.from_states(s_off, s_on)
@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 
 from rlbuf import _tree
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.buffer import SplittableBuffer
+from rlbuf.replay_buffer import BufferState
 from rlbuf.samplers.base import Sampler
 
 __all__ = ["EnsembleState", "ReplayBufferEnsemble"]
@@ -104,8 +105,9 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
         if not self.buffers:
             raise ValueError("ReplayBufferEnsemble: give at least one buffer")
         for i, rb in enumerate(self.buffers):
-            if not isinstance(rb, ReplayBuffer):
-                raise TypeError(f"ReplayBufferEnsemble: buffer {i} is a {type(rb).__name__}, not a ReplayBuffer")
+            if not isinstance(rb, SplittableBuffer):
+                raise TypeError(f"ReplayBufferEnsemble: buffer {i} is a {type(rb).__name__}, not a buffer "
+                                "(rlbuf.buffer.SplittableBuffer, e.g. a ReplayBuffer)")
         if self.num_per_buffer is not None:
             if len(self.num_per_buffer) != len(self.buffers):
                 raise ValueError(
@@ -122,7 +124,7 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
         if self.num_per_buffer is None:
             return self.buffers
         return tuple(
-            rb if rb.batch_size == n else dataclasses.replace(rb, batch_size=n)
+            rb.with_batch_size(n)
             for rb, n in zip(self.buffers, self.num_per_buffer)
         )
 
@@ -246,11 +248,14 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
         return EnsembleState(tuple(bufs))
 
 
-def _check_parts(i: int, rb: ReplayBuffer, s: BufferState) -> None:
+def _check_parts(i: int, rb: SplittableBuffer, s: BufferState) -> None:
     """Member ``i``'s state has the storage, sampler and writer state its buffer would make for
-    the same layout (not, e.g., a state filled by a buffer with another sampler)."""
+    the same layout (not, e.g., a state filled by a buffer with another sampler). A member
+    buffer without those plug-ins (any ``SplittableBuffer``) is not checked part by part."""
     for part, got in (("storage", s.storage), ("sampler", s.sampler), ("writer", s.writer)):
-        obj = getattr(rb, part)
+        obj = getattr(rb, part, None)
+        if obj is None:
+            continue
         want = jax.eval_shape(lambda o=obj: o.init(s.layout))
         g_def, w_def = jax.tree.structure(got), jax.tree.structure(want)
         what = None

@@ -19,11 +19,16 @@ Frames before the trajectory's start repeat its first frame (gymnasium's
   step whose next observation is not the following stored one, e.g. the cut at the end of a
   ``reset_at_each_iter`` batch).
 
-Without trajectory ids and without ``compact_next`` only flagged ends are seen: a cut that no
-flag marks is invisible (the stack then holds frames of the previous trajectory); ``init``
-warns when neither ids nor flags are stored and the storage reports no breaks. The walk back
+Without trajectory ids only flagged ends (and ``compact_next``'s breaks) are seen: a cut that
+no flag marks is invisible (the stack then holds frames of the previous trajectory), and so is,
+to ``compact_next``, an episode whose final observation equals the next reset observation
+(a value comparison is not a boundary); ``init`` warns when neither ids nor flags are stored. The walk back
 never leaves the stored steps of the lane: if the trajectory's first steps were overwritten,
 its oldest stored frame is repeated (never a frame of a slot overwritten since).
+
+``FrameStack`` is a sample-time stage (``rlbuf.stages``): ``frame_stack=FrameStack(...)`` puts it
+first in the buffer's chain; it may also be placed anywhere in ``transform=(...)``, before
+stages that change the stacked keys' shapes.
 
 Cost: ``num_frames - 1`` extra frame gathers per item and key (the observation and next
 observation of the item are the buffer's own gather), plus one flag gather per offset.
@@ -38,7 +43,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from rlbuf import _tree
-from rlbuf.samplers.base import zero_masked
+from rlbuf.stages import SampleContext
 
 FLAGS = (("next", "done"), ("next", "truncated"))
 #: Trajectory-id keys tried in order when ``traj_key`` is not given (the slice samplers' order).
@@ -89,12 +94,16 @@ class FrameStack:
         when no boundary information is stored (see the module docstring)."""
         if self.traj_key is not None:
             layout.spec(self.traj_key)  # raises naming the key
-        elif self._traj_key(layout) is None and not any(f in layout.keys() for f in FLAGS) \
-                and not (storage is not None and storage.reports_breaks):
+        elif self._traj_key(layout) is None and not any(f in layout.keys() for f in FLAGS):
+            # compact_next's breaks are not enough: an episode whose final observation equals the
+            # next reset observation leaves no break (a value comparison is not a boundary).
+            seen = " (compact_next's breaks miss an episode whose final observation equals the next " \
+                "reset observation)" if storage is not None and storage.reports_breaks else ""
             warnings.warn(
                 "FrameStack: no trajectory ids (traj_key, ('collector', 'traj_ids'), 'episode') nor "
-                "('next', 'done') / ('next', 'truncated') flags are stored: stacks cannot see where a "
-                "trajectory starts and may hold frames of the previous one", stacklevel=3)
+                "('next', 'done') / ('next', 'truncated') flags are stored: stacks cannot see every "
+                f"trajectory start and may hold frames of the previous trajectory{seen}; store "
+                "('collector', 'traj_ids') or the done flags", stacklevel=4)
         for k in self._keys:
             shape, _ = layout.spec(k)  # raises naming the key
             if not -len(shape) - 1 <= self.axis <= len(shape):
@@ -108,8 +117,10 @@ class FrameStack:
         ax = self.axis if self.axis < 0 else n_batch + self.axis
         return jnp.moveaxis(x, n_batch, ax)
 
-    def apply(self, storage, ring, sstorage, index: tuple, batch, info):
-        """``batch`` (gathered at ``index``) with stacked frames; masked items stay zeros."""
+    def apply(self, batch, ctx: SampleContext):
+        """``batch`` (gathered at ``ctx.index``) with stacked frames; masked items (zeros) stay
+        zeros: their stack repeats their own frame."""
+        storage, ring, sstorage, index, info = ctx.storage, ctx.ring, ctx.data, ctx.index, ctx.info
         layout = ring.layout
         K = self.num_frames
         t = index[-1]
@@ -144,20 +155,24 @@ class FrameStack:
             ids = ids.reshape(*s0.shape, -1)
             brk = brk | jnp.any(ids[..., 1:, :] != ids[..., :-1, :], axis=-1)
         ok = (j <= ring.logical(t)[..., None]) & ~brk
+        if "mask" in info:  # a masked item (zeros) is a trajectory of its own: its frame repeated
+            ok = ok & info["mask"][..., None]
         n_cont = jnp.sum(jnp.cumprod(ok, axis=-1, dtype=jnp.int32), axis=-1)  # steps back in the trajectory
         first = jnp.take_along_axis(s, jnp.maximum(n_cont - 1, 0)[..., None], axis=-1)[..., 0]
         first = jnp.where(n_cont == 0, t, first)
         src = jnp.where(j <= n_cont[..., None], s, first[..., None])[..., ::-1]  # oldest first
         old = storage.gather(layout, sstorage, (*lanes, src))  # [*S, K-1, ...]
+        alone = (n_cont == 0)[..., None]  # [*S, 1]: the item's own frame (as in the batch) repeated
         out = batch
         for k in self._keys:
-            frames = jnp.concatenate([_tree.get(old, k), jnp.expand_dims(_tree.get(batch, k), n_batch)], axis=n_batch)
+            own = jnp.expand_dims(_tree.get(batch, k), n_batch)
+            older = _tree.get(old, k)
+            older = jnp.where(alone.reshape(alone.shape + (1,) * (older.ndim - alone.ndim)), own, older)
+            frames = jnp.concatenate([older, own], axis=n_batch)
             out = _tree.set_in(out, k, self._place(frames, n_batch))
             nk = ("next", *k)
             if _tree.has(batch, nk):
                 nxt = jnp.concatenate([frames[(slice(None),) * n_batch + (slice(1, None),)],
                                        jnp.expand_dims(_tree.get(batch, nk), n_batch)], axis=n_batch)
                 out = _tree.set_in(out, nk, self._place(nxt, n_batch))
-        if "mask" in info:
-            out = zero_masked(out, info["mask"])
         return out

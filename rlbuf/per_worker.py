@@ -16,7 +16,8 @@ import numpy as np
 
 from rlbuf import _tree, _xla
 from rlbuf._groups import _ignore_foreign, _rank1, _split_buffer, _stored
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.buffer import SplittableBuffer
+from rlbuf.replay_buffer import BufferState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ class PerWorkerReplayBuffer:
     candidates, of which each position keeps one worker's).
     """
 
-    buffer: ReplayBuffer
+    buffer: SplittableBuffer
     num_workers: int
     proportional: bool = False
 
@@ -69,13 +70,18 @@ class PerWorkerReplayBuffer:
             )
 
     @functools.cached_property
-    def _local(self) -> ReplayBuffer:
+    def _local(self) -> SplittableBuffer:
         return _split_buffer(self.buffer, int(self.num_workers), "PerWorkerReplayBuffer")
 
     @property
-    def local_buffer(self) -> ReplayBuffer:
+    def local_buffer(self) -> SplittableBuffer:
         """The plain buffer each worker runs (``max_size / W``, ``batch_size / W``)."""
         return self._local
+
+    @property
+    def batch_size(self) -> int:
+        """Items per ``sample`` over all workers (the wrapped buffer's)."""
+        return self.buffer.batch_size
 
     def num_stored(self, state: BufferState) -> jax.Array:
         """int32 scalar: transitions stored over all workers (jittable)."""

@@ -1,7 +1,7 @@
 """``ReplayBuffer``: storage x sampler x writer x transform, as pure functions over a state.
 
 Usage (everything jittable; donate the state to ``add`` and ``sample`` so they update it in
-place instead of copying the storage)::
+place instead of copying the storage):
 
     rb = ReplayBuffer(storage=LazyTensorStorage(100_000, ndim=2), batch_size=256)
     state = rb.init(example_batch)                 # example: [B, T, ...] leaves
@@ -10,7 +10,7 @@ place instead of copying the storage)::
     state = add(state, batch)
     state, batch, info = sample(state, key)
 
-The plug-in seams: the buffer calls only the hooks of ``rlbuf.storage.Storage``,
+The plug-in seams: the buffer calls only the hooks of ``rlbuf.storages.base.Storage``,
 ``rlbuf.samplers.base.Sampler`` and ``rlbuf.writers.base.Writer``, and every sampler and
 writer hook sees the ring through one read-only view, ``rlbuf._ring.Ring`` (``state.ring``).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,8 @@ from rlbuf.frame_stack import FrameStack
 from rlbuf.samplers import capabilities
 from rlbuf.samplers.base import Sampler, zero_masked
 from rlbuf.samplers.random import RandomSampler
-from rlbuf.storage import Layout, Storage
+from rlbuf.stages import Chain, SampleContext, as_stage
+from rlbuf.storages.base import Layout, Storage
 from rlbuf.writers.base import Writer
 from rlbuf.writers.round_robin import RoundRobinWriter
 
@@ -42,11 +43,11 @@ class BufferState:
     """The whole state of a replay buffer (a pytree; ``layout`` is static metadata).
 
     - ``storage``: the storage's arrays (``LazyTensorStorage``: leaves ``[*lanes, capacity,
-      ...]``, lane-major, see ``rlbuf.storage``; slots never written are zeros).
+      ...]``, lane-major, see ``rlbuf.storages.tensor``; slots never written are zeros).
     - ``cursor``: int32, next physical time slot to write; ``count``: int32, written time
       slots per lane (``<= capacity``); ``added``: int32, time steps ever added per lane.
     - ``sampler`` / ``writer``: the sampler's and writer's own state pytrees.
-    - ``layout``: static ``rlbuf.storage.Layout`` (lanes, capacity, leaf specs).
+    - ``layout``: static ``rlbuf.storages.base.Layout`` (lanes, capacity, leaf specs).
     """
 
     storage: Any
@@ -88,16 +89,20 @@ def _select(data: Any, keys: tuple, who: str) -> Any:
 class ReplayBuffer:
     """A replay buffer in TorchRL's decomposition with optax's purity.
 
-    Args (keyword-only):
-      storage: a ``rlbuf.storage.Storage``, e.g. ``LazyTensorStorage(max_size, ndim)``.
+    Args:
+      storage: a ``rlbuf.storages.base.Storage``, e.g. ``LazyTensorStorage(max_size, ndim)``.
       sampler: ``RandomSampler()`` (default), ``SamplerWithoutReplacement``, slice and
         prioritized samplers, or any ``rlbuf.samplers.base.Sampler``.
       writer: ``RoundRobinWriter()`` (default), ``MaxValueWriter`` or any
         ``rlbuf.writers.base.Writer``.
       batch_size: items per ``sample`` (for slice samplers ``num_slices * slice_len``).
-      transform: optional pure function applied to every sampled batch.
+      transform: the sample-time stages (``rlbuf.stages``) applied to every sampled batch, in
+        order: one pure function ``batch -> batch`` (e.g. ``rlbuf.MultiStep``), one stage
+        (``check``/``apply`` hooks, e.g. ``rlbuf.FrameStack``), or a tuple of them (or
+        ``rlbuf.chain(...)``).
       frame_stack: a ``rlbuf.FrameStack``: single frames stored, each sampled item gets the
-        stack of its trajectory's last ``num_frames`` frames (``rlbuf.frame_stack``).
+        stack of its trajectory's last ``num_frames`` frames (``rlbuf.frame_stack``); the
+        first stage of the chain, before ``transform``.
       keys: store only these keys (strings, tuples for nested keys; a key may name a subtree)
         of what ``add`` (and ``init``'s example) receives; ``None`` stores everything.
       warn_on_empty: a debugging aid, eager calls only: ``sample`` warns (``UserWarning``)
@@ -114,19 +119,19 @@ class ReplayBuffer:
     sampler: Sampler = dataclasses.field(default_factory=RandomSampler)
     writer: Writer = dataclasses.field(default_factory=RoundRobinWriter)
     batch_size: int
-    transform: Optional[Callable] = None
+    transform: Optional[Union[Callable, tuple]] = None
     keys: Optional[tuple] = dataclasses.field(default=None, hash=False)
     frame_stack: Optional[FrameStack] = None
     # (not compared: only eager calls read it, a jitted function is the same either way)
     warn_on_empty: bool = dataclasses.field(default=False, compare=False)
 
     def __post_init__(self):
-        for name, obj, base in (("storage", self.storage, Storage), ("sampler", self.sampler, Sampler),
-                                ("writer", self.writer, Writer)):
+        # the bases by the paths users import them from
+        for name, obj, base, path in (("storage", self.storage, Storage, "rlbuf.storage.Storage"),
+                                      ("sampler", self.sampler, Sampler, "rlbuf.samplers.base.Sampler"),
+                                      ("writer", self.writer, Writer, "rlbuf.writers.base.Writer")):
             if not isinstance(obj, base):
-                raise TypeError(
-                    f"ReplayBuffer: {name} must be a {base.__module__}.{base.__name__}, got {type(obj).__name__}"
-                )
+                raise TypeError(f"ReplayBuffer: {name} must be a {path}, got {type(obj).__name__}")
         if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
                 or self.batch_size <= 0:
             raise ValueError(f"ReplayBuffer: batch_size must be a positive int, got {self.batch_size!r}")
@@ -137,31 +142,45 @@ class ReplayBuffer:
         if self.keys is not None:
             if isinstance(self.keys, str) or not self._keys:
                 raise ValueError(f"ReplayBuffer: keys must be a non-empty sequence of keys, got {self.keys!r}")
+        if isinstance(self.transform, list):
+            raise TypeError("ReplayBuffer: transform must be a stage or a tuple of stages, got a list "
+                            "(the buffer is hashable: pass a tuple)")
+        self.stages  # a non-stage raises now
+
+    @property
+    def stages(self) -> Chain:
+        """The sample-time stages in order (``frame_stack`` first, then ``transform``) as one chain."""
+        first = () if self.frame_stack is None else (self.frame_stack,)
+        rest = self.transform if isinstance(self.transform, tuple) else \
+            (() if self.transform is None else (self.transform,))
+        return Chain(tuple(as_stage(s, "ReplayBuffer: transform") for s in first + rest))
 
     @property
     def _keys(self) -> Optional[tuple]:
         return None if self.keys is None else tuple(_tree.as_tuple(k) for k in self.keys)
 
-    def _stored(self, data: Any, who: str) -> Any:
+    def stored(self, data: Any, who: str = "ReplayBuffer.add") -> Any:
+        """``data`` as ``add`` stores it: TorchRL-style tuple keys nested, list leaves made arrays,
+        only ``keys`` kept (idempotent)."""
+        data = _tree.nest(data, who)
         return data if self.keys is None else _select(data, self._keys, who)
 
     def init(self, example: Any) -> BufferState:
         """An empty buffer shaped for batches like ``example`` (arrays or ShapeDtypeStructs with
         ``ndim`` leading batch dims; the time length of the example does not matter)."""
-        example = _tree.nest(example, "ReplayBuffer.init")  # TorchRL-style tuple keys, list leaves
-        layout = self.storage.layout(self._stored(example, "ReplayBuffer.init"))
+        layout = self.storage.layout(self.stored(example, "ReplayBuffer.init"))
         # Sampler and storage declare what they need from the writer; one check for both.
-        for part, what in ((self.sampler, ""), (self.storage, " (as configured)")):
+        for part, what in ((self.sampler, type(self.sampler).__name__),
+                           (self.storage, f"{self.storage.public_name} (as configured)")):
             missing = sorted(part.requires - self.writer.provides)
             if missing:
                 raise ValueError(
-                    f"ReplayBuffer: {type(part).__name__}{what} needs a writer that provides {missing} "
+                    f"ReplayBuffer: {what} needs a writer that provides {missing} "
                     f"(e.g. RoundRobinWriter); {type(self.writer).__name__} provides "
                     f"{sorted(self.writer.provides) or 'none of them'}"
                 )
         self.writer.check(layout)
-        if self.frame_stack is not None:
-            self.frame_stack.check(layout, self.storage)
+        self.stages.check(layout, self.storage)
         self.sampler.check(layout, self.batch_size)
         # Distinct arrays: one buffer donated twice would be an error.
         z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
@@ -179,8 +198,7 @@ class ReplayBuffer:
         """Write ``data`` (leaves ``[*lanes, T, ...]``, any ``T``) at the cursor; returns the new
         state. Wrong keys, dtypes or shapes raise at trace time naming the key."""
         layout = state.layout
-        data = _tree.nest(data, "ReplayBuffer.add")  # TorchRL-style tuple keys, list leaves
-        data = self._stored(data, "ReplayBuffer.add")
+        data = self.stored(data, "ReplayBuffer.add")
         t_len = self.storage.check(layout, data)
         write, wstate, data = self.writer.write(state.ring, state.writer, data)
         storage = self.storage.write(layout, state.storage, write.positions, data, write.skip)
@@ -226,12 +244,10 @@ class ReplayBuffer:
         ok = valid(index)
         if ok is not None:
             info = dict(info, mask=info["mask"] & ok if "mask" in info else ok)
-            batch = zero_masked(batch, ok)
+        if "mask" in info:  # the one place masked items are zeroed (stages keep them zeros)
+            batch = zero_masked(batch, info["mask"])
         batch = self.sampler.postprocess(ring, batch, info)
-        if self.frame_stack is not None:
-            batch = self.frame_stack.apply(self.storage, ring, state.storage, index, batch, info)
-        if self.transform is not None:
-            batch = self.transform(batch)
+        batch = self.stages.apply(batch, SampleContext(self.storage, state.storage, ring, index, info))
         info = dict(info, index=index if ring.lanes else index[0])
         return dataclasses.replace(state, sampler=sstate), batch, info
 
@@ -268,6 +284,20 @@ class ReplayBuffer:
         index = index if isinstance(index, tuple) else (index,)
         sstate = self.sampler.update_priority(state.ring, state.sampler, index, priority)
         return dataclasses.replace(state, sampler=sstate)
+
+    @property
+    def ndim(self) -> int:
+        """Batch dims of ``add`` data (the storage's ``ndim``)."""
+        return self.storage.ndim
+
+    def check(self, layout: Layout, data: Any) -> int:
+        """Validate the stored part of an ``add`` batch against ``layout`` (errors name the key,
+        at trace time); returns its time length."""
+        return self.storage.check(layout, self.stored(data))
+
+    def with_batch_size(self, batch_size: int) -> "ReplayBuffer":
+        """The same buffer drawing ``batch_size`` items per ``sample``."""
+        return self if batch_size == self.batch_size else dataclasses.replace(self, batch_size=batch_size)
 
     def num_stored(self, state: BufferState) -> jax.Array:
         """int32 scalar: transitions stored over all lanes (jittable; for a sharded or

@@ -118,7 +118,7 @@ def _expand(m, x):
 
 
 def _reverse_scan(fn, xs: dict, init):
-    """The one recurrence of this module, over the last axis of ``[*B, T]`` arrays::
+    """The one recurrence of this module, over the last axis of ``[*B, T]`` arrays:
 
         y[..., t] = a[..., t] + (0 if cut[..., t] else b[..., t] * y[..., t + 1]),   y[..., T] = init,
         (a[..., t], b[..., t], cut[..., t]) = fn({k: xs[k][..., t]})
@@ -192,10 +192,17 @@ def gae(reward, value, next_value, terminated, done, *, gamma, lmbda, mask=None)
     """Generalized advantage estimation (Schulman et al. 2016), TorchRL's
     ``generalized_advantage_estimate`` with time last.
 
-    Args: ``reward``, ``value``, ``next_value`` float ``[*B, T]``; ``terminated``, ``done`` bool
-    ``[*B, T]``; ``gamma``, ``lmbda`` in [0, 1]; ``mask`` optional bool ``[*B, T]`` (module doc).
+    Args:
+        reward: float ``[*B, T]``, the reward of each step.
+        value: float ``[*B, T]``, the value of each step's observation.
+        next_value: float ``[*B, T]``, the value of each step's next observation.
+        terminated: bool ``[*B, T]``, the episode ended at this step (no future value).
+        done: bool ``[*B, T]``, terminated or truncated at this step.
+        gamma: discount in [0, 1] (a number, or an array ``()`` or ``[*B, T]``).
+        lmbda: GAE's lambda in [0, 1] (same forms as ``gamma``).
+        mask: optional bool ``[*B, T]``, False on padding (module doc).
 
-    Returns ``(advantage, value_target)``, both ``[*B, T]``::
+    Returns ``(advantage, value_target)``, both ``[*B, T]``:
 
         delta[t]     = reward[t] + gamma * (not terminated[t]) * next_value[t] - value[t]
         advantage[t] = delta[t] + gamma * lmbda * (not cut[t]) * advantage[t + 1]
@@ -234,10 +241,16 @@ def td_lambda(reward, next_value, terminated, done, *, gamma, lmbda, mask=None):
     """TD(lambda) return, TorchRL's ``td_lambda_return_estimate`` (``rolling_gamma=True``) with
     time last.
 
-    Args: ``reward``, ``next_value`` float ``[*B, T]``; ``terminated``, ``done`` bool ``[*B, T]``;
-    ``gamma``, ``lmbda`` in [0, 1]; ``mask`` optional bool ``[*B, T]`` (module doc).
+    Args:
+        reward: float ``[*B, T]``, the reward of each step.
+        next_value: float ``[*B, T]``, the value of each step's next observation.
+        terminated: bool ``[*B, T]``, the episode ended at this step (no future value).
+        done: bool ``[*B, T]``, terminated or truncated at this step.
+        gamma: discount in [0, 1] (a number, or an array ``()`` or ``[*B, T]``).
+        lmbda: lambda in [0, 1] (same forms as ``gamma``).
+        mask: optional bool ``[*B, T]``, False on padding (module doc).
 
-    Returns ``value_target`` ``[*B, T]``::
+    Returns ``value_target`` ``[*B, T]``:
 
         G[t] = reward[t] + gamma * (not terminated[t]) * next_value[t]                if cut[t]
         G[t] = reward[t] + gamma * ((1 - lmbda) * next_value[t] + lmbda * G[t + 1])   otherwise
@@ -264,13 +277,22 @@ def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda
     """V-trace off-policy targets (Espeholt et al. 2018, IMPALA), TorchRL's
     ``vtrace_advantage_estimate`` with time last and a ``lmbda`` on the trace coefficients.
 
-    Args: ``reward``, ``value``, ``next_value`` float ``[*B, T]``; ``terminated``, ``done`` bool
-    ``[*B, T]``; ``log_rho`` float ``[*B, T]``: ``log pi(a_t|x_t) - log mu(a_t|x_t)``, the
-    learner policy's log-probability of the taken action minus the behaviour policy's (the one
-    stored by the collector, e.g. its ``"log_prob"`` extra); ``gamma``, ``lmbda`` in [0, 1];
-    ``rho_clip`` (rho bar), ``c_clip`` (c bar) > 0 (``inf`` allowed); ``mask`` as in ``gae``.
+    Args:
+        reward: float ``[*B, T]``, the reward of each step.
+        value: float ``[*B, T]``, the value of each step's observation.
+        next_value: float ``[*B, T]``, the value of each step's next observation.
+        terminated: bool ``[*B, T]``, the episode ended at this step (no future value).
+        done: bool ``[*B, T]``, terminated or truncated at this step.
+        log_rho: float ``[*B, T]``, ``log pi(a_t|x_t) - log mu(a_t|x_t)``: the learner policy's
+            log-probability of the taken action minus the behaviour policy's (the one stored by
+            the collector, e.g. its ``"log_prob"`` extra).
+        gamma: discount in [0, 1].
+        lmbda: lambda on the trace coefficients, in [0, 1].
+        rho_clip: rho bar, > 0 (``inf`` allowed).
+        c_clip: c bar, > 0 (``inf`` allowed).
+        mask: optional bool ``[*B, T]``, False on padding (as in ``gae``).
 
-    Returns ``(advantage, value_target)``, both ``[*B, T]``::
+    Returns ``(advantage, value_target)``, both ``[*B, T]``:
 
         rho[t] = min(rho_clip, exp(log_rho[t]));  c[t] = lmbda * min(c_clip, exp(log_rho[t]))
         delta[t] = rho[t] * (reward[t] + gamma * (not terminated[t]) * next_value[t] - value[t])

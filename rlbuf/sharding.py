@@ -49,7 +49,8 @@ from rlbuf._groups import (
     _stored,
 )
 from rlbuf._shard_map import shard_map as _shard_map
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.buffer import SplittableBuffer
+from rlbuf.replay_buffer import BufferState
 from rlbuf.samplers import capabilities
 
 
@@ -81,7 +82,7 @@ class ShardedReplayBuffer:
     The sampling distribution is described in :mod:`rlbuf.sharding`.
     """
 
-    buffer: ReplayBuffer
+    buffer: SplittableBuffer
     mesh: Mesh
     axis_name: Any = "data"
 
@@ -101,7 +102,7 @@ class ShardedReplayBuffer:
         return int(np.prod([self.mesh.shape[a] for a in names]))
 
     @functools.cached_property
-    def _local(self) -> ReplayBuffer:
+    def _local(self) -> SplittableBuffer:
         return _split_buffer(self.buffer, self._n, "shard")
 
     @property
@@ -109,7 +110,7 @@ class ShardedReplayBuffer:
         return self._n
 
     @property
-    def local_buffer(self) -> ReplayBuffer:
+    def local_buffer(self) -> SplittableBuffer:
         """The plain buffer each shard runs (``max_size / G``, ``batch_size / G``)."""
         return self._local
 
@@ -125,11 +126,16 @@ class ShardedReplayBuffer:
         return jax.lax.axis_index(self.axis_name)
 
     # -------------------------------------------------------------- API
+    @property
+    def batch_size(self) -> int:
+        """Items per ``sample`` over all shards (the wrapped buffer's)."""
+        return self.buffer.batch_size
+
     def init(self, example: Any) -> BufferState:
         """An empty sharded buffer for global ``add`` batches like ``example`` (arrays or
         ``ShapeDtypeStruct``s, leaves ``[*lanes, T, ...]``); each device allocates its own shard."""
         example = _tree.nest(example, "ShardedReplayBuffer.init")  # TorchRL-style tuple keys, list leaves
-        local = _local_example(example, self._local.storage.ndim, self._n, "shard")
+        local = _local_example(example, self._local.ndim, self._n, "shard")
         leaves, treedef = jax.tree_util.tree_flatten(local)
         # jit's own cache, keyed on the (hashable) example signature: one compile per signature.
         return _sharded_init(self, treedef, tuple((x.shape, np.dtype(x.dtype).name) for x in leaves))
@@ -190,7 +196,7 @@ class ShardedReplayBuffer:
         ``global_storage(state)[k][info["index"]]`` is the sampled ``batch[k]``.
 
         A storage whose arrays are not one ``[*lanes, capacity, ...]`` leaf per key (e.g.
-        ``compact_next``: ``("next", k)`` is rebuilt, ``rlbuf.compact.CompactState``) is read
+        ``compact_next``: ``("next", k)`` is rebuilt, ``rlbuf.storages.compact.CompactState``) is read
         through its ``gather`` at every slot: a materialised copy with every key of the
         ``add`` batches (slots never written, or whose item the storage cannot return, hold
         what ``gather`` reads there)."""
@@ -224,7 +230,7 @@ def _sharded_init(srb: ShardedReplayBuffer, treedef, specs: tuple) -> BufferStat
     return srb._smap(f, (), P(srb.axis_name))()
 
 
-def shard(rb: ReplayBuffer, mesh: Mesh, axis_name: Any = "data") -> ShardedReplayBuffer:
+def shard(rb: SplittableBuffer, mesh: Mesh, axis_name: Any = "data") -> ShardedReplayBuffer:
     """Split ``rb``'s lanes over ``mesh`` along ``axis_name`` (a mesh axis name or a tuple of
     them); see :class:`ShardedReplayBuffer`. ``rb`` keeps its global meaning: ``max_size`` and
     ``batch_size`` count over all shards and must be divisible by the number of shards."""

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree
-from rlbuf.returns import _expand, n_step_return
+from rlbuf.returns import n_step_return
 
 
 def _under_next(key) -> tuple:
@@ -48,17 +48,22 @@ class MultiStep:
     dims, time last (``[num_slices, slice_len, ...]`` from a slice sampler; ``batch_ndim=2``
     by default). The slice of each row is treated as consecutive steps in time.
 
-    Keys (TorchRL's names; a key not starting with ``"next"`` is read under ``"next"``, so
-    ``"reward"`` and ``("next", "reward")`` are the same key; lists are accepted):
+    Keys use TorchRL's names; a key not starting with ``"next"`` is read under ``"next"``, so
+    ``"reward"`` and ``("next", "reward")`` are the same key; lists are accepted.
 
-    - ``reward_keys`` (``("reward",)``): every reward summed over the window.
-    - ``done_keys`` (``("done", "terminated", "truncated")``): the end-of-episode flags; those
-      present are or-ed to stop windows (at least one must be present).
-    - ``terminated_key`` (``"terminated"``), else ``done_key`` (``"done"``), else the or of the
-      present done keys: the flag that forbids bootstrapping (``"nonterminal"``).
-    - ``mask_key`` (``("collector","mask")``, a full key): real steps, optional.
-    - ``reward_key`` / ``end_keys``: rlbuf's first-release names; when given they replace
-      ``reward_keys`` / ``done_keys``.
+    Args:
+        n_steps: the longest window, ``>= 1``.
+        gamma: the discount in [0, 1].
+        reward_keys: every reward summed over the window (``("reward",)``).
+        done_keys: the end-of-episode flags; those present are or-ed to stop windows (at least
+            one must be present).
+        done_key: the flag that forbids bootstrapping when ``terminated_key`` is not stored
+            (else the or of the present done keys).
+        terminated_key: the flag that forbids bootstrapping (``"nonterminal"``).
+        mask_key: real steps, optional (a full key).
+        batch_ndim: ``len(B) + 1``, the batch dims of the input, time last.
+        reward_key: rlbuf's first-release name; when given it replaces ``reward_keys``.
+        end_keys: rlbuf's first-release name; when given it replaces ``done_keys``.
 
     Flags with extra per-step dims (TorchRL's ``test_unusual_done``, e.g. one done per agent):
     done flags ``[*B, T, *E]`` (trailing 1s ignored; flags without ``E`` are broadcast) give
@@ -226,7 +231,7 @@ class MultiStep:
 
         def gather(x):
             x = to_time_last(x)
-            idx = jnp.broadcast_to(_expand(last, x), x.shape)
+            idx = jnp.broadcast_to(_tree.expand_right(last, x), x.shape)
             return from_time_last(jnp.take_along_axis(x, idx, axis=ax))
 
         new_next = jax.tree_util.tree_map(gather, nxt)  # rewards too: overwritten just below

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlbuf import _ring, checkpoint, compact
+from rlbuf import _ring, checkpoint
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers import RandomSampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.sharding import PerWorkerReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage, compact
 from rlbuf.writers import MaxValueWriter
 
 LANES = {1: (), 2: (2,), 3: (2, 1)}
@@ -419,3 +419,35 @@ def test_sharded_with_frame_stack_matches_plain():
         (sa, ba, ia), (sb, bb, ib) = jax.jit(a.sample)(sa, jax.random.key(t)), jax.jit(b.sample)(sb, jax.random.key(t))
         np.testing.assert_array_equal(ia["mask"], ib["mask"])
         assert_tree_equal(bb, ba)
+
+
+def _f32(bits):
+    return np.asarray(bits, np.uint32).view(np.float32)
+
+
+def test_signed_zeros_and_nan_payloads_round_trip_bit_exactly():
+    """Issue 26 item 5: breaks are found by comparing bits. A next observation of ``-0.0`` before
+    an observation of ``+0.0`` (and NaNs of different payloads) is a break: the stored bits come
+    back, inside one ``add`` and across two ``add`` calls through the head row (ndim=2, no done
+    flags: only the data says where the breaks are)."""
+    POS, NEG, NAN_A, NAN_B = 0x00000000, 0x80000000, 0x7FC00000, 0x7FC00001
+    # lane 0: one add, next obs bits at step 0 differ from obs bits at step 1 only in the sign/payload
+    obs = np.array([[POS, POS, NAN_A, 7], [POS, NAN_A, POS, NAN_A]], np.uint32)
+    nxt = np.array([[NEG, NAN_B, 0x3F800000, NEG], [NAN_A, POS, NAN_A, NAN_B]], np.uint32)
+    nxt[0, 1] = NAN_B  # obs[0, 2] is NAN_A: payloads differ
+    # second add: its first observations are +0.0 / NAN_A, the head row holds NEG / NAN_B
+    obs2 = np.array([[POS, 1], [NAN_A, 2]], np.uint32)
+    nxt2 = np.array([[0x3F800000, 3], [0x40000000, 4]], np.uint32)
+    adds = [(obs, nxt), (obs2, nxt2)]
+    rb = ReplayBuffer(storage=LazyTensorStorage(2 * 8, ndim=2, compact_next=True, final_obs_size=2 * 8), batch_size=4)
+    mk = lambda o, n: {"observation": jnp.asarray(_f32(o)), "next": {"observation": jnp.asarray(_f32(n))}}  # noqa: E731
+    state = rb.init(mk(obs, nxt))
+    add = jax.jit(rb.add)
+    for o, n in adds:
+        state = add(state, mk(o, n))
+    lane, t = np.meshgrid(np.arange(2), np.arange(6), indexing="ij")
+    got = rb.storage.gather(state.layout, state.storage, (jnp.asarray(lane, jnp.int32), jnp.asarray(t, jnp.int32)))
+    want_next = np.concatenate([nxt, nxt2], axis=1)
+    np.testing.assert_array_equal(np.asarray(got["next"]["observation"]).view(np.uint32), want_next)
+    np.testing.assert_array_equal(np.asarray(got["observation"]).view(np.uint32), np.concatenate([obs, obs2], 1))
+    assert bool(jnp.all(rb.storage.valid(state.layout, state.storage, (jnp.asarray(lane), jnp.asarray(t)))))

@@ -17,7 +17,7 @@ from rlbuf.frame_stack import FrameStack
 from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers import RandomSampler
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 K = 3
 KEYS = ("observation", "pixels")
@@ -117,10 +117,14 @@ def test_no_boundary_information_warns():
     mk = lambda st, **kw: ReplayBuffer(storage=st, batch_size=2, frame_stack=FrameStack(2, **kw))  # noqa: E731
     with pytest.warns(UserWarning, match="trajectory ids"):
         mk(LazyTensorStorage(8, ndim=2)).init(data)
+    # compact_next's breaks are no boundaries (issue 26 item 6): it warns too
+    with pytest.warns(UserWarning, match="final observation equals the next reset observation"):
+        mk(LazyTensorStorage(8, ndim=2, compact_next=True)).init(data)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        mk(LazyTensorStorage(8, ndim=2, compact_next=True)).init(data)  # compact_next sees every break
         mk(LazyTensorStorage(8, ndim=2)).init({**data, "episode": jnp.zeros((2, 1), jnp.int32)})
+        mk(LazyTensorStorage(8, ndim=2, compact_next=True)).init({**data, "next": {**data["next"],
+                                                                                  "done": jnp.zeros((2, 1), bool)}})
     with pytest.raises(KeyError, match="traj"):
         mk(LazyTensorStorage(8, ndim=2), traj_key=("collector", "traj")).init(data)
     with pytest.raises(ValueError, match="traj_key"):
@@ -164,3 +168,29 @@ def test_errors():
     with pytest.raises(ValueError, match="axis"):
         ReplayBuffer(storage=LazyTensorStorage(8, ndim=2), batch_size=2,
                      frame_stack=FrameStack(2, axis=3)).init(sim.batch(1))
+
+
+def test_compact_break_is_not_an_episode_boundary():
+    """Issue 26 item 6: an episode ends in final observation 0 and the next one starts from reset
+    observation 0, so ``compact_next`` sees no break there. With the done flag stored the first
+    step of the new episode stacks ``[0, 0, 0]``; without it ``init`` warns (the stack would be
+    ``[5, 6, 0]``)."""
+    obs = jnp.asarray([[4.0, 5.0, 6.0, 0.0, 1.0]])
+    nxt = jnp.asarray([[5.0, 6.0, 0.0, 1.0, 2.0]])
+    done = jnp.asarray([[False, False, True, False, False]])
+    data = {"observation": obs, "next": {"observation": nxt, "done": done}}
+    rb = ReplayBuffer(storage=LazyTensorStorage(8, ndim=2, compact_next=True), batch_size=2,
+                      frame_stack=FrameStack(3, keys=("observation",)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = rb.add(rb.init(data), data)
+    ctx_index = (jnp.zeros((2,), jnp.int32), jnp.asarray([3, 4], jnp.int32))
+    from rlbuf.stages import SampleContext
+
+    batch = rb.storage.gather(state.layout, state.storage, ctx_index)
+    out = rb.stages.apply(batch, SampleContext(rb.storage, state.storage, state.ring, ctx_index, {}))
+    np.testing.assert_array_equal(np.asarray(out["observation"]), [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(np.asarray(out["next"]["observation"]), [[0.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    no_flags = {"observation": obs, "next": {"observation": nxt}}
+    with pytest.warns(UserWarning, match="value|final observation equals"):
+        rb.init(no_flags)

@@ -78,30 +78,98 @@ def test_colab_install_cell_first(path):
     )
 
 
+def _install_logic(path: pathlib.Path, source: str) -> str:
+    """The notebook's install cell as plain Python, as on a machine without rlbuf: the import
+    fails, ``RLBUF_SOURCE`` is ``source``, and the cell stops before pip runs (its ``%pip``
+    magic and what follows are cut)."""
+    cell = next(c.source for c in nbformat.read(path, as_version=4).cells
+                if c.cell_type == "code" and "RLBUF_SOURCE" in c.source)
+    lines = cell.splitlines()
+    lines[lines.index("    import rlbuf")] = "    raise ImportError"
+    del lines[next(i for i, line in enumerate(lines) if line.lstrip().startswith("%pip install")):]
+    code = "\n".join(lines)
+    assert 'RLBUF_SOURCE = ""' in code, f"{path.name}: the RLBUF_SOURCE line changed"
+    return code.replace('RLBUF_SOURCE = ""', f"RLBUF_SOURCE = {source!r}")
+
+
+def _requirement(path: pathlib.Path, source: str):
+    from packaging.requirements import Requirement
+
+    ns: dict = {}
+    exec(_install_logic(path, source), ns)
+    req = Requirement(ns["RLBUF_REQUIREMENT"])
+    assert req.name == "rlbuf" and "examples" in req.extras, path.name
+    return req
+
+
 @pytest.mark.parametrize("source", ["local checkout", "git+https://github.com/example/rlbuf"])
 def test_install_cell_builds_a_valid_requirement(source):
     """The install cell's pip requirement, when rlbuf is missing, is valid for a git URL and for
     a local path (``rlbuf @ /path`` is not: a path must become a ``file://`` URL)."""
-    from packaging.requirements import Requirement
-
     root = NOTEBOOKS.parent
     src = source if source.startswith("git+") else str(root)
     for path in PATHS:
-        cell = next(c.source for c in nbformat.read(path, as_version=4).cells
-                    if c.cell_type == "code" and "RLBUF_SOURCE" in c.source)
-        lines = cell.splitlines()
-        first_import = lines.index("    import rlbuf")
-        lines[first_import] = "    raise ImportError"  # as on a machine without rlbuf
-        pip = next(i for i, line in enumerate(lines) if line.lstrip().startswith("%pip install"))
-        del lines[pip:]  # stop before pip runs
-        code = "\n".join(lines).replace('RLBUF_SOURCE = "git+https://github.com/<org>/rlbuf"',
-                                        f"RLBUF_SOURCE = {src!r}")
-        assert f"RLBUF_SOURCE = {src!r}" in code, f"{path.name}: the RLBUF_SOURCE placeholder line changed"
-        ns: dict = {}
-        exec(code, ns)
-        req = Requirement(ns["RLBUF_REQUIREMENT"])
-        assert req.name == "rlbuf" and "examples" in req.extras
+        req = _requirement(path, src)
         assert req.url == (src if src.startswith("git+") else root.resolve().as_uri()), path.name
+
+
+@pytest.fixture(scope="module")
+def built_wheel(tmp_path_factory):
+    """rlbuf's wheel, built as the notebooks' setup text says (``pip wheel --no-deps .``) from a
+    copy of the project (the build writes ``build/`` and ``*.egg-info`` next to the sources)."""
+    import shutil
+    import subprocess
+
+    root = NOTEBOOKS.parent
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    shutil.copytree(root / "rlbuf", src / "rlbuf", ignore=shutil.ignore_patterns("__pycache__"))
+    out_dir = tmp_path_factory.mktemp("dist")
+    # --no-build-isolation: build with this environment's setuptools (no download in CI)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".",
+                          "-w", str(out_dir)], cwd=src, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (wheel,) = out_dir.glob("rlbuf-*.whl")
+    return wheel
+
+
+def test_built_wheel_is_installable_rlbuf(built_wheel):
+    import zipfile
+
+    names = zipfile.ZipFile(built_wheel).namelist()
+    assert "rlbuf/__init__.py" in names and "rlbuf/samplers/slice.py" in names
+    meta = zipfile.ZipFile(built_wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Provides-Extra: examples" in meta
+
+
+@pytest.mark.parametrize("where", ["uploaded", "explicit path"])
+def test_install_cell_picks_an_uploaded_wheel(built_wheel, where, tmp_path, monkeypatch):
+    """On Colab the user uploads the wheel to the working directory (or /content) and runs the
+    cell unchanged: it installs that wheel (the newest one if several were uploaded); a wheel's
+    path in RLBUF_SOURCE works too."""
+    import os
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "rlbuf-0.0.1-py3-none-any.whl"
+    old.write_bytes(b"")
+    os.utime(old, (1, 1))  # an older upload
+    wheel = pathlib.Path(shutil.copy(built_wheel, tmp_path / built_wheel.name))
+    source = "" if where == "uploaded" else str(wheel)
+    for path in PATHS:
+        assert _requirement(path, source).url == wheel.resolve().as_uri(), path.name
+
+
+def test_install_cell_finds_a_checkout_and_says_what_to_do_without_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path in PATHS:
+        with pytest.raises(RuntimeError, match="pip wheel --no-deps"):
+            exec(_install_logic(path, ""), {})
+    (tmp_path / "rlbuf").mkdir()
+    (tmp_path / "rlbuf" / "pyproject.toml").write_text("")
+    for path in PATHS:
+        assert _requirement(path, "").url == (tmp_path / "rlbuf").resolve().as_uri(), path.name
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
-"""The plug-in seams: a sampler, a writer and a storage written *here*, against the base classes
-only, work plain, sharded (``rlbuf.shard`` on a 1-device mesh, in-process) and per-worker
-(``PerWorkerReplayBuffer``) without any edit of ``replay_buffer.py`` or ``sharding.py``; and
-combinations that cannot work are refused at ``init``, naming both parts."""
+"""The plug-in seams: a sampler, a writer, a storage and a sample-time stage written *here*,
+against the base classes (and ``rlbuf.stages``) only, work plain, sharded (``rlbuf.shard`` on
+a 1-device mesh, in-process) and per-worker (``PerWorkerReplayBuffer``) without any edit of
+``replay_buffer.py`` or ``sharding.py``; and combinations that cannot work are refused at
+``init``, naming both parts."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.slice import SliceSampler
 from rlbuf.sharding import PerWorkerReplayBuffer, shard
-from rlbuf.storage import LazyTensorStorage, Storage
+from rlbuf.stages import SampleContext, chain
+from rlbuf.storages import LazyTensorStorage, Storage
 from rlbuf.writers import MaxValueWriter, WriteInfo, Writer
 
 # ---------------------------------------------------------------------------------- the plug-ins
@@ -102,6 +104,69 @@ class TimeMajorStorage(Storage):
         return jax.tree_util.tree_map(lambda x: x[(index[-1], *index[:-1])], storage)
 
 
+@dataclasses.dataclass(frozen=True)
+class PrevId:
+    """A stage that reads the storage: ``batch["prev"]`` is the id stored in the slot before each
+    item's (same lane, through ``Storage.gather``); ``init`` refuses a buffer without ``key``."""
+
+    key: str = "id"
+
+    def check(self, layout, storage):
+        layout.spec(self.key)  # raises naming the key
+
+    def apply(self, batch, ctx: SampleContext):
+        *lanes, t = ctx.index
+        prev = jnp.where(t == 0, ctx.ring.capacity - 1, t - 1)
+        return dict(batch, prev=ctx.storage.gather(ctx.ring.layout, ctx.data, (*lanes, prev))[self.key])
+
+
+def double_prev(batch):
+    """A plain function stage, run after ``PrevId`` (it reads its output)."""
+    return dict(batch, prev2=batch["prev"] * 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Negating:
+    """A buffer that is no ``ReplayBuffer`` (it wraps one and negates sampled ids): the group
+    wrappers take it because it implements ``rlbuf.buffer.SplittableBuffer``."""
+
+    inner: ReplayBuffer
+
+    batch_size = property(lambda self: self.inner.batch_size)
+    ndim = property(lambda self: self.inner.ndim)
+
+    def init(self, example):
+        return self.inner.init(example)
+
+    def add(self, state, data):
+        return self.inner.add(state, data)
+
+    def sample(self, state, key):
+        state, batch, info = self.inner.sample(state, key)
+        return state, dict(batch, id=-batch["id"]), info
+
+    def can_sample(self, state):
+        return self.inner.can_sample(state)
+
+    def num_stored(self, state):
+        return self.inner.num_stored(state)
+
+    def update_priority(self, state, index, priority):
+        return self.inner.update_priority(state, index, priority)
+
+    def split(self, n_groups, who="Negating.split"):
+        return Negating(self.inner.split(n_groups, who))
+
+    def stored(self, data, who="Negating.add"):
+        return self.inner.stored(data, who)
+
+    def check(self, layout, data):
+        return self.inner.check(layout, data)
+
+    def with_batch_size(self, batch_size):
+        return Negating(self.inner.with_batch_size(batch_size))
+
+
 # ---------------------------------------------------------------------------------- the checks
 
 LANES, T, WINDOW, CAP, STRIDE = 4, 6, 3, 8, 2
@@ -129,6 +194,18 @@ def _check(ids, n_adds, lanes):
         assert 0 <= lane < lanes and step in newest, (v, sorted(newest))
 
 
+def _staged():
+    return dataclasses.replace(_buffer(), transform=(PrevId(), double_prev))
+
+
+def _check_stages(batch, n):
+    """``PrevId`` then ``double_prev`` ran, in that order, on the ``n`` first items (the others
+    are not checked: per-worker halves are checked one by one)."""
+    ids = np.asarray(batch["id"])[:n]
+    np.testing.assert_array_equal(np.asarray(batch["prev"])[:n], ids - STRIDE)  # kept steps are STRIDE apart
+    np.testing.assert_array_equal(np.asarray(batch["prev2"])[:n], 2 * (ids - STRIDE))
+
+
 def _run(rb, n_adds=3):
     """Plain/sharded: ``add``, ``sample``, ``can_sample``, ``num_stored`` jitted, state donated."""
     state = rb.init(_data(LANES, T, 0))
@@ -154,6 +231,55 @@ def test_plain():
     _, batch, info = rb.sample(state, jax.random.key(1))
     lane, t = info["index"]
     np.testing.assert_array_equal(np.asarray(state.storage["id"])[np.asarray(t), np.asarray(lane)], batch["id"])
+
+
+def test_stages_plain_and_refused():
+    state = _run(_staged())
+    _, batch, _ = jax.jit(_staged().sample)(state, jax.random.key(3))
+    _check_stages(batch, BATCH)
+    # chain(...) is the same chain as the tuple; a stage's check runs at init
+    _, batch2, _ = jax.jit(dataclasses.replace(_buffer(), transform=chain(PrevId(), double_prev)).sample)(
+        state, jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(batch2["prev2"]), np.asarray(batch["prev2"]))
+    with pytest.raises(KeyError, match="key 'nope' is not stored"):
+        dataclasses.replace(_buffer(), transform=(PrevId("nope"),)).init(_data(LANES, T, 0))
+    with pytest.raises(TypeError, match="tuple"):
+        dataclasses.replace(_buffer(), transform=[double_prev])
+    with pytest.raises(TypeError, match="stage"):
+        dataclasses.replace(_buffer(), transform=(double_prev, 3))
+
+
+def test_stages_sharded_and_per_worker():
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    state = _run(shard(_staged(), mesh))
+    _, batch, _ = jax.jit(shard(_staged(), mesh).sample)(state, jax.random.key(4))
+    _check_stages(batch, BATCH)
+    prb = PerWorkerReplayBuffer(_staged(), 2)
+    state = prb.init(_data(LANES, T, 0))
+    for i in range(3):
+        state = prb.add_worker(state, 0, _data(LANES, T, i * T))
+        state = prb.add_worker(state, 1, _data(LANES, T, i * T))
+    _, batch, _ = jax.jit(prb.sample)(state, jax.random.key(5))
+    _check_stages(batch, BATCH)
+
+
+def test_any_splittable_buffer_runs_per_worker_and_sharded():
+    import rlbuf
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    for rb in (_buffer(), Negating(_buffer()), shard(_buffer(), mesh), PerWorkerReplayBuffer(_buffer(), 2)):
+        assert isinstance(rb, rlbuf.Buffer), type(rb).__name__
+    assert isinstance(Negating(_buffer()), rlbuf.SplittableBuffer)
+    prb = PerWorkerReplayBuffer(Negating(_buffer()), 2)
+    state = prb.init(_data(LANES, T, 0))
+    for w in range(2):
+        state = prb.add_worker(state, w, _data(LANES, T, 0))
+    _, batch, _ = jax.jit(prb.sample)(state, jax.random.key(6))
+    _check(-batch["id"], 1, LANES)  # the wrapper's own sample ran in each worker
+    assert int(prb.num_stored(state)) == 2 * LANES * T // STRIDE
+    state = _run(shard(_buffer(), mesh))  # the sharded wrapper checks batches through rb.check
+    with pytest.raises(TypeError, match="SplittableBuffer"):
+        PerWorkerReplayBuffer(object(), 2)
 
 
 def test_sharded_on_a_one_device_mesh():

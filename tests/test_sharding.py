@@ -18,7 +18,7 @@ from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
 from rlbuf.sharding import PerWorkerReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 W, LANES, CAP, T = 2, 2, 12, 5
 SAMPLERS = {

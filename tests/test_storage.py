@@ -13,7 +13,7 @@ from reference import NumpyRingBuffer
 
 from rlbuf import _ring
 from rlbuf.replay_buffer import ReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 LANES = {1: (), 2: (3,), 3: (2, 2)}
 CAPS = (5, 8)

@@ -64,8 +64,6 @@ class CollectorState:
 class Collector(CollectorOptions):
     """Synchronous data collector (TorchRL's ``SyncDataCollector``) as pure functions.
 
-    .. code-block:: python
-
         collector = Collector(env, policy, frames_per_batch=1024, num_envs=8)
         cstate = collector.init(key)
         cstate, batch = collector.collect(cstate, policy_params)   # jit/scan-safe

@@ -72,8 +72,6 @@ class HostCollectorState:
 class HostCollector:
     """TorchRL's ``SyncDataCollector`` over host environments: gymnasium vector envs or EnvPool.
 
-    .. code-block:: python
-
         envs = gymnasium.make_vec("CartPole-v1", num_envs=8, vectorization_mode="async")
         hc = rlbuf.HostCollector(envs, policy, frames_per_batch=256)
         cstate = hc.init(key)

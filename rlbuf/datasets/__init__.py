@@ -1,7 +1,5 @@
 """Offline data in and out of rlbuf's batch layout: Minari datasets.
 
-.. code-block:: python
-
     data = rlbuf.datasets.from_minari("cartpole/random-v0")     # [N] leaves, numpy
     state = rlbuf.datasets.fill_buffer(rb, "cartpole/random-v0", progress=True)  # chunked
     rlbuf.datasets.to_minari("cartpole/rlbuf-v0", batches, env="CartPole-v1")

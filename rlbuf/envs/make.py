@@ -23,8 +23,6 @@ _PACKAGES = {"gymnax": "gymnax", "brax": "brax", "jumanji": "jumanji", "navix": 
 def make(spec: str, **kwargs: Any):
     """An env of a JAX suite and its parameters, ready for :class:`rlbuf.Collector`.
 
-    .. code-block:: python
-
         env, env_params = rlbuf.envs.make("brax:inverted_pendulum", backend="mjx")
         collector = rlbuf.Collector(env, policy, frames_per_batch=1024, num_envs=8,
                                     env_params=env_params)

@@ -133,7 +133,10 @@ class QLearner(abc.ABC):
             s, losses = jax.lax.scan(one, s, None, length=cfg.updates_per_collect)
             return s, losses.mean()
 
-        s, loss = jax.lax.cond(cstate.frames >= cfg.learning_starts, learn, lambda s: (s, jnp.float32(jnp.nan)), s)
+        # Learn only once the buffer can give a batch: an empty or too-short buffer samples masked
+        # zeros by design (info["mask"] False), and an update on them would train on padding.
+        ready = (cstate.frames >= cfg.learning_starts) & self.rb.can_sample(s.buffer)
+        s, loss = jax.lax.cond(ready, learn, lambda s: (s, jnp.float32(jnp.nan)), s)
         return s, (ep_sum, ep_n, loss)
 
     def _chunk(self, s):

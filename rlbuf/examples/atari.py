@@ -122,6 +122,10 @@ def main(argv=None) -> dict:
     finally:
         hc.close()
     elapsed = time.perf_counter() - t0
+    # An empty or too-short buffer samples masked zeros (info["mask"] False) by design: say so
+    # instead of showing padding as frames.
+    if not bool(rb.can_sample(state)):
+        print(f"no stored episode has {a.slice_len} steps yet: the slices below are padding (raise --frames)")
     state, slices, info = sample(state, jax.random.key(a.seed + 1))
     obs = slices["observation"]
     print(f"{a.game}: {a.frames} frames from {a.num_envs} envs in {elapsed:.1f}s "

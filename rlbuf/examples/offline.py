@@ -240,6 +240,8 @@ class Agent:
         cfg = self.cfg
 
         def update(c, k):
+            # No can_sample gate: the offline member is full and the online one got this
+            # iteration's batch just before (an empty member would give masked zeros).
             lrn, ens = c
             ens, batch, info = self.ens.sample(ens, k)
             lrn, loss = self._learn(lrn, batch, cfg.online_cql_alpha)
@@ -284,6 +286,9 @@ def train(cfg: OfflineConfig, *, quiet: bool = False, keep_dataset: str | None =
         n = ds.total_steps
         agent = Agent(cfg, n)
         offline = datasets.fill_buffer(agent.offline_rb, ds, progress=not quiet)
+    # Every offline update samples this buffer: an empty one would give masked zeros by design.
+    if not bool(agent.offline_rb.can_sample(offline)):
+        raise ValueError("the offline dataset filled no transitions into the buffer")
     say(f"dataset: {n} transitions, {len(returns)} episodes, behaviour return {np.mean(returns):.1f}")
 
     key, k_init, k_col = jax.random.split(key, 3)

@@ -233,6 +233,8 @@ class PPO:
         grad_fn = jax.vmap(jax.value_and_grad(lambda p, mb: ppo_loss(self.net, cfg, p, mb), has_aux=True))
 
         def sample(buffer_key):
+            # No can_sample gate: the buffer holds this iteration's whole batch (the minibatches
+            # of one epoch), so it can always sample; an empty one would give masked zeros.
             buffer, mb, _ = self.rb.sample(*buffer_key)
             return buffer, mb
 

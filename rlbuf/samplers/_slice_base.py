@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from rlbuf import _fields, _ring, _tree, _xla
 from rlbuf.samplers import _trajectories as trj
-from rlbuf.samplers.base import Sampler, zero_masked
+from rlbuf.samplers.base import Sampler
 from rlbuf.writers.base import TIME_ORDER
 
 
@@ -122,7 +122,7 @@ class _SliceBase(Sampler):
     #: Refused (accepted as a keyword only to say so clearly): see ``check_slice_config``.
     consume_after_n_samples: Optional[int] = None
 
-    # Padding (strict_length=False, empty buffer) is zeroed by ``postprocess``.
+    # Padding (strict_length=False, empty buffer) is zeroed by ``ReplayBuffer.sample``.
     pads = True
     # The boundary bookkeeping assumes each add fills the next slots in time.
     requires = frozenset({TIME_ORDER})
@@ -229,7 +229,7 @@ class _SliceBase(Sampler):
         flat lanes ``lane`` whose step ``k`` is at age rank ``rank0 + k - shift`` (``rank0``:
         ``[S]``; ``shift``: the burn-in length). Padding (``mask`` False) points at rank
         ``rank0`` (the first learning step) and an all-padding slice (``ok`` False) at slot 0:
-        always a real storage location, zeroed by ``postprocess``. Slices never cross the write
+        always a real storage location, zeroed by ``ReplayBuffer.sample``. Slices never cross the write
         head, so ``0 <= rank0 + k - shift < count <= capacity`` (:func:`rlbuf._ring.physical_near`)."""
         steps = jnp.arange(mask.shape[1], dtype=jnp.int32) - shift
         rank = jnp.where(ok, rank0, 0)[:, None] + jnp.where(mask, steps[None, :], 0)
@@ -239,14 +239,14 @@ class _SliceBase(Sampler):
         return (*(jnp.broadcast_to(li[:, None], t.shape).astype(jnp.int32) for li in lane_idx), t)
 
     def postprocess(self, ring, batch, info):
-        """Zero padding; set ``truncated_key`` (and its sibling ``"done"``, if stored) True at each
+        """Padding arrives zeroed (``ReplayBuffer.sample``); set ``truncated_key`` (and its sibling
+        ``"done"``, if stored) True at each
         slice's last real step, and ``init_key`` (``"is_init"``, OR-ed with the stored flags) True
         at each slice's first real step, like TorchRL (only keys the buffer stores): a recurrent
         module then restarts from the stored state at every slice start (with ``burn_in``, at
         the first burn-in step). ``init_key=None`` / ``truncated_key=None`` leave those keys as
         stored."""
         mask = info["mask"]
-        batch = zero_masked(batch, mask)
         stored = set(ring.layout.keys())
         flags = []
         if self.truncated_key is not None:

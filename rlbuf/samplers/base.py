@@ -15,8 +15,9 @@ view (``cursor``, ``count``, ``added``, static ``layout``), and the sampler's ow
   ``(*lane_idx, t)`` of int32 arrays of the output batch shape (``[batch_size]``, or
   ``[num_slices, slice_len]`` for slices) locating each item in storage; ``info`` a dict of
   extra arrays (``"mask"``, ``"weight"``, ...);
-- ``postprocess(ring, batch, info) -> batch``: edits the gathered batch (default: zero
-  the items whose ``info["mask"]`` is False when ``pads`` is True);
+- ``postprocess(ring, batch, info) -> batch``: edits the gathered batch (default: none);
+  items whose ``info["mask"]`` is False arrive zeroed (``ReplayBuffer.sample`` zeroes them,
+  once, before this hook and the sample-time stages);
 - ``can_sample(ring, sstate, batch_size) -> bool array``;
 - ``update_priority(ring, sstate, index, priority) -> sstate``: prioritized samplers only;
   entries whose ``index`` is not a written slot (e.g. a time index of -1) must be ignored:
@@ -126,8 +127,6 @@ class Sampler:
         return c[1], c[2], c[3]
 
     def postprocess(self, ring, batch, info):
-        if self.pads and "mask" in info:
-            return zero_masked(batch, info["mask"])
         return batch
 
     def can_sample(self, ring, sstate, batch_size: int):

@@ -556,6 +556,8 @@ def async_collector_per_worker_buffer():
     assert all(len(after[v]) >= 2 for v in range(W)), ("not every worker delivered", order)
     for v in range(W):  # a batch started after the update uses the new params: reward = 1 + action = 2
         assert (np.asarray(after[v][-1]["action"]) == 1).all(), v
+    for b in batches:  # params == version here: each batch reports exactly the version that acted
+        assert (np.asarray(b["collector"]["policy_version"]) == np.asarray(b["action"])).all()
         assert np.asarray(per_worker[v][0]["observation"])[:, 0, 0].tolist() == [v * B, v * B + 1]
     assert_ids_consistent(batches)
     plain_add = jax.jit(rb.local_buffer.add)
