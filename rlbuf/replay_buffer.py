@@ -163,7 +163,8 @@ class ReplayBuffer:
         """``data`` as ``add`` stores it: TorchRL-style tuple keys nested, list leaves made arrays,
         only ``keys`` kept (idempotent)."""
         data = _tree.nest(data, who)
-        return data if self.keys is None else _select(data, self._keys, who)
+        keys = self._keys
+        return data if keys is None else _select(data, keys, who)
 
     def init(self, example: Any) -> BufferState:
         """An empty buffer shaped for batches like ``example`` (arrays or ShapeDtypeStructs with
