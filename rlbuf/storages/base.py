@@ -37,7 +37,6 @@ import numpy as np
 
 from rlbuf import _ring, _tree
 
-
 _S = TypeVar("_S", bound="Storage")  # split returns the same storage class
 
 
