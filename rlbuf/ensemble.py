@@ -39,7 +39,7 @@ Semantics (TorchRL's ``ReplayBufferEnsemble`` with ``sample_from_all=True``, at 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +100,11 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
 
     buffers: tuple
     num_per_buffer: Optional[tuple]
+
+    if TYPE_CHECKING:
+        # the constructor as _VarargsConstructor implements it (type checkers do not read a
+        # metaclass's __call__); at runtime the dataclass's own __init__ takes the fields
+        def __init__(self, *buffers: SplittableBuffer, num_per_buffer: Optional[Sequence[int]] = None) -> None: ...
 
     def __post_init__(self):
         if not self.buffers:

@@ -27,8 +27,12 @@ class CollectorLike(Protocol):
             ``(W, B, T)``).
     """
 
-    jittable: bool
-    frames_per_batch: int
+    # read-only properties: a frozen dataclass's fields (or a plain class attribute) satisfy them
+    @property
+    def jittable(self) -> bool: ...
+
+    @property
+    def frames_per_batch(self) -> int: ...
 
     @property
     def batch_shape(self) -> tuple[int, ...]: ...
