@@ -20,6 +20,7 @@ from rlbuf.collectors.host import HostCollector, HostCollectorState
 from rlbuf.collectors.sharded import ShardedCollector, shard_collector
 from rlbuf.ensemble import EnsembleState, ReplayBufferEnsemble
 from rlbuf.frame_stack import FrameStack
+from rlbuf.regrouping import regroup
 from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers import RandomSampler, Sampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler, set_alpha, set_beta
@@ -91,6 +92,7 @@ __all__ = [
     "returns",
     "StalenessAwareSampler",
     "set_policy_version",
+    "regroup",
 ]
 
 

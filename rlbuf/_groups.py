@@ -67,6 +67,21 @@ def _check_global(rb: SplittableBuffer, layout, data: Any, n: int, who: str) -> 
                 )
 
 
+def _check_groups(state: Any, n: int, who: str, what: str) -> None:
+    """Trace-time check that every leaf of a grouped ``state`` has the leading group axis ``n``
+    (``what`` names where ``n`` comes from); a state of another group count (e.g. restored from a
+    checkpoint of another device or worker count) would otherwise be silently misread."""
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        shape = np.shape(x)
+        if not shape or shape[0] != n:
+            got = shape[0] if shape else "no"
+            raise ValueError(
+                f"{who}: the state has {got} groups (leading axis of state{jax.tree_util.keystr(path)}, "
+                f"shape {shape}) but {what}; regroup it first (rlbuf.regroup(state, {n}) or "
+                f"rlbuf.checkpoint.restore(..., regroup=True))"
+            )
+
+
 def _offset_index(index: Any, layout, g) -> Any:
     """A group's sampler index made global: the first lane index (``ndim >= 2``) or the ring
     slot (``ndim = 1``) offset by the group's start, i.e. an index into the groups' storages

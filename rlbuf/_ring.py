@@ -10,6 +10,13 @@ is simply ``t < count``.
 Physical slot ``t`` has *age rank* ``logical(t)`` in ``[0, count)``: 0 is the oldest step of
 each lane, ``count - 1`` the newest. A window of ``n`` consecutive steps starting at physical
 ``t`` crosses neither the write head nor an unwritten slot iff ``logical(t) + n <= count``.
+
+Sizes: time indices are int32, so a lane holds at most ``MAX_STEPS = 2**31 - 1`` steps
+(``rlbuf.storage.Storage.layout`` refuses more, naming the limit); the arithmetic here never
+forms a sum past ``2 * capacity`` (wraps are compare-and-subtract, see :func:`add_mod`), so it
+is exact up to that limit. The number of items ``n_lanes * capacity`` may pass ``2**31``:
+storages gather by ``(lane, t)``, never by one flat int32 position; only :func:`flat_index`
+(prioritized samplers' flat trees) needs ``n_lanes * capacity < 2**31`` and checks it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _xla
+
+#: Most time steps one lane can hold: time indices are int32.
+MAX_STEPS = 2**31 - 1
+#: Most items (over all lanes) a flat int32 position can address (:func:`flat_index`).
+MAX_FLAT = 2**31 - 1
 
 
 @jax.tree_util.register_dataclass
@@ -105,6 +117,7 @@ class Ring:
         in every lane; ``[*lanes, t]``: each lane's own, as ``MaxValueWriter`` gives with lanes),
         lane-major, and whether each is a real slot (``< capacity``; writers drop the others)."""
         cap, n = self.layout.capacity, self.layout.n_lanes
+        check_flat(self.layout.lanes, cap, "Ring.lane_slots")
         if positions.ndim > 1:
             per_lane = positions.reshape(n, -1)
         else:
@@ -122,9 +135,21 @@ def write_positions(cursor, t: int, capacity: int):
     """
     skip = max(t - capacity, 0)
     n = t - skip
-    start = (cursor + skip) % capacity
-    positions = (start + jnp.arange(n, dtype=jnp.int32)) % capacity
-    return positions, skip, (start + n) % capacity
+    start = add_mod(cursor, skip % capacity, capacity)
+    positions = add_mod(start, jnp.arange(n, dtype=jnp.int32), capacity)
+    return positions, skip, add_mod(start, n, capacity)
+
+
+def add_mod(a, b, capacity: int):
+    """``(a + b) % capacity`` for ``0 <= a, b <= capacity`` without forming ``a + b``: it may
+    pass the int32 range when ``capacity`` nears ``2**31`` (compare-and-subtract, no division)."""
+    room = capacity - a  # >= 0, fits
+    return jnp.where(b >= room, b - room, a + b)
+
+
+def add_count(count, n, capacity: int):
+    """``min(count + n, capacity)`` for ``0 <= count, n`` without forming a sum past int32."""
+    return jnp.where(n >= capacity - count, capacity, count + n)
 
 
 def oldest(cursor, count, capacity: int):
@@ -138,24 +163,33 @@ def logical(t, cursor, count, capacity: int):
 
 
 def physical(rank, cursor, count, capacity: int):
-    """Inverse of :func:`logical`: the physical slot of age rank ``rank``."""
+    """Inverse of :func:`logical`: the physical slot of age rank ``rank`` (any int32 rank). Near
+    ``capacity = 2**31`` the sum is formed in ``(-capacity, capacity)`` instead, so it cannot
+    overflow (static choice: one more modulo)."""
+    if capacity > MAX_STEPS // 2:
+        return (rank % capacity - (capacity - oldest(cursor, count, capacity))) % capacity
     return (oldest(cursor, count, capacity) + rank) % capacity
 
 
 def physical_near(rank, cursor, count, capacity: int):
     """:func:`physical` for ``0 <= rank < capacity`` (e.g. any age rank of a stored step), without
-    a modulo on CPU (``rlbuf._xla.wrap_once``)."""
+    a modulo on CPU (``rlbuf._xla.wrap_once``). Near ``capacity = 2**31`` the sum would
+    overflow int32: then the overflow-safe :func:`add_mod` (static choice)."""
+    if capacity > MAX_STEPS // 2:
+        return add_mod(oldest(cursor, count, capacity), rank, capacity)
     return _xla.wrap_once(oldest(cursor, count, capacity) + rank, capacity)
 
 
 def window_fits(t, n, cursor, count, capacity: int):
     """True where the ``n`` steps starting at physical slot ``t`` are all written and
     contiguous in time (they do not cross the write head)."""
-    return (t < count) & (logical(t, cursor, count, capacity) + n <= count)
+    return (t < count) & (logical(t, cursor, count, capacity) <= count - n)
 
 
 def flat_index(index: tuple, lanes: tuple, capacity: int):
-    """Row-major flat position of ``(*lane_idx, t)`` in a ``[*lanes, capacity]`` array."""
+    """Row-major flat position of ``(*lane_idx, t)`` in a ``[*lanes, capacity]`` array (int32:
+    refuses, at trace time, arrays of ``2**31`` positions or more, see :func:`check_flat`)."""
+    check_flat(lanes, capacity, "flat_index")
     dims = (*lanes, capacity)
     flat = index[-1]
     stride = capacity
@@ -163,6 +197,16 @@ def flat_index(index: tuple, lanes: tuple, capacity: int):
         flat = flat + index[i] * stride
         stride *= dims[i]
     return flat
+
+
+def check_flat(lanes: tuple, capacity: int, who: str) -> None:
+    """Raise if ``[*lanes, capacity]`` has more positions than an int32 flat index addresses."""
+    size = n_lanes(lanes) * capacity
+    if size > MAX_FLAT:
+        raise ValueError(
+            f"{who}: {size} positions ({n_lanes(lanes)} lanes x {capacity} steps) cannot be addressed "
+            f"by one int32 flat index (at most 2**31 - 1 = {MAX_FLAT})"
+        )
 
 
 def unflatten_index(flat, lanes: tuple, capacity: int) -> tuple:

@@ -8,6 +8,7 @@ nesting before anything else looks at the tree.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Union
 
 import jax
@@ -77,6 +78,13 @@ def leaves_with_keys(tree: Any) -> list[tuple[tuple, Any]]:
 
 def _what(x) -> str:
     return f"a Python {type(x).__name__}" if isinstance(x, (bool, int, float, complex)) else type(x).__name__
+
+
+def pytree_dataclass(cls):
+    """A frozen dataclass registered as a pytree (every field a child). gymnax's
+    EnvState/EnvParams are such dataclasses (with ``.replace``); their subclasses need only
+    these two steps, so rlbuf does not import flax for them."""
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
 
 
 def leaf_spec(x, key: Key | None = None, owner: str = "") -> tuple[tuple, np.dtype]:

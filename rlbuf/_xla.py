@@ -16,6 +16,7 @@ conditional can cost a host round trip); every form computes the same values.
   uniform 32-bit words by multiply-shift in 16-bit limbs.
 - :func:`count_true` (CPU): running count of a bool mask from packed words and bit counts, not a cumsum.
 - :func:`last_true` (CPU): last True position so far from packed words, not a cummax.
+- :func:`take_few` (CPU): a few elements of a large array as dynamic slices, not a gather.
 """
 
 from __future__ import annotations
@@ -211,3 +212,35 @@ def _prefix_matmul(y, block: int):
     before = jnp.dot(inner[:, :, -1], jnp.asarray(np.triu(np.ones((nb, nb), np.float32), 1)), precision="highest")
     out = (inner + before[:, :, None]).reshape(-1, nb * block)[:, :t]
     return out.astype(jnp.int32)
+
+
+#: At most this many points are read by :func:`take_few` as separate dynamic slices.
+TAKE_FEW_POINTS = 8
+#: Arrays smaller than this (elements) are read by an ordinary gather.
+TAKE_FEW_MIN_SIZE = 1 << 15
+
+
+def take_few(arr, *idx):
+    """``arr[idx]`` for a few points: ``idx`` are int arrays (broadcast together to a shape ``S``)
+    indexing the leading ``len(idx)`` axes of ``arr``; returns ``S + arr.shape[len(idx):]``.
+    Indices must be in range (no clipping or wrapping is applied).
+
+    Why: XLA:CPU's parallel task assignment splits a gather from a large operand (here, a
+    ``[lanes, capacity]`` record or queue ring of a 1M buffer) across its thread pool however few
+    elements it reads: on 2 cores a gather of 4 values from a ``[4, 250000]`` array cost 0.7-2 µs of
+    CPU time, against ~0.2 µs from a ``[4, 2500]`` one or as dynamic slices (measured under load).
+    A dynamic slice is not split, so on CPU, for at most :data:`TAKE_FEW_POINTS` points (32 slices cost more than the
+    split gather: their concatenation does not vectorize) of an array of at least
+    :data:`TAKE_FEW_MIN_SIZE` elements, each point is its own ``lax.dynamic_slice`` (fused into one
+    loop). Elsewhere (and for many points or small arrays) an ordinary gather.
+    """
+    idx = jnp.broadcast_arrays(*[jnp.asarray(i, jnp.int32) for i in idx])
+    shape = idx[0].shape
+    n_pts = int(np.prod(shape, dtype=np.int64))
+    rest = arr.shape[len(idx):]
+    if not on_cpu() or n_pts > TAKE_FEW_POINTS or arr.size < TAKE_FEW_MIN_SIZE or n_pts == 0:
+        return arr[tuple(idx)]
+    flat = [i.reshape(-1) for i in idx]
+    zeros = (jnp.zeros((), jnp.int32),) * len(rest)
+    pts = [jax.lax.dynamic_slice(arr, tuple(i[p] for i in flat) + zeros, (1,) * len(idx) + rest) for p in range(n_pts)]
+    return jnp.concatenate([x.reshape(1, *rest) for x in pts], axis=0).reshape(*shape, *rest)

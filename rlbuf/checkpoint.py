@@ -345,7 +345,8 @@ class Manager:
             raise _corrupt(self.directory, step, f"its description {path} is not a JSON object")
         return dict(meta)
 
-    def restore(self, target: Any, step: Optional[int] = None, *, check_treedef: bool = True) -> Any:
+    def restore(self, target: Any, step: Optional[int] = None, *, check_treedef: bool = True,
+                regroup: bool = False) -> Any:
         """Restore ``step`` (default: the latest) into the structure of ``target``.
 
         ``target``: a state or an abstract state (``jax.ShapeDtypeStruct`` leaves, e.g. from
@@ -358,11 +359,30 @@ class Manager:
         (``check_treedef=False`` skips only the comparison of static metadata, e.g. to load a
         checkpoint written by an older class definition). Weak types are not restored (rlbuf's
         states hold none: their ``init`` functions make strongly typed arrays).
+
+        Grouped buffer states (``rlbuf.shard``, ``PerWorkerReplayBuffer``: a leading ``[G]``
+        axis) saved with another group count than the target's are refused with "saved with G
+        groups, restoring into G'"; ``regroup=True`` restores them and redistributes their lanes
+        exactly (``rlbuf.regroup``: trajectory ids and lane-major sampler state kept), then
+        places them with the target's shardings.
         """
-        ocp = _ocp()
         step = self._resolve(step)
-        treedef, leaves, descs = cd.describe(target)
         meta = self.metadata(step)
+        changed = _group_changes(meta, target)
+        if changed and not regroup:
+            p, g, n = changed[0]
+            raise _mismatch(
+                self.directory, step,
+                f"the grouped buffer state at {p or 'the root'} was saved with {g} groups, restoring into {n} "
+                "(restore(..., regroup=True) redistributes the lanes exactly, see rlbuf.regroup)",
+            )
+        if not changed:
+            return self._restore(target, step, meta, check_treedef)
+        return _regrouped(lambda source: self._restore(source, step, meta, check_treedef), target, changed)
+
+    def _restore(self, target: Any, step: int, meta: dict, check_treedef: bool) -> Any:
+        ocp = _ocp()
+        treedef, leaves, descs = cd.describe(target)
         _check(meta, treedef, descs, self.directory, step, check_treedef)
         abstract = {_name(i): _restore_spec(x, d) for i, (x, d) in enumerate(zip(leaves, descs))}
         try:
@@ -387,6 +407,57 @@ class Manager:
         return step
 
 
+def _grouped_nodes(tree: Any) -> list:
+    """``(key path, BufferState)`` of the grouped buffer states (``count`` of shape ``[G]``) in ``tree``."""
+    from rlbuf.replay_buffer import BufferState
+
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, BufferState))[0]
+    return [(jax.tree_util.keystr(p), x) for p, x in flat if isinstance(x, BufferState) and np.ndim(x.count) == 1]
+
+
+def _group_changes(meta: dict, target: Any) -> list:
+    """``(path, saved G, target G')`` of the target's grouped buffer states saved with another
+    group count (read from the saved shape of their ``count``)."""
+    saved = {s.get("path"): s.get("shape") for s in meta.get("leaves") or [] if isinstance(s, dict)}
+    out = []
+    for p, node in _grouped_nodes(target):
+        shape = saved.get(p + ".count")
+        if isinstance(shape, list) and len(shape) == 1 and shape[0] != np.shape(node.count)[0]:
+            out.append((p, int(shape[0]), int(np.shape(node.count)[0])))
+    return out
+
+
+def _regrouped(restore_fn, target: Any, changed: list) -> Any:
+    """Restore through ``restore_fn`` into a target whose grouped states have the saved group
+    counts, then regroup them to the target's and place them with its shardings."""
+    from rlbuf.regrouping import regroup, regroup_abstract
+    from rlbuf.replay_buffer import BufferState
+
+    saved_g = {p: g for p, g, _ in changed}
+    paths = iter([jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        target, is_leaf=lambda x: isinstance(x, BufferState))[0]])
+
+    def source(x):
+        p = next(paths)
+        if p not in saved_g:
+            return x
+        return jax.eval_shape(lambda s: regroup_abstract(s, saved_g[p], "rlbuf.checkpoint.restore", check=False), x)
+
+    src = jax.tree_util.tree_map(source, target, is_leaf=lambda x: isinstance(x, BufferState))
+    restored = restore_fn(src)
+    out_nodes = dict(_grouped_nodes(restored))
+    want_nodes = dict(_grouped_nodes(target))
+    fixed = {}
+    for p, _, n in changed:
+        node = regroup(out_nodes[p], n)
+        fixed[p] = jax.tree_util.tree_map(
+            lambda r, t: jax.device_put(r, t.sharding) if _committed(t) else r, node, want_nodes[p])
+    paths = iter([jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        restored, is_leaf=lambda x: isinstance(x, BufferState))[0]])
+    return jax.tree_util.tree_map(lambda x: fixed.get(next(paths), x), restored,
+                                  is_leaf=lambda x: isinstance(x, BufferState))
+
+
 def save(directory, state: Any) -> None:
     """Save ``state`` (any rlbuf state pytree: buffer, collector, or a tuple/dict of them) to
     ``directory``, replacing the checkpoint there atomically; blocks until it is complete.
@@ -400,18 +471,19 @@ def save(directory, state: Any) -> None:
         mgr.wait_until_finished()
 
 
-def restore(directory, target: Any, *, check_treedef: bool = True) -> Any:
+def restore(directory, target: Any, *, check_treedef: bool = True, regroup: bool = False) -> Any:
     """The state saved in ``directory`` (its newest checkpoint), shaped like ``target``.
 
     ``target``: a state or abstract state (``ShapeDtypeStruct`` leaves) of the saved structure;
     the result has its treedef, dtypes and shardings. A checkpoint of another structure, shape
-    or dtype raises :class:`CheckpointMismatchError` naming the first mismatch. See
-    :meth:`Manager.restore`.
+    or dtype raises :class:`CheckpointMismatchError` naming the first mismatch.
+    ``regroup=True``: grouped buffer states saved with another device or worker count are
+    regrouped exactly (``rlbuf.regroup``). See :meth:`Manager.restore`.
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"rlbuf.checkpoint.restore: no checkpoint directory {os.fspath(directory)}")
     with Manager(directory, _reader=True) as mgr:
-        return mgr.restore(target, check_treedef=check_treedef)
+        return mgr.restore(target, check_treedef=check_treedef, regroup=regroup)
 
 
 def metadata(directory, step: Optional[int] = None) -> dict:

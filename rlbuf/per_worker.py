@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree, _xla
-from rlbuf._groups import _ignore_foreign, _rank1, _split_buffer, _stored
+from rlbuf._groups import _check_groups, _ignore_foreign, _rank1, _split_buffer, _stored
 from rlbuf.buffer import SplittableBuffer
 from rlbuf.replay_buffer import BufferState
 
@@ -82,9 +82,14 @@ class PerWorkerReplayBuffer:
     def batch_size(self) -> int:
         """Items per ``sample`` over all workers (the wrapped buffer's)."""
         return self.buffer.batch_size
+    def _check(self, state: BufferState, method: str) -> None:
+        n = int(self.num_workers)
+        _check_groups(state, n, f"PerWorkerReplayBuffer.{method}", f"the buffer has {n} workers")
 
     def num_stored(self, state: BufferState) -> jax.Array:
-        """int32 scalar: transitions stored over all workers (jittable)."""
+        """Scalar: transitions stored over all workers (jittable; dtype as for
+        ``ReplayBuffer.num_stored``: int32 below ``2**31``)."""
+        self._check(state, "num_stored")
         return self._local.num_stored(state)
 
     def init(self, example: Any) -> BufferState:
@@ -95,6 +100,7 @@ class PerWorkerReplayBuffer:
 
     def add_worker(self, state: BufferState, worker_id, batch: Any) -> BufferState:
         """Write one worker's ``batch`` into its sub-buffer (``worker_id``: int or int scalar)."""
+        self._check(state, "add_worker")
         w = jnp.asarray(worker_id, jnp.int32)
         sub = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, w, keepdims=False), state)
         sub = self._local.add(sub, batch)
@@ -102,6 +108,7 @@ class PerWorkerReplayBuffer:
 
     def add(self, state: BufferState, batch: Any) -> BufferState:
         """Write a batch of every worker (leaves ``[W, *lanes, T, ...]``)."""
+        self._check(state, "add")
         batch = _stored(self.buffer, batch, "PerWorkerReplayBuffer.add")
         for key, x in _tree.leaves_with_keys(batch):
             if not np.shape(x) or np.shape(x)[0] != self.num_workers:
@@ -120,6 +127,7 @@ class PerWorkerReplayBuffer:
     def sample(self, state: BufferState, key: jax.Array):
         """``(state, batch, info)``: ``batch_size / W`` items per worker, worker-major; with
         ``proportional``, each item from a worker drawn by its fill (see the class docstring)."""
+        self._check(state, "sample")
         if self.proportional:
             return self._sample_proportional(state, key)
         W = self.num_workers
@@ -165,11 +173,13 @@ class PerWorkerReplayBuffer:
         return state, batch, dict(info, worker_fill=fill)
 
     def can_sample(self, state: BufferState) -> jax.Array:
+        self._check(state, "can_sample")
         each = jax.vmap(self._local.can_sample)(state)
         return jnp.any(each) if self.proportional else jnp.all(each)
 
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set priorities at ``index = (worker, *lane_idx, t)`` laid out as ``sample`` returned."""
+        self._check(state, "update_priority")
         W = self.num_workers
         if self.proportional:  # items in batch order: each worker takes the entries it owns
             priority = jnp.broadcast_to(jnp.asarray(priority), jnp.shape(index[0]))

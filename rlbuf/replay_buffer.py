@@ -75,6 +75,22 @@ class BufferState:
         return int(np.sum(np.asarray(self.count), dtype=np.int64)) * self.layout.n_lanes - consumed
 
 
+def count_dtype(size: int):
+    """dtype of a count of up to ``size`` transitions that jit can hold exactly, or nearly: int32
+    below ``2**31``; above, int64 when ``jax_enable_x64`` is on, else float32 (jax has no wider
+    integer without x64; a float32 count is within a relative ``2**-24``, never negative)."""
+    if size <= _ring.MAX_FLAT:
+        return jnp.int32
+    return jnp.int64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def stored_count(count, layout: Layout) -> jax.Array:
+    """``num_stored``: ``sum(count) * n_lanes`` (``count``: ``[]``, or ``[G]`` for ``G``
+    groups) in :func:`count_dtype` of the full size (static), so it never wraps."""
+    dtype = count_dtype(layout.size * int(np.prod(np.shape(count), dtype=np.int64)))
+    return jnp.sum(jnp.asarray(count).astype(dtype)) * jnp.asarray(layout.n_lanes, dtype)
+
+
 def _select(data: Any, keys: tuple, who: str) -> Any:
     """The nested dict of ``data``'s entries at ``keys`` (each a tuple path)."""
     out: dict = {}
@@ -301,9 +317,16 @@ class ReplayBuffer:
         return self if batch_size == self.batch_size else dataclasses.replace(self, batch_size=batch_size)
 
     def num_stored(self, state: BufferState) -> jax.Array:
-        """int32 scalar: transitions stored over all lanes (jittable; for a sharded or
-        per-worker state, over all its groups too). Eagerly, ``len(state)`` is the same number."""
-        return jnp.sum(state.count) * state.layout.n_lanes - capabilities.consumed_items(state.sampler)
+        """Scalar: transitions stored over all lanes (jittable; for a sharded or per-worker
+        state, over all its groups too). Eagerly, ``len(state)`` is the same number (a Python int).
+
+        Its dtype is fixed by the buffer's size (see :func:`count_dtype`): int32 when the buffer
+        holds fewer than ``2**31`` transitions (every buffer of ``2**31`` bytes or less); above,
+        int64 with ``jax_enable_x64``, else float32 (within a relative ``2**-24`` of the count).
+        Items consumed by a ``consume_after_n_samples`` sampler are not counted.
+        """
+        n = stored_count(state.count, state.layout)
+        return n - capabilities.consumed_items(state.sampler).astype(n.dtype)
 
     def split(self, n_groups: int, who: str = "ReplayBuffer.split") -> "ReplayBuffer":
         """The buffer each of ``n_groups`` lane groups runs (``rlbuf.shard``,

@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 from rlbuf import _tree
 from rlbuf._groups import (
     _check_global,
+    _check_groups,
     _local_example,
     _offset_index,
     _own_index,
@@ -50,7 +51,7 @@ from rlbuf._groups import (
 )
 from rlbuf._shard_map import shard_map as _shard_map
 from rlbuf.buffer import SplittableBuffer
-from rlbuf.replay_buffer import BufferState
+from rlbuf.replay_buffer import BufferState, stored_count
 from rlbuf.samplers import capabilities
 
 
@@ -122,6 +123,10 @@ class ShardedReplayBuffer:
     def _smap(self, f, in_specs, out_specs):
         return _shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
+    def _check(self, state: BufferState, method: str) -> None:
+        _check_groups(state, self._n, f"ShardedReplayBuffer.{method}",
+                      f"the mesh has {self._n} devices along {self.axis_name!r}")
+
     def _index(self):
         return jax.lax.axis_index(self.axis_name)
 
@@ -142,6 +147,7 @@ class ShardedReplayBuffer:
 
     def add(self, state: BufferState, data: Any) -> BufferState:
         """Write the global batch ``data`` (leaves ``[*lanes, T, ...]``), each shard its lanes."""
+        self._check(state, "add")
         data = _stored(self.buffer, data, "ShardedReplayBuffer.add")
         _check_global(self.buffer, state.layout, data, self._n, "ShardedReplayBuffer")
 
@@ -156,6 +162,7 @@ class ShardedReplayBuffer:
 
     def sample(self, state: BufferState, key: jax.Array):
         """``(state, batch, info)``: ``batch_size / G`` items from each shard, concatenated."""
+        self._check(state, "sample")
 
         def f(st, key):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
@@ -170,6 +177,7 @@ class ShardedReplayBuffer:
 
     def can_sample(self, state: BufferState) -> jax.Array:
         """Bool scalar: every shard can return a full batch of real data."""
+        self._check(state, "can_sample")
 
         def f(st):
             return self._local.can_sample(jax.tree_util.tree_map(lambda x: x[0], st))[None]
@@ -179,6 +187,7 @@ class ShardedReplayBuffer:
 
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set priorities at ``index`` (global, laid out as ``sample`` returned it)."""
+        self._check(state, "update_priority")
 
         def f(st, index, priority):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
@@ -200,6 +209,7 @@ class ShardedReplayBuffer:
         through its ``gather`` at every slot: a materialised copy with every key of the
         ``add`` batches (slots never written, or whose item the storage cannot return, hold
         what ``gather`` reads there)."""
+        self._check(state, "global_storage")
         layout = state.layout
         if jax.tree_util.tree_structure(state.storage) == layout.treedef:
             return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), state.storage)
@@ -215,14 +225,22 @@ class ShardedReplayBuffer:
                                       jax.jit(gather)(state.storage))
 
     def num_stored(self, state: BufferState) -> jax.Array:
-        """int32 scalar: transitions stored over all shards (jittable; a ``G``-element reduction,
-        multi-host safe)."""
-        return jax.jit(lambda s: jnp.sum(s.count) * s.layout.n_lanes - capabilities.consumed_items(s.sampler))(state)
+        """Scalar: transitions stored over all shards (jittable; a ``G``-element reduction,
+        multi-host safe; dtype as for ``ReplayBuffer.num_stored``: int32 below ``2**31``)."""
+        self._check(state, "num_stored")
+        return _count_jit(state.count, state.layout, state.sampler)
 
     def shard_of(self, state: BufferState, g: int) -> BufferState:
         """Shard ``g``'s plain :class:`BufferState` (a host-side view, e.g. to compare with a
         plain :class:`ReplayBuffer`; fetches the data: single process, not for hot paths)."""
         return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[g]), state)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _count_jit(count, layout, sampler_state):
+    """``ReplayBuffer.num_stored`` over all groups: stored less consumed items."""
+    n = stored_count(count, layout)
+    return n - capabilities.consumed_items(sampler_state).astype(n.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

@@ -1,6 +1,8 @@
 """``ReplayBuffer`` end to end: ``info["index"]`` locates samples, donation updates in place,
 no recompilation across iterations (eager loop and jitted ``lax.scan``), empty buffers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -236,3 +238,23 @@ def test_warn_on_empty_warns_eagerly_only_when_it_cannot_sample():
         full = rb.add(state, batch((), 3, 1))
         _, b, info = rb.sample(full, key)  # can sample: no warning
     assert np.asarray(info["mask"]).all()
+
+
+def test_num_stored_past_2_31_is_not_negative():
+    """A full buffer of 2 lanes x 1.1e9 steps: num_stored was -2,094,967,296 (int32 wrap). It is
+    int32 below 2**31 items, else int64 under x64 or float32 (documented); len() is exact.
+    Only the counters are built (no storage is allocated)."""
+    from rlbuf.replay_buffer import BufferState
+
+    storage = LazyTensorStorage(2_200_000_000, ndim=2)
+    rb = ReplayBuffer(storage=storage, batch_size=8)
+    layout = storage.layout({"x": jax.ShapeDtypeStruct((2, 1), jnp.uint8)})
+    c = jnp.int32(1_100_000_000)
+    state = BufferState(storage={}, cursor=c * 0, count=c, added=c, sampler=(), writer=(), layout=layout)
+    got = jax.jit(rb.num_stored)(state)
+    assert float(got) == np.float32(2_200_000_000) and len(state) == 2_200_000_000
+    assert got.dtype == jnp.float32  # x64 is off in the tests
+    small = dataclasses.replace(state, layout=dataclasses.replace(layout, capacity=1_000_000_000), count=c // 2)
+    assert rb.num_stored(small).dtype == jnp.int32 and int(rb.num_stored(small)) == 1_100_000_000
+    grouped = dataclasses.replace(state, count=jnp.full((4,), 1_100_000_000, jnp.int32))  # 4 groups
+    assert float(rb.num_stored(grouped)) == np.float32(8_800_000_000) and len(grouped) == 8_800_000_000

@@ -97,3 +97,37 @@ def test_item_index_is_lane_major(lanes):
         assert len(got) == len(lanes) + 1
         for a, w in zip(got, want):
             np.testing.assert_array_equal(np.asarray(a), w)
+
+
+# ---------------------------------------------------------------- near 2**31 steps per lane
+BIG = 2**31 - 1 - 5  # a lane of ~2**31 steps: sums of two slots overflow int32
+
+
+def test_write_positions_no_overflow_near_int32_limit():
+    # cursor near the end of a lane of BIG steps: positions wrap to 0 (an int32 sum would go negative).
+    for cursor, t in ((BIG - 3, 20), (BIG - 1, 12), (0, 5), (BIG - 10, 16)):
+        pos, skip, new = _ring.write_positions(jnp.int32(cursor), t, BIG)
+        want = (cursor + np.arange(t, dtype=np.int64)) % BIG
+        np.testing.assert_array_equal(np.asarray(pos, np.int64), want)
+        assert skip == 0 and int(new) == (cursor + t) % BIG
+
+
+def test_counts_and_age_ranks_no_overflow_near_int32_limit():
+    count = jnp.int32(BIG)
+    assert int(_ring.add_count(jnp.int32(BIG - 2), 7, BIG)) == BIG  # min(count + n, cap)
+    assert int(_ring.add_count(jnp.int32(5), 7, BIG)) == 12
+    cursor = jnp.int32(BIG - 3)  # full ring: oldest slot is the cursor
+    ranks = jnp.asarray([0, 1, 2, 3, 10, BIG - 1], jnp.int32)
+    want = (BIG - 3 + np.asarray(ranks, np.int64)) % BIG
+    np.testing.assert_array_equal(np.asarray(_ring.physical(ranks, cursor, count, BIG), np.int64), want)
+    np.testing.assert_array_equal(np.asarray(_ring.physical_near(ranks, cursor, count, BIG), np.int64), want)
+    np.testing.assert_array_equal(np.asarray(_ring.logical(jnp.asarray(want, jnp.int32), cursor, count, BIG)), ranks)
+    # a window of 8 steps starting 4 steps before the newest crosses the head; one 8 before fits
+    newest = int((BIG - 4) % BIG)
+    t = jnp.asarray([newest - 4, newest - 7], jnp.int32)
+    assert _ring.window_fits(t, 8, cursor, count, BIG).tolist() == [False, True]
+
+
+def test_flat_index_refuses_more_than_int32_positions():
+    with pytest.raises(ValueError, match=r"2 lanes x 1100000000 steps.*int32"):
+        _ring.flat_index((jnp.int32(1), jnp.int32(0)), (2,), 1_100_000_000)

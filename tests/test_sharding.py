@@ -221,3 +221,37 @@ def test_distributed_helpers_accept_tuple_keys():
     b = _nested_batch((LANES,), 0)
     _assert_same(dist.global_batch(_tuple_keyed(b), mesh), b)
     _assert_same(dist.replicate(_tuple_keyed(b), mesh), b)
+
+
+def test_every_grouped_method_checks_the_group_count():
+    """A state of another group count (e.g. a 4-worker checkpoint restored for 2) is refused by
+    every method, naming both counts (sample used to keep group 0 of each block silently)."""
+    from jax.sharding import Mesh
+
+    from rlbuf.sharding import shard
+
+    rb = ReplayBuffer(storage=LazyTensorStorage(64, ndim=2), batch_size=8)
+    one = {"x": jnp.zeros((4, 2), jnp.float32)}  # one worker's [B=4, T=2] batch
+    s4 = PerWorkerReplayBuffer(rb, 4).init(one)
+    pw2 = PerWorkerReplayBuffer(rb, 2)
+    calls = {
+        "sample": lambda b, s: b.sample(s, jax.random.key(0)),
+        "can_sample": lambda b, s: b.can_sample(s),
+        "num_stored": lambda b, s: b.num_stored(s),
+        "update_priority": lambda b, s: b.update_priority(s, (jnp.zeros(8, jnp.int32),) * 3, jnp.ones(8)),
+    }
+    pw_calls = dict(calls, add=lambda b, s: b.add(s, {"x": jnp.zeros((2, 4, 2))}),
+                    add_worker=lambda b, s: b.add_worker(s, 0, one))
+    for name, call in pw_calls.items():
+        with pytest.raises(ValueError, match=rf"PerWorkerReplayBuffer.{name}: the state has 4 groups .* but the "
+                                             r"buffer has 2 workers"):
+            call(pw2, s4)
+    srb = shard(rb, Mesh(np.array(jax.devices()[:1]), ("data",)))  # one device: G = 1
+    s2 = PerWorkerReplayBuffer(rb, 2).init(one)
+    sh_calls = dict(calls, add=lambda b, s: b.add(s, {"x": jnp.zeros((4, 2))}), global_storage=lambda b, s:
+                    b.global_storage(s))
+    for name, call in sh_calls.items():
+        with pytest.raises(ValueError, match=rf"ShardedReplayBuffer.{name}: the state has 2 groups .* but the mesh "
+                                             r"has 1 devices along 'data'"):
+            call(srb, s2)
+    assert int(pw2.num_stored(PerWorkerReplayBuffer(rb, 2).init(one))) == 0  # the right count passes

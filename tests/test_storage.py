@@ -194,3 +194,16 @@ def test_rounding_warning_and_real_capacity():
     # ndim=1: no lanes, never rounded
     st1 = _rb(ndim=1, max_size=7).init({"x": jnp.zeros((2, 3))})
     assert st1.capacity == 7 and st1.storage["x"].shape == (7, 3)
+
+
+def test_init_refuses_lanes_of_2_31_steps_naming_the_limit():
+    """ndim=1 with max_size >= 2**31 (or a lane of that many steps) cannot be addressed by an
+    int32 time index: refused at init, naming the limit (it used to die in the first add)."""
+    example = {"x": jax.ShapeDtypeStruct((4,), jnp.uint8)}
+    with pytest.raises(ValueError, match=r"2200000000 time steps per lane.*2\*\*31 - 1 = 2147483647.*ndim=2"):
+        LazyTensorStorage(2_200_000_000).layout(example)
+    with pytest.raises(ValueError, match=r"2147483648 time steps per lane"):
+        LazyTensorStorage(2**32, ndim=2).layout({"x": jax.ShapeDtypeStruct((2, 4), jnp.uint8)})
+    # 2 lanes of 1.1e9 steps (2.2e9 items) are addressable: no error, nothing allocated
+    assert LazyTensorStorage(2_200_000_000, ndim=2).layout({"x": jax.ShapeDtypeStruct((2, 4), jnp.uint8)}).capacity \
+        == 1_100_000_000

@@ -87,3 +87,33 @@ def test_cpu_and_generic_forms_sample_the_same(which):
         data = {"ep": jnp.arange(30, dtype=jnp.int32)}
     for a, b in zip(jax.tree_util.tree_leaves(_run(rb, data, False)), jax.tree_util.tree_leaves(_run(rb, data, True))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def test_below_is_unbiased_near_2_31():
+    """``below`` at ranges near 2**31 (where ``jax.random.randint`` is biased: 58% of its draws
+    fall below n / 2 for n = 1.8e9): quarters and halves of the range are equally likely
+    (chi-square), for n = 1.8e9 and n = 2**31 - 1. No buffer is allocated: the draws are indices."""
+    from scipy import stats
+
+    draw = jax.jit(lambda key, n: _xla.below(jax.random.bits(key, (400_000,), jnp.uint32), n))
+    for n in (1_800_000_000, 2**31 - 1):
+        u = np.asarray(draw(jax.random.key(n % 997), jnp.int32(n)), np.int64)
+        assert u.min() >= 0 and u.max() < n
+        quarters = np.bincount(u * 4 // n, minlength=4)
+        assert stats.chisquare(quarters).pvalue > 1e-4, quarters
+        halves = np.bincount(u * 2 // n, minlength=2)
+        assert abs(halves[0] / u.size - 0.5) < 0.005, halves  # randint: 0.58 at n = 1.8e9
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_take_few_reads_the_indexed_points(generic):
+    # [4, 9000, 2] (>= TAKE_FEW_MIN_SIZE elements): 4 points (dynamic slices on CPU) and 12 (a gather)
+    arr = np.arange(4 * 9000 * 2, dtype=np.int32).reshape(4, 9000, 2)
+    rng = np.random.default_rng(0)
+    for k in (1, 3):
+        cols = rng.integers(0, 9000, (4, k)).astype(np.int32)
+        lanes = np.arange(4, dtype=np.int32)[:, None]
+        with _xla.generic_forms(generic):
+            got = jax.jit(lambda *a: _xla.take_few(*a))(jnp.asarray(arr), jnp.asarray(lanes), jnp.asarray(cols))
+        np.testing.assert_array_equal(np.asarray(got), arr[lanes, cols])
+        assert got.shape == (4, k, 2)

@@ -30,7 +30,7 @@ CASES = [(1, 1000), (64, 128), (1024, 64)]
 QUICK_CASES = [(1, 100), (16, 32)]
 
 
-def _mlp_init(key, sizes=(4, 64, 64, 2)):
+def mlp_init(key, sizes=(4, 64, 64, 2)):
     params = []
     for k, (a, b) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
         params.append((jax.random.normal(k, (a, b)) / jnp.sqrt(a), jnp.zeros((b,))))
@@ -229,7 +229,7 @@ def run(quick: bool = False) -> list[Row]:
     import gymnax
 
     env, env_params = gymnax.make("CartPole-v1")
-    policy_params = _mlp_init(jax.random.key(1))
+    policy_params = mlp_init(jax.random.key(1))
     rows = []
     for num_envs, T in QUICK_CASES if quick else CASES:
         c = Collector(env, mlp_policy, frames_per_batch=num_envs * T, env_params=env_params,

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from rlbuf.bench._timing import Row, print_rows, threaded
-from rlbuf.bench.collect import _mlp_init, mlp_policy
+from rlbuf.bench.collect import mlp_init, mlp_policy
 from rlbuf.collectors import Collector
 from rlbuf.collectors.host import HostCollector
 
@@ -114,7 +114,7 @@ def _interleaved_fps(runs: dict, frames: int, reps: int) -> dict[str, tuple[floa
 def host_rows(quick: bool = False) -> list[Row]:
     steps = 64 if quick else 256
     reps = 3 if quick else 9
-    params = _mlp_init(jax.random.key(0))
+    params = mlp_init(jax.random.key(0))
     frames = NUM_ENVS * steps
     runs, closers = {}, []
     for mode in ("sync", "async"):

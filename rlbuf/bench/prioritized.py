@@ -42,7 +42,7 @@ def transitions(key, n) -> dict:
     }
 
 
-def _loop(step: Callable, iters: int) -> Callable:
+def scan_loop(step: Callable, iters: int) -> Callable:
     """Jitted, donated scan of ``iters`` ``(state, acc) = step(state, key)`` iterations."""
 
     def body(carry, key):
@@ -60,7 +60,7 @@ def _checksum(batch) -> jax.Array:
     return sum((jnp.sum(x.astype(jnp.float32)) for x in jax.tree_util.tree_leaves(batch)), jnp.zeros((), jnp.float32))
 
 
-def _ours(size: int, branching: int):
+def filled(size: int, branching: int):
     sampler = PrioritizedSampler(size, ALPHA, BETA, branching=branching)
     rb = ReplayBuffer(storage=LazyTensorStorage(size), sampler=sampler, batch_size=BATCH)
     data = transitions(jax.random.key(0), size)
@@ -108,12 +108,12 @@ def run(quick: bool = False) -> list[Row]:
         fns, carries = {}, {}
         branchings = (BRANCHING,) if quick and size < 1_000_000 else (BRANCHING, 2, 4, 16)
         for b in branchings:
-            state, step = _ours(size, b)
-            fns[f"b{b}"] = _loop(step, iters)
+            state, step = filled(size, b)
+            fns[f"b{b}"] = scan_loop(step, iters)
             carries[f"b{b}"] = (state, jnp.zeros((), jnp.float32))
         if fbx is not None:
             state, step = _flashbax(fbx, size)
-            fns["flashbax"] = _loop(step, iters)
+            fns["flashbax"] = scan_loop(step, iters)
             carries["flashbax"] = (state, jnp.zeros((), jnp.float32))
         t = medians(threaded(fns, carries, jax.random.key(1), repeats=repeats))
         us = {k: v / iters * 1e6 for k, v in t.items()}

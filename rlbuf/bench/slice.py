@@ -56,7 +56,7 @@ def transitions(key, shape) -> dict:
     }
 
 
-def _loop(add: Callable, sample: Callable) -> Callable:
+def scan_loop(add: Callable, sample: Callable) -> Callable:
     """A jitted, donated scan: each iteration ``state = add(state, x)`` then ``sample``; the
     samples are summed into an accumulator so nothing is dead code."""
 
@@ -71,7 +71,7 @@ def _loop(add: Callable, sample: Callable) -> Callable:
     return jax.jit(lambda carry, adds: jax.lax.scan(body, carry, adds)[0], donate_argnums=0)
 
 
-def _ours(size: int):
+def filled(size: int):
     rb = ReplayBuffer(
         storage=LazyTensorStorage(size, ndim=2),
         sampler=SliceSampler(num_slices=NUM_SLICES, end_key=("next", "done")),
@@ -84,7 +84,7 @@ def _ours(size: int):
     return rb, state, data
 
 
-def _sample_ours(rb):
+def sample_ours(rb):
     def f(state, key):
         state, batch, _ = rb.sample(state, key)
         return state, batch
@@ -117,9 +117,9 @@ def scan_rows(quick: bool) -> list[Row]:
         fbx, fbx_err = None, e
     rows = []
     for size in sizes:
-        rb, state, data = _ours(size)
+        rb, state, data = filled(size)
         adds = transitions(jax.random.key(2), (iters, LANES, 1))
-        fns = {"rlbuf": _loop(rb.add, _sample_ours(rb)), "floor": _loop(rb.add, _sample_floor(rb))}
+        fns = {"rlbuf": scan_loop(rb.add, sample_ours(rb)), "floor": scan_loop(rb.add, _sample_floor(rb))}
         copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)  # noqa: E731
         carries = {k: (copy(state), jax.random.key(3), jnp.zeros((), jnp.float32)) for k in fns}
         if fbx is not None:
@@ -133,7 +133,7 @@ def scan_rows(quick: bool) -> list[Row]:
             def fb_sample(s, key, fb=fb):
                 return s, fb.sample(s, key).experience
 
-            fns["flashbax"] = _loop(fb.add, fb_sample)
+            fns["flashbax"] = scan_loop(fb.add, fb_sample)
             carries["flashbax"] = (fstate, jax.random.key(3), jnp.zeros((), jnp.float32))
         del state
         t = threaded(fns, carries, adds, repeats=repeats)
@@ -193,9 +193,9 @@ def torchrl_rows(quick: bool) -> list[Row]:
         trb.sample()
     t_torch = (time.perf_counter() - t0) / iters
 
-    rb, state, _ = _ours(size)
+    rb, state, _ = filled(size)
     ours_iters = 200
-    fn = _loop(rb.add, _sample_ours(rb))
+    fn = scan_loop(rb.add, sample_ours(rb))
     jadds = transitions(jax.random.key(2), (ours_iters, LANES, 1))
     t = threaded({"rlbuf": fn}, {"rlbuf": (state, jax.random.key(3), jnp.zeros((), jnp.float32))}, jadds,
                   repeats=5 if quick else 11)
@@ -224,7 +224,7 @@ def burn_in_rows(quick: bool) -> list[Row]:
         rb = ReplayBuffer(storage=LazyTensorStorage(size, ndim=2), sampler=sampler,
                           batch_size=NUM_SLICES * slice_len)
         state = jax.jit(rb.add, donate_argnums=0)(rb.init(data), data)
-        fns[name] = _loop(rb.add, _sample_ours(rb))
+        fns[name] = scan_loop(rb.add, sample_ours(rb))
         carries[name] = (state, jax.random.key(3), jnp.zeros((), jnp.float32))
     # process CPU time: on the shared 2-core VM wall times vary by 2x with load
     t = threaded(fns, carries, adds, repeats=repeats, clock=time.process_time)
@@ -261,8 +261,8 @@ def per_worker_rows(quick: bool) -> list[Row]:
     states["per_worker"] = jax.jit(prb.add, donate_argnums=0)(pw_state, pw_one)
     del data, pw_state
     adds = transitions(jax.random.key(2), (iters, lanes, 1))
-    fns = {"plain": _loop(plain.add, _sample_ours(plain)),
-           "per_worker": _loop(lambda s, x: prb.add(s, jax.tree_util.tree_map(per_w, x)), _sample_ours(prb))}
+    fns = {"plain": scan_loop(plain.add, sample_ours(plain)),
+           "per_worker": scan_loop(lambda s, x: prb.add(s, jax.tree_util.tree_map(per_w, x)), sample_ours(prb))}
     carries = {k: (states[k], jax.random.key(3), jnp.zeros((), jnp.float32)) for k in fns}
     t = threaded(fns, carries, adds, repeats=repeats)
     us = {k: v[0] / iters * 1e6 for k, v in t.items()}

@@ -36,8 +36,8 @@ def _trace(make, generic: bool):
 
 def prioritized_rows(quick: bool) -> list[Row]:
     size, iters, repeats = (100_000, 50, 5) if quick else (1_000_000, 100, 11)
-    state, step = prio_bench._ours(size, prio_bench.BRANCHING)
-    fns = {g: _trace(lambda: prio_bench._loop(step, iters), g) for g in (False, True)}
+    state, step = prio_bench.filled(size, prio_bench.BRANCHING)
+    fns = {g: _trace(lambda: prio_bench.scan_loop(step, iters), g) for g in (False, True)}
     copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)  # noqa: E731
     carries = {g: (copy(state), jnp.zeros((), jnp.float32)) for g in fns}
     del state
@@ -49,9 +49,9 @@ def prioritized_rows(quick: bool) -> list[Row]:
 
 def slice_rows(quick: bool) -> list[Row]:
     size, iters, repeats = 100_000, (50 if quick else 200), (5 if quick else 15)
-    rb, state, _ = slice_bench._ours(size)
+    rb, state, _ = slice_bench.filled(size)
     adds = slice_bench.transitions(jax.random.key(2), (iters, slice_bench.LANES, 1))
-    fns = {g: _trace(lambda: slice_bench._loop(rb.add, slice_bench._sample_ours(rb)), g) for g in (False, True)}
+    fns = {g: _trace(lambda: slice_bench.scan_loop(rb.add, slice_bench.sample_ours(rb)), g) for g in (False, True)}
     copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)  # noqa: E731
     carries = {g: (copy(state), jax.random.key(3), jnp.zeros((), jnp.float32)) for g in fns}
     del state

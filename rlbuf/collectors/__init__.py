@@ -5,7 +5,7 @@ from rlbuf.collectors.iterate import CollectorIterator, iterate
 from rlbuf.collectors.multi import MultiSyncCollector, MultiSyncDataCollector
 from rlbuf.collectors.options import CollectorOptions
 from rlbuf.collectors.protocols import CollectorLike, SplittableCollector
-from rlbuf.collectors.split import split_trajectories
+from rlbuf.collectors.trajectories import split_trajectories
 
 __all__ = [
     "Collector",

@@ -27,13 +27,13 @@ import jax
 import jax.numpy as jnp
 from gymnax.environments import environment, spaces
 
-from rlbuf.envs.ground_truth import _pytree_dataclass
+from rlbuf._tree import pytree_dataclass
 
 NO_LIMIT = int(jnp.iinfo(jnp.int32).max)
 """``max_steps_in_episode`` meaning "no limit of the adapter's own" (the suite's may remain)."""
 
 
-@_pytree_dataclass
+@pytree_dataclass
 class SuiteState(environment.EnvState):
     """State of an adapted env.
 
@@ -47,7 +47,7 @@ class SuiteState(environment.EnvState):
     truncated: jax.Array
 
 
-@_pytree_dataclass
+@pytree_dataclass
 class SuiteParams(environment.EnvParams):
     """Parameters of an adapted env (every field may carry a leading per-env axis).
 

@@ -18,23 +18,18 @@ policy. The action space is ``Discrete(num_actions)``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from gymnax.environments import environment, spaces
 
+from rlbuf._tree import pytree_dataclass
+
 OBS_ENV_ID, OBS_EPISODE_ID, OBS_STEP, OBS_LENGTH = 0, 1, 2, 3
 
 
-def _pytree_dataclass(cls):
-    # gymnax's EnvState/EnvParams are frozen pytree dataclasses (with ``.replace``); their
-    # subclasses need only the same two steps, so rlbuf does not import flax itself.
-    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
-
-
-@_pytree_dataclass
+@pytree_dataclass
 class GroundTruthState(environment.EnvState):
     episode_id: jax.Array
     step: jax.Array
@@ -42,7 +37,7 @@ class GroundTruthState(environment.EnvState):
     time: jax.Array
 
 
-@_pytree_dataclass
+@pytree_dataclass
 class GroundTruthParams(environment.EnvParams):
     """All fields may carry a per-env leading axis (one parameter set per env)."""
 

@@ -90,7 +90,6 @@ def masked_sample(key: jax.Array, mask: jax.Array, dtype) -> jax.Array:
 class JaxMARLEnv(SuiteEnv):
     """A JaxMARL multi-agent env with rlbuf's env protocol and TorchRL's MARL layout.
 
-    .. code-block:: python
 
         env, env_params = rlbuf.envs.make("jaxmarl:MPE_simple_spread_v3")
         collector = rlbuf.Collector(env, policy, frames_per_batch=256, num_envs=8,

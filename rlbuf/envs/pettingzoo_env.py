@@ -72,7 +72,6 @@ class _GroupActions:
 class PettingZooEnvs:
     """``B`` PettingZoo ``ParallelEnv``s as one host vector env for :class:`rlbuf.HostCollector`.
 
-    .. code-block:: python
 
         envs = rlbuf.envs.PettingZooEnvs([lambda: rps_v2.parallel_env(max_cycles=25)] * 8)
         hc = rlbuf.HostCollector(envs, policy, frames_per_batch=256)

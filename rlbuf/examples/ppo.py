@@ -252,10 +252,15 @@ class PPO:
         keys = jax.vmap(lambda k: jax.random.split(k, n + 1))(s.key)  # [S, n + 1]
         (params, opt, buffer), losses = jax.lax.scan(update, (s.params, s.opt, buffer),
                                                      jnp.swapaxes(keys[:, 1:], 0, 1))
+        s = PPOState(params=params, opt=opt, buffer=buffer, collector=cstate, key=keys[:, 0])
+        return s, (*self.episode_stats(batch), losses.mean(0))
+
+    def episode_stats(self, batch: dict):
+        """Per-seed ``(sum of the returns of the episodes that ended, their number)`` ``[S]`` of a
+        collected batch (leaves ``[S, B, T, ...]``)."""
         nxt = batch["next"]
         ep_sum = jnp.sum(jnp.where(nxt["done"], nxt["episode_reward"], 0.0), axis=(1, 2))
-        s = PPOState(params=params, opt=opt, buffer=buffer, collector=cstate, key=keys[:, 0])
-        return s, (ep_sum, jnp.sum(nxt["done"], axis=(1, 2), dtype=jnp.int32), losses.mean(0))
+        return ep_sum, jnp.sum(nxt["done"], axis=(1, 2), dtype=jnp.int32)
 
     def _chunk(self, s: PPOState):
         """``log_every`` frames of training of every seed; returns the new state and per-seed
@@ -284,7 +289,8 @@ def frames_to_solve(frames, curve, threshold: float = SOLVED, *, stay: bool = Fa
     return frames[int(np.argmax(ok))] if ok.any() else None
 
 
-def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None = None, agent_cls=None) -> dict:
+def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None = None, agent_cls=None,
+          solved: float | None = SOLVED, name: str = "PPO") -> dict:
     """Train one agent per seed of ``seeds`` (default ``cfg.seed, cfg.seed + 1, ...``,
     ``cfg.num_seeds`` of them) at once; returns ``{"final_returns" [S], "curve": (frames,
     returns [n_evals, S]), "wall_time", "train_time" (seconds, first chunk and its compile
@@ -293,7 +299,9 @@ def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None =
     ``agent_cls`` (default ``PPO``) builds the agent from ``cfg``: an ``_loop.Agent`` with ``init(seeds)``
     (the benchmark's
     hand-written reference loop reuses this driver). Prints progress (unless ``quiet``) and,
-    last, ``final eval return: X`` (one value per seed).
+    last, ``final eval return: X`` (one value per seed). ``solved``: the return threshold of the
+    "first at frames" summary line (None: no such line); ``name``: the algorithm's name in the
+    progress bar and the plot title.
     """
     t0 = time.perf_counter()
     seeds = list(seeds) if seeds is not None else [cfg.seed + i for i in range(cfg.num_seeds)]
@@ -302,7 +310,7 @@ def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None =
     state = agent.init(seeds)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1_000_003)
     state, key, frames_curve, returns_curve, _, train_time = _loop.run_chunks(
-        agent, state, key, quiet=quiet, desc=f"PPO {cfg.env_name} x{cfg.num_seeds}")
+        agent, state, key, quiet=quiet, desc=f"{name} {cfg.env_name} x{cfg.num_seeds}")
     key, k = jax.random.split(key)
     final = np.asarray(agent.evaluate(state.params, k))
     wall = time.perf_counter() - t0
@@ -313,13 +321,14 @@ def train(cfg: PPOConfig, *, seeds=None, quiet: bool = False, plot: str | None =
     png = None
     if plot:
         png = _cli.save_curve(plot, {f"seed {s}": (frames_curve, curve[1][:, j]) for j, s in enumerate(seeds)},
-                              f"PPO on {cfg.env_name}, greedy eval of the current params")
+                              f"{name} on {cfg.env_name}, greedy eval of the current params")
     if not quiet:
-        first = [frames_to_solve(frames_curve, curve[1][:, j]) for j in range(cfg.num_seeds)]
-        stay = [frames_to_solve(frames_curve, curve[1][:, j], stay=True) for j in range(cfg.num_seeds)]
         print(f"wall time {wall:.1f}s incl. compile; training {fps:,.0f} frames/s over {cfg.num_seeds} seed(s)")
-        print(f"eval >= {SOLVED:.0f} first at frames {first}, from then on at {stay}; last params >= "
-              f"{SOLVED:.0f} on {int((final >= SOLVED).sum())}/{cfg.num_seeds} seeds")
+        if solved is not None:
+            first = [frames_to_solve(frames_curve, curve[1][:, j], solved) for j in range(cfg.num_seeds)]
+            stay = [frames_to_solve(frames_curve, curve[1][:, j], solved, stay=True) for j in range(cfg.num_seeds)]
+            print(f"eval >= {solved:.0f} first at frames {first}, from then on at {stay}; last params >= "
+                  f"{solved:.0f} on {int((final >= solved).sum())}/{cfg.num_seeds} seeds")
         if png:
             print(f"learning curve: {png}")
     print(f"final eval return: {' '.join(f'{v:.1f}' for v in np.atleast_1d(final))}")

@@ -8,7 +8,7 @@ through ``rlbuf.samplers._trajectories``, the slice-index builder, burn-in, ``sp
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,9 @@ class SliceState:
     - ``want``: ``[]`` int32, the ``slice_len`` of the last ``sample``; the next ``add``
       rebuilds the queue for it (once, O(L × capacity)) if it differs from ``thr``.
     """
+
+    #: Every leaf is per lane (``[L, ...]``) or a scalar: ``rlbuf.regroup`` moves lanes between groups.
+    lane_major: ClassVar[bool] = True
 
     traj: trj.TrajectoryState
     queue: jax.Array
@@ -162,6 +165,8 @@ class _SliceBase(Sampler):
         return trj.key_spec(layout, self.traj_key, self.end_key, owner=type(self).__name__, end_keys=self.end_keys)
 
     def check(self, layout, batch_size: int) -> None:
+        # Trajectory bookkeeping and the slow draw number items by one int32 flat position.
+        _ring.check_flat(layout.lanes, layout.capacity, type(self).__name__)
         n_slices, n = self.shape(batch_size)
         for side, x in zip(("left", "right"), self.span):
             if not isinstance(x, bool) and x >= n:

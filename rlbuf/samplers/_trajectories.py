@@ -247,7 +247,7 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     cum = _xla.count_true(new)  # trajectories begun in this add up to each step
     lanes = jnp.arange(n_l, dtype=jnp.int32)
     # (with n_traj == 0 step 0 is new, so the garbage record read here is never used)
-    ongoing = ts.start[lanes, (ts.rec_head - 1) % cap]
+    ongoing = _xla.take_few(ts.start, lanes, _xla.wrap_near(ts.rec_head - 1, cap))  # (not a split gather)
 
     skip = write.skip
     cum_k, new_k = cum[:, skip:], new[:, skip:]

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf import _fields, _reduce
+from rlbuf import _fields, _reduce, _ring
 from rlbuf.samplers import capabilities
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.sumtree import SumTree, TreeState
@@ -99,7 +99,9 @@ class PrioritizedState(ExponentState):
 
 
 def check_capacity(sampler, layout) -> None:
-    """Raise unless ``sampler.max_capacity`` covers the whole storage of ``layout``."""
+    """Raise unless ``sampler.max_capacity`` covers the whole storage of ``layout`` and its sum
+    tree can address it (int32 flat positions: fewer than ``2**31`` transitions)."""
+    _ring.check_flat(layout.lanes, layout.capacity, type(sampler).__name__)
     if layout.size > sampler.max_capacity:
         raise ValueError(
             f"{type(sampler).__name__}: max_capacity={sampler.max_capacity} is smaller than the storage "

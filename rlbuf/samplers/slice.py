@@ -183,7 +183,7 @@ class SliceSampler(_SliceBase):
         head = hi - s.qlen  # the entries of stored trajectories (SliceState.qlen)
         # Only the oldest stored trajectory can have shrunk below n (overwritten from its start):
         # every later queued one is whole, with at least thr = n steps.
-        begin, end = self._entry_bounds(s.queue[lanes, s.entry_slot(lanes, head)], ranges)
+        begin, end = self._entry_bounds(_xla.take_few(s.queue, lanes, s.entry_slot(lanes, head)), ranges)
         shrunk = (head - hi < 0) & (end - begin < n)
         head = head + shrunk
         return head, jnp.where(ring.count > 0, hi - head, 0)

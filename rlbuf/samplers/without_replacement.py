@@ -61,6 +61,9 @@ class SamplerWithoutReplacement(Sampler):
 
     def __post_init__(self):
         _consume.check_n(type(self).__name__, self.consume_after_n_samples)
+    def check(self, layout, batch_size: int) -> None:
+        # The epoch's permutation holds int32 item numbers.
+        _ring.check_flat(layout.lanes, layout.capacity, type(self).__name__)
 
     def init(self, layout):
         z = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers, for donation)
@@ -80,7 +83,8 @@ class SamplerWithoutReplacement(Sampler):
         n_items = ring.count * layout.n_lanes
         if self.shuffle:
             # A random permutation of all slots, stably filtered to the k < n_items ones,
-            # is a uniform permutation of [0, n_items) with a static shape.
+            # is a uniform permutation of [0, n_items) with a static shape. (jax's permutation
+            # sorts by random 32-bit keys, with rounds against ties: no randint range bias.)
             perm = jax.random.permutation(key, layout.size).astype(jnp.int32)
         else:
             perm = jnp.arange(layout.size, dtype=jnp.int32)

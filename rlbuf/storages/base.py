@@ -141,6 +141,13 @@ class Storage:
                 f"{type(self).__name__}: max_size={self.max_size} is smaller than one time row of "
                 f"{n} lanes {lanes}; use max_size >= {n}"
             )
+        if capacity > _ring.MAX_STEPS:
+            # Time indices are int32; lanes can hold more items in all (gathers index by lane and time).
+            raise ValueError(
+                f"{type(self).__name__}(ndim={self.ndim}): max_size={self.max_size} over {n} lanes {lanes} is "
+                f"{capacity} time steps per lane; a lane holds at most 2**31 - 1 = {_ring.MAX_STEPS} steps "
+                "(int32 time index). Spread the data over more lanes (ndim=2, batches [B, T])"
+            )
         if capacity * n != self.max_size:
             warnings.warn(
                 f"{type(self).__name__}: max_size={self.max_size} is not a multiple of the {n} lanes "

@@ -254,15 +254,15 @@ def _gather(storage, layout, st: CompactState, index: tuple) -> Any:
     t = index[-1]
     compact = set(compacted_keys(layout))
     leaves = []
-    rows = {}  # host memory: the flat rows go there, only the gathered items come back
+    # Host memory: the (lane, row) indices go there, only the gathered items come back. Never
+    # one flat lane * rows + row position: it may pass the int32 range.
+    rows = {False: (storage.to_storage(lane), storage.to_storage(t))}
     for k, _, _ in layout.specs:
         src = k[1:] if k[0] == NEXT and k[1:] in compact else k
         x = _lanes_first(_tree.get(st.data, src), layout)
-        r = nrow if src != k else t
-        key = (src != k, x.shape[1])
-        if key not in rows:
-            rows[key] = storage.to_storage(lane * x.shape[1] + r)
-        leaves.append(storage.to_device(jnp.take(x.reshape(-1, *x.shape[2:]), rows[key], axis=0, mode="clip")))
+        if src != k and True not in rows:
+            rows[True] = (rows[False][0], storage.to_storage(nrow))
+        leaves.append(storage.to_device(x.at[rows[src != k]].get(mode="clip")))
     return jax.tree_util.tree_unflatten(layout.treedef, leaves)
 
 

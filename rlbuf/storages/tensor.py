@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Optional
 import jax
 import jax.numpy as jnp
 
-from rlbuf import _ring
 from rlbuf.storages.base import Layout, Storage
 
 
@@ -135,13 +134,7 @@ class LazyTensorStorage(Storage):
 
     def gather(self, layout: Layout, storage: Any, index: tuple) -> Any:
         """Items at ``index = (*lane_idx, t)`` (int arrays of one shape ``S``): leaves ``[*S, ...]``."""
-        # Host storage: the index goes to the host, only the gathered items come back.
-        if layout.lanes:
-            flat = self.to_storage(_ring.flat_index(index, layout.lanes, layout.capacity))
-            return jax.tree_util.tree_map(
-                lambda x: self.to_device(jnp.take(x.reshape(layout.size, *x.shape[layout.ndim :]), flat, axis=0,
-                                                  mode="clip")),
-                storage,
-            )
-        i = self.to_storage(index[0])
-        return jax.tree_util.tree_map(lambda x: self.to_device(jnp.take(x, i, axis=0, mode="clip")), storage)
+        # Host storage: the index goes to the host, only the gathered items come back. The index
+        # stays (lane, t), never one flat position: lanes * capacity may pass the int32 range.
+        index = tuple(self.to_storage(i) for i in index)
+        return jax.tree_util.tree_map(lambda x: self.to_device(x.at[index].get(mode="clip")), storage)

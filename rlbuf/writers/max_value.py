@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rlbuf import _fields, _reduce, _tree
+from rlbuf import _fields, _reduce, _ring, _tree
 from rlbuf.writers.base import WriteInfo, Writer
 
 _EMPTY = jnp.iinfo(jnp.int32).min  # rank key of an empty slot: below every item
@@ -119,7 +119,7 @@ class MaxValueWriter(Writer):
             positions, rank = positions.reshape(*lanes, t_len), rank.reshape(*lanes, cap)
         else:
             positions, rank = _select(wstate["rank"], new, cap)
-        new_count = jnp.minimum(ring.count + t_len, cap).astype(jnp.int32)
+        new_count = _ring.add_count(ring.count, t_len, cap).astype(jnp.int32)
         info = WriteInfo(positions, 0, ring.cursor, ring.count, new_count % cap, new_count)
         return info, {"rank": rank}, data
 

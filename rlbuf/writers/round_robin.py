@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from rlbuf import _ring
 from rlbuf.writers.base import TIME_ORDER, WriteInfo, Writer
@@ -25,5 +24,5 @@ class RoundRobinWriter(Writer):
         t_len = jax.tree_util.tree_leaves(data)[0].shape[ring.layout.ndim - 1]
         cap = ring.capacity
         positions, skip, new_cursor = _ring.write_positions(ring.cursor, t_len, cap)
-        new_count = jnp.minimum(ring.count + positions.shape[0], cap)
+        new_count = _ring.add_count(ring.count, positions.shape[0], cap)
         return WriteInfo(positions, skip, ring.cursor, ring.count, new_cursor, new_count), wstate, data

@@ -31,6 +31,7 @@ GROUPS = {
         "collector_sharded_carry",
         "async_collector_per_worker_buffer",
     ],
+    "regroup": ["buffer_regroup_4_to_2_devices"],
 }
 CHECKS = [c for names in GROUPS.values() for c in names]
 _RESULTS: dict = {}

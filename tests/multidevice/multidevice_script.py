@@ -579,6 +579,42 @@ def async_collector_per_worker_buffer():
     return "ok"
 
 
+@check
+def buffer_regroup_4_to_2_devices():
+    """A 4-device sharded state: refused by a 2-device buffer naming both counts; a checkpoint
+    of it is refused onto 2 devices ("saved with 4 groups, restoring into 2") unless
+    ``regroup=True``, which gives the state the 2-device buffer built from the same batches.
+    Last in this script: its orbax import may recompile functions jitted before it."""
+    import tempfile
+
+    import rlbuf.checkpoint as ckpt
+
+    rb = ReplayBuffer(storage=LazyTensorStorage(8 * 12, ndim=2), sampler=RandomSampler(), batch_size=16)
+    srb4, srb2 = shard(rb, MESH), shard(rb, Mesh(np.array(jax.devices()[:2]), ("data",)))
+    rng = np.random.default_rng(5)
+    batches = [data(rng, 8, 5, base=100 * i) for i in range(3)]
+    s4, s2 = srb4.init(batches[0]), srb2.init(batches[0])
+    for b in batches:
+        s4, s2 = srb4.add(s4, b), srb2.add(s2, b)
+    try:
+        srb2.sample(s4, jax.random.key(0))
+        raise AssertionError("a 4-group state was accepted by a 2-device buffer")
+    except ValueError as e:
+        assert "4 groups" in str(e) and "2 devices" in str(e), e
+    with tempfile.TemporaryDirectory() as d:
+        ckpt.save(d, s4)
+        try:
+            ckpt.restore(d, srb2.init(batches[0]))
+            raise AssertionError("restored onto another group count")
+        except ckpt.CheckpointMismatchError as e:
+            assert "saved with 4 groups, restoring into 2" in str(e), e
+        got = ckpt.restore(d, srb2.init(batches[0]), regroup=True)
+    assert got.storage["obs"].sharding == s2.storage["obs"].sharding
+    assert tree_equal(got, s2)
+    key = jax.random.key(9)
+    assert tree_equal(srb2.sample(got, key)[1:], srb2.sample(s2, key)[1:])
+
+
 print("TIMES " + json.dumps(TIMES))
 print("RESULTS " + json.dumps(RESULTS))
 sys.stdout.flush()

@@ -8,3 +8,8 @@ pytestmark = pytest.mark.multidevice
 
 def test_collector_checks():
     check_group("collectors")
+
+
+def test_regroup_checks():
+    # (in this file, not the buffers' one: it balances the two files' subprocess time)
+    check_group("regroup")

@@ -86,3 +86,32 @@ def test_empty_buffer_masks_everything(ndim):
     assert not bool(rb.can_sample(state))
     ids, _, mask = draw(state, jax.random.key(0))
     assert not np.asarray(mask).any() and not np.asarray(ids).any()
+
+
+# ---------------------------------------------------------------- buffers near and past 2**31 items
+def big_ring(lanes, per_lane, count):
+    """A ring over ``lanes`` lanes of ``per_lane`` steps holding ``count`` steps each: only the
+    layout and counters, no storage (the sampler never reads it)."""
+    from rlbuf._ring import Ring
+
+    n = int(np.prod(lanes))
+    layout = LazyTensorStorage(n * per_lane, ndim=len(lanes) + 1).layout(
+        {"x": jax.ShapeDtypeStruct((*lanes, 1), jnp.uint8)})
+    c = jnp.int32(count)
+    return Ring(cursor=c % per_lane, count=c, added=c, layout=layout)
+
+
+_big_draw = jax.jit(lambda ring, key: RandomSampler().sample(ring, (), key, 65_536)[1])
+
+
+@pytest.mark.parametrize("per_lane,count", [(900_000_000, 900_000_000),      # 1.8e9 items: one draw
+                                            (1_100_000_000, 1_100_000_000),  # 2.2e9 items, full
+                                            (1_500_000_000, 700_000_000)])   # 3e9 slots, 1.4e9 stored
+def test_uniform_near_and_past_2_31_items(per_lane, count):
+    """Lanes split 50/50 and slots are uniform over [0, count) (randint gave 19,021 vs 13,747
+    between 2 lanes of 9e8; past 2**31 items every draw was (0, 0))."""
+    lane, t = map(lambda a: np.asarray(a, np.int64), _big_draw(big_ring((2,), per_lane, count), jax.random.key(3)))
+    assert lane.min() == 0 and lane.max() == 1 and t.min() >= 0 and t.max() < count
+    assert stats.chisquare(np.bincount(lane, minlength=2)).pvalue > 1e-4
+    assert stats.chisquare(np.bincount(t * 4 // count, minlength=4)).pvalue > 1e-4
+    assert len(np.unique(t)) > 65_000  # not a constant index

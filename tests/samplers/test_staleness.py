@@ -223,3 +223,18 @@ def test_two_level_pick_is_exact_and_skips_zero_mass():
     assert sps.chisquare(c, mass[keep] / mass.sum() * c.sum()).pvalue > 1e-4
     pick0, ok0 = _pick(jnp.zeros(40), u[:4])
     assert not bool(ok0) and not np.any(np.asarray(pick0))
+
+
+def test_sharded_state_takes_the_version():
+    from jax.sharding import Mesh
+
+    srb = rlbuf.shard(ReplayBuffer(storage=LazyTensorStorage(2 * CAP, ndim=2), batch_size=64,
+                                   sampler=StalenessAwareSampler(max_staleness=1)), Mesh(np.array(jax.devices()[:1]),
+                                                                                         ("data",)))
+    state = srb.init(batch((2,), [0]))
+    for v in range(4):
+        state = srb.add(state, batch((2,), [v, v]))
+    state = jax.jit(set_policy_version)(state, jnp.asarray(4))
+    state, out, info = srb.sample(state, jax.random.key(0))
+    assert set(np.unique(np.asarray(info["staleness"]))) == {1}  # version 3 only (4 - 3); 2 is beyond
+    np.testing.assert_array_equal(np.asarray(out["collector"]["policy_version"]), 3)
