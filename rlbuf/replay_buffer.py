@@ -81,7 +81,7 @@ def count_dtype(size: int):
     integer without x64; a float32 count is within a relative ``2**-24``, never negative)."""
     if size <= _ring.MAX_FLAT:
         return jnp.int32
-    return jnp.int64 if jax.config.jax_enable_x64 else jnp.float32
+    return jnp.int64 if jax.config.read("jax_enable_x64") else jnp.float32
 
 
 def stored_count(count, layout: Layout) -> jax.Array:
