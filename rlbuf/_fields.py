@@ -74,6 +74,9 @@ def keys(default=None) -> Converted:
     return Converted(_keys_or_none(default), _keys_or_none)
 
 
-def dtype_name(default) -> Converted:
-    """A dtype field, stored as its name (``jnp.float32`` and ``"float32"`` compare equal)."""
+def dtype_name(default) -> Any:
+    """A dtype field, stored as its name (``jnp.float32`` and ``"float32"`` compare equal).
+
+    Typed ``Any`` like :func:`dataclasses.field`: the field is declared ``name: str = dtype_name(...)``
+    and its instances read the name (a ``str``); the class attribute is the :class:`Converted`."""
     return Converted(np.dtype(default).name, lambda d: np.dtype(d).name)

@@ -29,7 +29,8 @@ class Buffer(Protocol):
     - ``num_stored(state) -> int32 []``: transitions stored.
     """
 
-    batch_size: int
+    @property
+    def batch_size(self) -> int: ...  # read-only: a frozen dataclass's field satisfies it
 
     def init(self, example: Any) -> Any: ...
 

@@ -39,7 +39,7 @@ Semantics (TorchRL's ``ReplayBufferEnsemble`` with ``sample_from_all=True``, at 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +100,11 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
 
     buffers: tuple
     num_per_buffer: Optional[tuple]
+
+    if TYPE_CHECKING:
+        # the constructor as _VarargsConstructor implements it (type checkers do not read a
+        # metaclass's __call__); at runtime the dataclass's own __init__ takes the fields
+        def __init__(self, *buffers: SplittableBuffer, num_per_buffer: Optional[Sequence[int]] = None) -> None: ...
 
     def __post_init__(self):
         if not self.buffers:
@@ -259,7 +264,7 @@ def _check_parts(i: int, rb: SplittableBuffer, s: BufferState) -> None:
         want = jax.eval_shape(lambda o=obj: o.init(s.layout))
         g_def, w_def = jax.tree.structure(got), jax.tree.structure(want)
         what = None
-        if g_def != w_def:
+        if g_def != w_def:  # type: ignore[operator]  # jax's PyTreeDef is untyped to mypy
             what = f"its structure is {g_def}, expected {w_def}"
         else:
             for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):

@@ -81,7 +81,7 @@ def count_dtype(size: int):
     integer without x64; a float32 count is within a relative ``2**-24``, never negative)."""
     if size <= _ring.MAX_FLAT:
         return jnp.int32
-    return jnp.int64 if jax.config.jax_enable_x64 else jnp.float32
+    return jnp.int64 if jax.config.read("jax_enable_x64") else jnp.float32
 
 
 def stored_count(count, layout: Layout) -> jax.Array:
@@ -179,7 +179,8 @@ class ReplayBuffer:
         """``data`` as ``add`` stores it: TorchRL-style tuple keys nested, list leaves made arrays,
         only ``keys`` kept (idempotent)."""
         data = _tree.nest(data, who)
-        return data if self.keys is None else _select(data, self._keys, who)
+        keys = self._keys
+        return data if keys is None else _select(data, keys, who)
 
     def init(self, example: Any) -> BufferState:
         """An empty buffer shaped for batches like ``example`` (arrays or ShapeDtypeStructs with

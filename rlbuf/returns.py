@@ -81,7 +81,8 @@ def _flag_input(fn: str, name: str, x, shape: tuple):
 def _coef(fn: str, name: str, v, shape: tuple, dtype, lo: float, hi: float):
     """A scalar or ``[*B, T]`` coefficient (broadcast by the arithmetic); Python numbers range-checked."""
     if isinstance(v, (Real, np.number)) and not isinstance(v, bool):
-        if not (math.isfinite(v) or (math.isinf(v) and v > 0 and hi == math.inf)) or not lo <= v <= hi:
+        fv = float(v)  # a Python/numpy real scalar: compare it as a float
+        if not (math.isfinite(fv) or (math.isinf(fv) and fv > 0 and hi == math.inf)) or not lo <= fv <= hi:
             raise ValueError(f"{fn}: {name} must be in [{lo}, {hi}], got {v!r}")
     elif isinstance(v, bool):
         raise TypeError(f"{fn}: {name} must be a number or a float array, got {v!r}")

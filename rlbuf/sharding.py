@@ -215,7 +215,12 @@ class ShardedReplayBuffer:
             return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), state.storage)
         grids = jnp.meshgrid(*[jnp.arange(d, dtype=jnp.int32) for d in (*layout.lanes, layout.capacity)],
                              indexing="ij")
-        gather = jax.vmap(lambda st: self._local.storage.gather(layout, st, tuple(grids)))
+        # beyond the SplittableBuffer protocol: a ReplayBuffer-like buffer exposes its storage
+        storage = getattr(self._local, "storage", None)
+        if storage is None:
+            raise TypeError(f"global_storage: {type(self._local).__name__} has no storage to gather its "
+                            "non-array state from")
+        gather = jax.vmap(lambda st: storage.gather(layout, st, tuple(grids)))
         return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]),
                                       jax.jit(gather)(state.storage))
 

@@ -39,7 +39,8 @@ class SampleContext(NamedTuple):
     storage: Any
     data: Any
     ring: Any
-    index: tuple
+    # a field named `index` shadows tuple.index (allowed at runtime; the public name is kept)
+    index: tuple  # type: ignore[assignment]
     info: dict
 
 
@@ -101,7 +102,7 @@ class Chain:
     @property
     def flat(self) -> tuple:
         """The stages as :class:`Stage` objects, nested chains expanded."""
-        out = []
+        out: list[Stage] = []
         for s in self.stages:
             out.extend(s.flat if isinstance(s, Chain) else (as_stage(s, "chain"),))
         return tuple(out)

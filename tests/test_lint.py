@@ -17,3 +17,11 @@ def test_ruff_clean():
     out = subprocess.run([ruff, "check", "rlbuf", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
+
+
+def test_mypy_clean():
+    """The package type-checks (``[tool.mypy]`` in pyproject.toml): it ships ``py.typed``, so
+    users' checkers read these annotations."""
+    pytest.importorskip("mypy", reason="mypy is in the test extra")
+    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Any, Callable, Hashable, Mapping, MutableMapping, TypeVar
 
 import jax
+
+K = TypeVar("K", bound=Hashable)  # the names of the timed functions (str, or e.g. a bool flag)
 
 
 @dataclasses.dataclass
@@ -52,8 +54,8 @@ def time_fn(fn: Callable, *args, repeats: int = 7, number: int = 1) -> float:
     return times[len(times) // 2]
 
 
-def threaded(fns: dict[str, Callable], states: dict, *args, repeats: int = 7,
-             clock: Callable[[], float] = time.perf_counter) -> dict[str, tuple[float, float]]:
+def threaded(fns: Mapping[K, Callable], states: MutableMapping[K, Any], *args, repeats: int = 7,
+             clock: Callable[[], float] = time.perf_counter) -> dict[K, tuple[float, float]]:
     """``(median, min)`` seconds per ``state = fn(state, *args)`` of each fn, repeats interleaved.
 
     Each fn carries (and may donate) its own state in ``states``, so an input is never reused;
@@ -63,7 +65,7 @@ def threaded(fns: dict[str, Callable], states: dict, *args, repeats: int = 7,
     """
     for k, f in fns.items():  # compile + warm-up
         states[k] = jax.block_until_ready(f(states[k], *args))
-    samples: dict[str, list[float]] = {k: [] for k in fns}
+    samples: dict[K, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
             t0 = clock()
@@ -72,7 +74,7 @@ def threaded(fns: dict[str, Callable], states: dict, *args, repeats: int = 7,
     return {k: (sorted(v)[len(v) // 2], min(v)) for k, v in samples.items()}
 
 
-def medians(times: dict[str, tuple[float, float]]) -> dict[str, float]:
+def medians(times: Mapping[K, tuple[float, float]]) -> dict[K, float]:
     """The medians of :func:`threaded`'s ``(median, min)`` results."""
     return {k: v[0] for k, v in times.items()}
 

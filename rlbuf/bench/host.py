@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -289,7 +290,8 @@ def suite_rows(quick: bool = False, only: str | None = None) -> list[Row]:
         c = Collector(env, None, frames_per_batch=B * T, num_envs=B, env_params=params)
         ours = jax.jit(c.collect)
         # each function carries its own state from call to call (the batch is computed and dropped)
-        fns, states = {"ours": lambda st: ours(st, None)[0]}, {"ours": c.init(jax.random.key(0))}
+        fns: dict[str, Callable] = {"ours": lambda st: ours(st, None)[0]}
+        states: dict[str, Any] = {"ours": c.init(jax.random.key(0))}
         refs = [("hand lax.scan, suite's own auto-reset wrapper", ref(env))]
         if not spec.startswith("craftax"):  # (Craftax: each compile of world generation takes minutes)
             refs.append(("hand lax.scan of the adapter's gymnax step", _adapter_reference(env, params)))

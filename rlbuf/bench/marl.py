@@ -75,14 +75,18 @@ def load_baseline(root: Path, rel: str):
             importlib.import_module(name)
         except ImportError:
             stub = types.ModuleType(name)
-            stub.main = lambda *a, **k: (lambda f: f)
-            stub.OmegaConf = types.SimpleNamespace(to_container=dict, to_yaml=str, save=lambda *a, **k: None)
+            # a module's attributes are dynamic: setattr (ModuleType declares none of these)
+            setattr(stub, "main", lambda *a, **k: (lambda f: f))
+            setattr(stub, "OmegaConf",
+                    types.SimpleNamespace(to_container=dict, to_yaml=str, save=lambda *a, **k: None))
             sys.modules[name] = stub
     name = "jaxmarl_baseline_" + Path(rel).stem
     spec = importlib.util.spec_from_file_location(name, root / rel)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the JaxMARL baseline {root / rel}")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.wandb = _NoWandb("wandb")
+    setattr(mod, "wandb", _NoWandb("wandb"))
     return mod
 
 
@@ -212,16 +216,17 @@ def main(argv=None) -> list[Result]:
     p.add_argument("--jaxmarl-ref", default=JAXMARL_COMMIT)
     a = p.parse_args(argv)
     root = fetch_baselines(a.jaxmarl_src, a.jaxmarl_ref) if "theirs" in a.side else None
+    theirs, ours = {"ippo": theirs_ippo, "vdn": theirs_vdn}, {"ippo": ours_ippo, "vdn": ours_vdn}
     results = []
     for algo in a.only:
         frames = a.total_frames or {"ippo": 1_048_576, "vdn": 262_144}[algo]
         print(f"== {algo}: {ENV_NAME}, {frames:,} frames per seed, seeds {a.seeds}", flush=True)
         for side in a.side:
-            fn = {("ippo", "theirs"): lambda: theirs_ippo(root, frames, a.seeds),
-                  ("ippo", "ours"): lambda: ours_ippo(frames, a.seeds),
-                  ("vdn", "theirs"): lambda: theirs_vdn(root, frames, a.seeds),
-                  ("vdn", "ours"): lambda: ours_vdn(frames, a.seeds)}[algo, side]
-            r = fn()
+            if side == "theirs":
+                assert root is not None  # fetched above whenever their side runs
+                r = theirs[algo](root, frames, a.seeds)
+            else:
+                r = ours[algo](frames, a.seeds)
             results.append(r)
             print(r.line(), flush=True)
     return results

@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ def make_dataset(dataset_id: str, n: int, seed: int = 0):
     from minari.data_collector import EpisodeBuffer
 
     rng = np.random.default_rng(seed)
-    lengths = []
+    lengths: list[int] = []
     while sum(lengths) < n:
         lengths.append(int(rng.integers(50, 351)))
     lengths[-1] -= sum(lengths) - n
@@ -132,7 +133,7 @@ def ensemble_rows(repeats: int, iters: int = 100) -> list[Row]:
     rows = []
     for name, make_sampler in (("uniform", lambda: None), ("slice 16x8", lambda: SliceSampler(slice_len=8,
                                                                                            traj_key=TRAJ))):
-        kw = {} if make_sampler() is None else {"sampler": make_sampler()}
+        kw: dict[str, Any] = {} if make_sampler() is None else {"sampler": make_sampler()}
         a = ReplayBuffer(storage=LazyTensorStorage(size), batch_size=half, **kw)
         b = ReplayBuffer(storage=LazyTensorStorage(size, ndim=2), batch_size=half, **kw)
         ens = ReplayBufferEnsemble(a, b, num_per_buffer=(half, half))

@@ -52,7 +52,8 @@ class Reference(ppo.PPO):
         return RefState(params=params, opt=self.tx.init(params), env_state=env_state, obs=obs,
                         ep_return=jnp.zeros((self.cfg.num_envs,), jnp.float32), key=k_run)
 
-    def _iteration(self, s: RefState, x):
+    # PPO's driver (chunk scan, train) is reused with this class's own state type: not an LSP subtype
+    def _iteration(self, s: RefState, x):  # type: ignore[override]
         return jax.vmap(self._iteration_one, in_axes=(0, None))(s, x)  # seeds vmapped, no conds to lose
 
     def _iteration_one(self, s: RefState, _):
@@ -141,7 +142,7 @@ def gae_rows(quick: bool = False) -> list[Row]:
         g, lam = 0.99, 0.95
         ours = jax.jit(lambda *a: returns.gae(*a, gamma=g, lmbda=lam)[0])
         tm = [x.T for x in (r, v, nv, term, done)]
-        ref = jax.jit(lambda *a: _gae_time_major(*a, g, lam))
+        ref = jax.jit(lambda r, v, nv, term, done: _gae_time_major(r, v, nv, term, done, g, lam))
         np.testing.assert_allclose(ours(r, v, nv, term, done), ref(*tm).T, rtol=1e-4, atol=1e-4)
 
         def assoc(r, v, nv, term, done):

@@ -57,7 +57,7 @@ def scan_loop(step: Callable, iters: int) -> Callable:
 
 
 def _checksum(batch) -> jax.Array:
-    return sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree_util.tree_leaves(batch))
+    return sum((jnp.sum(x.astype(jnp.float32)) for x in jax.tree_util.tree_leaves(batch)), jnp.zeros((), jnp.float32))
 
 
 def filled(size: int, branching: int):

@@ -217,14 +217,12 @@ def burn_in_rows(quick: bool) -> list[Row]:
     data = transitions(jax.random.key(0), (LANES, size // LANES))
     adds = transitions(jax.random.key(2), (iters, LANES, 1))
     fns, carries = {}, {}
-    for name, sampler in (
-        ("burn", SliceSampler(slice_len=SLICE_LEN, burn_in=BURN_IN, end_key=("next", "done"))),
-        ("plain", SliceSampler(slice_len=SLICE_LEN + BURN_IN, end_key=("next", "done"))),
-    ):
+    for name, slice_len, burn_in in (("burn", SLICE_LEN, BURN_IN), ("plain", SLICE_LEN + BURN_IN, 0)):
+        sampler = SliceSampler(slice_len=slice_len, burn_in=burn_in, end_key=("next", "done"))
         # batch_size counts learning steps: 32 sequences of 10 + 10 against 32 slices of 20 (the
         # same data moved; until 2026-11-30 the plain side drew only 16 slices of 20)
         rb = ReplayBuffer(storage=LazyTensorStorage(size, ndim=2), sampler=sampler,
-                          batch_size=NUM_SLICES * sampler.slice_len)
+                          batch_size=NUM_SLICES * slice_len)
         state = jax.jit(rb.add, donate_argnums=0)(rb.init(data), data)
         fns[name] = scan_loop(rb.add, sample_ours(rb))
         carries[name] = (state, jax.random.key(3), jnp.zeros((), jnp.float32))

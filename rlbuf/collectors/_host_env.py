@@ -49,8 +49,8 @@ class _Group:
         self.async_ = hasattr(vec, "step_async") and hasattr(vec, "step_wait")
         # EnvPool's action space is one env's: random actions for all come from its batched form
         # (one draw, not one per env)
-        self._batch_space = _batch_space(self.action_space, self.num) if self.envpool else None
-        self._pending = None
+        self._batch_space: Any = _batch_space(self.action_space, self.num) if self.envpool else None
+        self._pending: np.ndarray | None = None  # a synchronous vector env's action until step_wait
 
     def check_alive(self):
         """A gymnasium ``AsyncVectorEnv`` shuts down a worker whose env raised (its pipe becomes

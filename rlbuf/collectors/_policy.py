@@ -69,7 +69,7 @@ def check_action(action: Any, spec: Any, lead: tuple[int, ...], num_envs) -> Non
         return
     a_leaves, a_def = jax.tree.flatten(action)
     s_leaves, s_def = jax.tree.flatten(spec)
-    if a_def != s_def:
+    if a_def != s_def:  # type: ignore[operator]  # jax's PyTreeDef is untyped to mypy
         raise TypeError(f"policy action structure {a_def} does not match the action space's {s_def}")
     for a, s in zip(a_leaves, s_leaves):
         got = tuple(jnp.shape(a))
@@ -124,7 +124,7 @@ def init_carry(init_fn: Callable, num_envs: int | None, lead: tuple[int, ...]) -
 def check_carry(new_carry: Any, carry: Any) -> None:
     """The policy's ``new_carry`` must have the carry's structure, shapes and dtypes."""
     n_def, c_def = jax.tree.structure(new_carry), jax.tree.structure(carry)
-    if n_def != c_def:
+    if n_def != c_def:  # type: ignore[operator]  # jax's PyTreeDef is untyped to mypy
         raise TypeError(f"policy returned a carry of structure {n_def}, expected {c_def} (policy_carry's)")
     for (path, n), c in zip(jax.tree_util.tree_leaves_with_path(new_carry), jax.tree.leaves(carry)):
         if tuple(jnp.shape(n)) != tuple(jnp.shape(c)) or jnp.result_type(n) != jnp.result_type(c):

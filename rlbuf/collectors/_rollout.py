@@ -100,9 +100,10 @@ class RolloutSpec:
 
 def extras_like(spec: RolloutSpec, state: Any, policy_params: Any) -> dict:
     """Zeros shaped like the policy's extras (stored in random-action batches)."""
-    if spec.act is None:
+    act = spec.act
+    if act is None:
         return {}
-    shapes = jax.eval_shape(lambda p, o, k, pc: spec.act(p, o, k, pc)[1], policy_params,
+    shapes = jax.eval_shape(lambda p, o, k, pc: act(p, o, k, pc)[1], policy_params,
                             state.observation, state.key, state.policy_carry)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
@@ -130,7 +131,7 @@ def rollout(c: RolloutSpec, state: Any, policy_params: Any, random: bool):
     opts = c.options
     mf = opts.max_frames
     with_carry = opts.with_carry
-    carry0 = c.carry0() if with_carry else None
+    carry0 = c.carry0() if with_carry and c.carry0 is not None else None  # carry0 is set iff with_carry
     transition = c.env_map(c.adapter.transition, (0, 0, 0, c.pax))
     reset = c.env_map(c.adapter.reset, (0, c.pax))
     layout = c.adapter.batch_layout

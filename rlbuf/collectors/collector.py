@@ -299,7 +299,7 @@ class Collector(CollectorOptions):
         fresh = state.frames > 0  # the first batch's envs are already fresh from init
         pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(fresh, x, y), a, b)  # noqa: E731
         carry = state.policy_carry
-        if carry is not None:
+        if carry is not None and s.carry0 is not None:  # carry0 is set iff the policy has a carry
             carry = pick(s.carry0(), carry)
         return dataclasses.replace(
             state,

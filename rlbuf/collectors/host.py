@@ -136,8 +136,10 @@ class HostCollector:
         # the env's batch_layout(step, info) hook (multi-agent groups), applied on the device
         self._layout = getattr(self.groups[0].vec, "batch_layout", None)
         self._keys = jax.jit(batch_keys, static_argnums=1)
-        self._frames = None  # frames of the state the envs are in (stale-state check)
-        self._extras_spec = None
+        self._frames: int | None = None  # frames of the state the envs are in (stale-state check)
+        self._extras_spec: Any = None
+        self._failed: str | None = None  # why the envs are in an unknown state (a collect raised)
+        self._touched = False  # the current collect has stepped or reset the envs
 
     def __getattr__(self, name: str) -> Any:
         # the options read as attributes (hc.frames_per_batch, ...), so none is declared twice

@@ -111,12 +111,12 @@ class MultiSyncCollector(CollectorOptions):
     @property
     def batch_shape(self) -> tuple[int, ...]:
         T = self._inner.batch_shape[-1]
-        per = (T,) if self.num_envs is None else (self._B, T)
+        per: tuple[int, ...] = (T,) if self.num_envs is None else (self._B, T)
         if self.cat_results == "stack":
             return (self._W,) + per
-        per = list(per)
-        per[self._cat_dim] *= self._W
-        return tuple(per)
+        dims = list(per)
+        dims[self._cat_dim] *= self._W
+        return tuple(dims)
 
     def init(self, key: jax.Array) -> CollectorState:
         return self._inner.init(key)

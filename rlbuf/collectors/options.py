@@ -21,7 +21,7 @@ from rlbuf.collectors._counters import frames_limit
 
 
 def positive_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0
+    return bool(isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -103,5 +103,6 @@ def with_option_keywords(init: Callable) -> Callable:
         default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=f.type))
-    init.__signature__ = sig.replace(parameters=params)
+    # inspect reads a function's __signature__; the Callable type does not declare it
+    init.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     return init

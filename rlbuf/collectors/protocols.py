@@ -27,8 +27,12 @@ class CollectorLike(Protocol):
             ``(W, B, T)``).
     """
 
-    jittable: bool
-    frames_per_batch: int
+    # read-only properties: a frozen dataclass's fields (or a plain class attribute) satisfy them
+    @property
+    def jittable(self) -> bool: ...
+
+    @property
+    def frames_per_batch(self) -> int: ...
 
     @property
     def batch_shape(self) -> tuple[int, ...]: ...
@@ -53,7 +57,7 @@ class SplittableCollector(CollectorLike, Protocol):
 
 def require_collector(obj: Any, who: str, protocol: type = CollectorLike) -> None:
     """Raise a ``TypeError`` naming the members ``obj`` lacks to implement ``protocol``."""
-    members = ("jittable", "frames_per_batch", "batch_shape", "init", "collect")
+    members: tuple[str, ...] = ("jittable", "frames_per_batch", "batch_shape", "init", "collect")
     if protocol is SplittableCollector:
         members += ("split",)
     missing = [m for m in members if not hasattr(obj, m)]

@@ -270,7 +270,7 @@ def iter_minari(
     dataset_or_id: Any,
     *,
     chunk_size: int = DEFAULT_CHUNK,
-    episode_indices: Optional[Sequence[int]] = None,
+    episode_indices: Optional[Sequence[int] | np.ndarray] = None,
     progress: bool = False,
 ) -> Iterator[dict]:
     """Yield the dataset's transitions (layout in the module docstring) in chunks of
@@ -286,7 +286,8 @@ def iter_minari(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, unit="transitions", disable=not progress, desc=f"minari {dataset.id}")
-    chunk, leaves, treedef, fill, emitted, size = None, None, None, 0, 0, min(chunk_size, total)
+    chunk, treedef, fill, emitted, size = None, None, 0, 0, min(chunk_size, total)
+    leaves: list[Any] = []  # the current chunk's numpy leaves, written in place
     try:
         for episode in _episodes(dataset, indices, total):
             t_len, batch = _transitions(episode)
@@ -321,7 +322,7 @@ def iter_minari(
 def from_minari(
     dataset_or_id: Any,
     *,
-    episode_indices: Optional[Sequence[int]] = None,
+    episode_indices: Optional[Sequence[int] | np.ndarray] = None,
     progress: bool = False,
 ) -> dict:
     """The whole dataset as one batch of ``[N]`` numpy leaves (layout in the module docstring),
@@ -349,7 +350,7 @@ def fill_buffer(
     *,
     state=None,
     chunk_size: int = DEFAULT_CHUNK,
-    episode_indices: Optional[Sequence[int]] = None,
+    episode_indices: Optional[Sequence[int] | np.ndarray] = None,
     progress: bool = False,
 ):
     """Add the dataset to replay buffer ``rb`` (``LazyTensorStorage(..., ndim=1)``) chunk by chunk

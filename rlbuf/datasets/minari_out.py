@@ -64,22 +64,21 @@ def _np(x):
 
 def _lanes_from_compact(state, order: np.ndarray):
     """A ``compact_next`` buffer's items ``[L, count, ...]`` with ``("next", k)`` rebuilt (by
-    ``rlbuf.compact.gather``, the sampling path), and bool ``[L, count]``: the item's next
+    ``CompactTensorStorage.gather``, the sampling path), and bool ``[L, count]``: the item's next
     observation is known (False where the final-observation table lost it)."""
-    from rlbuf import compact
-    from rlbuf.storage import LazyTensorStorage
+    from rlbuf.storages.compact import CompactTensorStorage
 
     layout = state.layout
     st = jax.tree.map(_np, state.storage)  # host copy: works for pinned-host storage too
     # the same table size as the buffer's: F rows per lane, read off the state
     rows = int(st.owner.shape[-1])
-    shim = LazyTensorStorage(layout.size, ndim=layout.ndim, compact_next=True, final_obs_size=rows * layout.n_lanes)
+    shim = CompactTensorStorage(layout.size, ndim=layout.ndim, final_obs_size=rows * layout.n_lanes)
     n = layout.n_lanes
     lane = np.repeat(np.arange(n)[:, None], len(order), axis=1)
     lane_idx = np.unravel_index(lane, layout.lanes) if layout.lanes else ()
     index = tuple(np.asarray(i, np.int32) for i in (*lane_idx, np.broadcast_to(order, lane.shape)))
-    items = compact.gather(shim, layout, st, index)
-    valid = compact.valid(shim, layout, st, index)
+    items = shim.gather(layout, st, index)
+    valid = shim.valid(layout, st, index)
     return jax.tree.map(_np, items), _np(valid)
 
 
@@ -162,9 +161,9 @@ def _infer_space(x: np.ndarray, what: str):
         if what == "action" and not shape:
             return gym.spaces.Discrete(int(x.max(initial=0)) + 1)
         info = np.iinfo(x.dtype)
-        return gym.spaces.Box(info.min, info.max, shape, x.dtype)
+        return gym.spaces.Box(info.min, info.max, shape, x.dtype.type)
     if np.issubdtype(x.dtype, np.floating):
-        return gym.spaces.Box(-np.inf, np.inf, shape, x.dtype)
+        return gym.spaces.Box(-np.inf, np.inf, shape, x.dtype.type)
     raise TypeError(f"rlbuf.datasets.to_minari: no space for {what} dtype {x.dtype}; pass the space")
 
 

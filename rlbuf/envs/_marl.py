@@ -56,17 +56,18 @@ def resolve_groups(agents: Sequence[str], signature: Callable[[str], Any],
         if len(set(sigs.values())) == 1:
             groups = {"agents": tuple(agents)}
         else:
-            groups = {}
+            by_class: dict[str, list[str]] = {}
             for a in agents:
-                groups.setdefault(agent_class(a), []).append(a)
-            groups = {g: tuple(v) for g, v in groups.items()}
+                by_class.setdefault(agent_class(a), []).append(a)
+            groups = {g: tuple(v) for g, v in by_class.items()}
     elif isinstance(group_map, str):
         if group_map != "per_agent":
             raise ValueError(f"group_map must be None, 'per_agent' or a dict {{group: [agent names]}}, "
                              f"got {group_map!r}")
         groups = {a: (a,) for a in agents}
     elif isinstance(group_map, Mapping):
-        groups, seen = {}, {}
+        groups = {}
+        seen: dict[str, str] = {}  # {agent name: the group naming it}
         for g, names in group_map.items():
             if not isinstance(g, str):
                 raise TypeError(f"group_map: group names must be strings, got {g!r}")

@@ -64,7 +64,8 @@ class GroundTruthMARLEnv:
         self.early_agent, self.early_step = early_agent, int(early_step)
         self.masks, self.world_state = bool(masks), bool(world_state)
         if not self.masks:
-            self.get_avail_actions = None
+            # per instance, the env has no masks: wrappers test `get_avail_actions is None`
+            self.get_avail_actions = None  # type: ignore[method-assign,assignment]  # hides the method
 
     def _adversary(self, a: str) -> bool:
         return a.startswith("adversary")

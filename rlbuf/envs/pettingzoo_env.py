@@ -116,11 +116,11 @@ class PettingZooEnvs:
         self.action_shapes = {g: (len(names),) + tuple(getattr(self._act_spaces[g], "shape", ()) or ())
                               for g, names in self.group_map.items()}
         self.single_action_space = self.action_space = _GroupActions(self)
-        self._has_mask = None  # decided at the first reset
-        self._mask = {}
-        self._obs = None
-        self._active = None  # bool {g: [B, A_g]}: the agent is in its env's episode
-        self._returns = None
+        self._has_mask: bool | None = None  # decided at the first reset (None: not reset yet)
+        self._mask: dict[str, np.ndarray] = {}
+        self._obs: dict[str, dict[str, np.ndarray]] = {}  # {g: {key: [B, A_g, ...]}}, allocated at the first reset
+        self._active: dict[str, np.ndarray] = {}  # bool {g: [B, A_g]}: the agent is in its env's episode
+        self._returns: dict[str, np.ndarray] = {}  # float32 {g: [B, A_g]}
 
     # ------------------------------------------------------------------ conversions
     def _split(self, agent: str, o: Any, info: Mapping) -> tuple[Any, Any]:
@@ -152,7 +152,7 @@ class PettingZooEnvs:
                 self._obs[g]["action_mask"][i] &= self._obs[g]["mask"][i][:, None]
 
     def _alloc(self, obs: Mapping, infos: Mapping):
-        first = {}
+        first: dict[str, tuple[Any, Any]] = {}
         for a in self.agents:
             if a in obs:
                 first[a] = self._split(a, obs[a], infos.get(a, {}) if infos else {})
@@ -179,10 +179,10 @@ class PettingZooEnvs:
     # ------------------------------------------------------------------ vector-env protocol
     def reset(self, *, seed: int | None = None, options: Mapping | None = None):
         mask = None if not options else options.get("reset_mask")
-        which = range(self.num_envs) if mask is None else np.nonzero(np.asarray(mask))[0]
+        which = range(self.num_envs) if mask is None else np.flatnonzero(np.asarray(mask)).tolist()
         for i in which:
             obs, infos = self.envs[i].reset(seed=None if seed is None else int(seed) + int(i))
-            if self._obs is None:
+            if self._has_mask is None:
                 self._alloc(obs, infos)
             self._write_obs(i, obs, infos)
             for g in self.group_map:

@@ -173,7 +173,8 @@ def run_chunks(agent: Agent, state, key, *, quiet: bool, desc: str, on_eval: Cal
     n_chunks = -(-cfg.total_frames // cfg.log_every)
     eval_chunks = max(1, cfg.eval_every // cfg.log_every)
     frames_curve, returns_curve, losses = [], [], []
-    recent = last_eval = np.nan
+    recent: float | np.ndarray = np.nan  # per seed: the latest mean return where an episode finished
+    last_eval = np.nan
     train_time = 0.0
     bar = _cli.progress_bar(n_chunks * cfg.log_every, quiet, desc)
     try:

@@ -13,6 +13,20 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def agent_dims(env, agent: str) -> tuple[int, int]:
+    """``(number of actions, flat observation size)`` of a JaxMARL ``env``'s ``agent``, whose
+    action space must be discrete (the examples' policies are categorical / Q-values)."""
+    from jaxmarl.environments.spaces import Box, Discrete, MultiDiscrete
+
+    act, obs = env.action_space(agent), env.observation_space(agent)
+    if not isinstance(act, Discrete):
+        raise TypeError(f"agent {agent!r} has action space {type(act).__name__}; the example needs Discrete")
+    if not isinstance(obs, (Box, Discrete, MultiDiscrete)):
+        raise TypeError(f"agent {agent!r} has observation space {type(obs).__name__}; the example needs an array")
+    return int(act.n), int(np.prod(obs.shape))
 
 
 def stack_agents(x: dict, agents) -> jax.Array:

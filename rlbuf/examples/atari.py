@@ -122,6 +122,8 @@ def main(argv=None) -> dict:
     finally:
         hc.close()
     elapsed = time.perf_counter() - t0
+    if state is None:  # iterate yielded no batch (frames below one batch)
+        raise SystemExit(f"no batch collected: --frames {a.frames} is less than one batch of {a.frames_per_batch}")
     # An empty or too-short buffer samples masked zeros (info["mask"] False) by design: say so
     # instead of showing padding as frames.
     if not bool(rb.can_sample(state)):

@@ -42,7 +42,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlbuf import returns
 from rlbuf.examples import _cli, _marl, ppo
@@ -88,8 +87,7 @@ class IPPO(ppo.PPO):
         self.env, self.env_params = envs.make(f"jaxmarl:{cfg.env_name}")
         self.marl_env = jaxmarl.make(cfg.env_name)  # evaluation: episodes straight on JaxMARL
         first = self.marl_env.agents[0]
-        self.n_actions = int(self.marl_env.action_space(first).n)
-        self.obs_dim = int(np.prod(self.marl_env.observation_space(first).shape))
+        self.n_actions, self.obs_dim = _marl.agent_dims(self.marl_env, first)
         self.net = ppo.make_network(self.n_actions, cfg.hidden)
         self.tx = ppo.make_optimizer(cfg)
         net = self.net

@@ -307,17 +307,17 @@ def train(cfg: OfflineConfig, *, quiet: bool = False, keep_dataset: str | None =
     # The filled offline state joins a new online one; from_states checks that their batches
     # concatenate (same keys, dtypes and trailing shapes: KEYS are what from_minari gives).
     ens = agent.ens.from_states(offline, agent.ens.members[1].init(select_example(agent)))
-    carry = (lrn, ens, agent.collector.init(k_col))
+    online = (lrn, ens, agent.collector.init(k_col))
     iters = cfg.online_frames // per_collect
     log_iters = max(1, cfg.log_every // cfg.updates_per_collect)
     frac = jnp.float32(0.5)
     done = 0
     for m in _chunks(iters, log_iters):
         key, k = jax.random.split(key)
-        carry, loss, frac = agent.online_chunk(carry, k, m)
+        online, loss, frac = agent.online_chunk(online, k, m)
         done += m
         say(f"online frames {done * per_collect}: loss {float(loss):.3f}, offline share {float(frac):.2f}")
-    lrn = carry[0]
+    lrn = online[0]
     key, k = jax.random.split(key)
     final = float(agent.evaluate(lrn.params, k))
     wall = time.perf_counter() - t0

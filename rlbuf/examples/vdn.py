@@ -42,7 +42,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlbuf.examples import _cli, _loop, _marl, _nets
 from rlbuf.replay_buffer import ReplayBuffer
@@ -119,8 +118,7 @@ class VDN(_loop.QLearner):
         self.marl_env = jaxmarl.make(cfg.env_name)  # evaluation: episodes straight on JaxMARL
         first = self.marl_env.agents[0]
         self.n_agents = len(self.marl_env.agents)
-        self.n_actions = int(self.marl_env.action_space(first).n)
-        self.obs_dim = int(np.prod(self.marl_env.observation_space(first).shape))
+        self.n_actions, self.obs_dim = _marl.agent_dims(self.marl_env, first)
         self.net = _nets.MLP((*cfg.hidden, self.n_actions))
         n_actions, q = self.n_actions, self.q
 

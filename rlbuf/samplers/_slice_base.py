@@ -151,7 +151,11 @@ class _SliceBase(Sampler):
     def shape(self, batch_size: int) -> tuple[int, int]:
         """``(num_slices, slice_len)`` for a buffer ``batch_size`` (raises if not divisible)."""
         name = type(self).__name__
-        given, what = (self.num_slices, "num_slices") if self.num_slices is not None else (self.slice_len, "slice_len")
+        if self.num_slices is not None:
+            given, what = self.num_slices, "num_slices"
+        else:
+            assert self.slice_len is not None  # __post_init__: exactly one of the two is set
+            given, what = self.slice_len, "slice_len"
         if batch_size % given:
             raise ValueError(f"{name}: batch_size={batch_size} is not divisible by {what}={given}")
         other = batch_size // given

@@ -200,7 +200,7 @@ class PrioritizedSampler(Sampler):
     alpha: float
     beta: float
     eps: float = 1e-8
-    dtype: object = _fields.dtype_name(jnp.float32)
+    dtype: str = _fields.dtype_name(jnp.float32)
     branching: int = BRANCHING
     stratified: bool = True
     reduction: str = "max"

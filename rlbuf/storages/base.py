@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import numpy as np
 
 from rlbuf import _ring, _tree
+
+_S = TypeVar("_S", bound="Storage")  # split returns the same storage class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +128,7 @@ class Storage:
                     f"the leading {self.ndim - 1} dims"
                 )
             specs.append((key, shape[self.ndim :], dtype.name))
+        assert lanes is not None  # items is non-empty: the first leaf set it
         if 0 in lanes:
             raise ValueError(
                 f"{type(self).__name__}(ndim={self.ndim}): leaf {_tree.key_str(first)} has lane dims {lanes}; "
@@ -195,6 +198,7 @@ class Storage:
                     f"ReplayBuffer.add: key {_tree.key_str(key)} has time length {shape[nd - 1]} "
                     f"but {_tree.key_str(first)} has {t_len}"
                 )
+        assert t_len is not None  # a layout has at least one key (layout() raises otherwise)
         if t_len == 0:
             raise ValueError("ReplayBuffer.add: the batch has time length 0")
         return t_len
@@ -227,7 +231,7 @@ class Storage:
         """Whether ``breaks`` returns an array (every break, flagged or not) rather than ``None``."""
         return False
 
-    def split(self, n_groups: int) -> "Storage":
+    def split(self: _S, n_groups: int) -> _S:
         """The storage of one of ``n_groups`` lane groups: ``max_size / n_groups`` transitions,
         the other settings unchanged."""
         if self.max_size % n_groups:

@@ -322,7 +322,7 @@ class CompactTensorStorage(LazyTensorStorage, variant="compact_next"):
         return _rows(self, layout, storage, index)[2]
 
     @property
-    def reports_breaks(self) -> bool:  # type: ignore[override]
+    def reports_breaks(self) -> bool:
         return True
 
     def breaks(self, layout: Layout, storage: CompactState, index: tuple):
