@@ -262,7 +262,8 @@ def _gather(storage, layout, st: CompactState, index: tuple) -> Any:
         x = _lanes_first(_tree.get(st.data, src), layout)
         if src != k and True not in rows:
             rows[True] = (rows[False][0], storage.to_storage(nrow))
-        leaves.append(storage.to_device(x.at[rows[src != k]].get(mode="clip")))
+        # (jnp.asarray: a host-side state of numpy arrays, e.g. what to_minari exports, gathers too)
+        leaves.append(storage.to_device(jnp.asarray(x).at[rows[src != k]].get(mode="clip")))
     return jax.tree_util.tree_unflatten(layout.treedef, leaves)
 
 

@@ -137,4 +137,4 @@ class LazyTensorStorage(Storage):
         # Host storage: the index goes to the host, only the gathered items come back. The index
         # stays (lane, t), never one flat position: lanes * capacity may pass the int32 range.
         index = tuple(self.to_storage(i) for i in index)
-        return jax.tree_util.tree_map(lambda x: self.to_device(x.at[index].get(mode="clip")), storage)
+        return jax.tree_util.tree_map(lambda x: self.to_device(jnp.asarray(x).at[index].get(mode="clip")), storage)
