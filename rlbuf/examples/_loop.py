@@ -52,6 +52,16 @@ def split(key: jax.Array, n: int = 2) -> jax.Array:
     return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, n))(key), 0, 1)
 
 
+def frames_per_collect(cfg) -> int:
+    """``num_envs * steps_per_collect`` of a Q-learner's config, checked to divide ``log_every``
+    (a chunk is a whole number of collect iterations)."""
+    per_collect = cfg.num_envs * cfg.steps_per_collect
+    if cfg.log_every % per_collect:
+        raise ValueError(f"log_every={cfg.log_every} must be a multiple of num_envs * steps_per_collect "
+                         f"= {per_collect}")
+    return per_collect
+
+
 class Agent(Protocol):
     """What ``run_chunks`` drives (see the module docstring)."""
 

@@ -144,10 +144,7 @@ class DQN(_loop.QLearner):
 
         from rlbuf.collectors import Collector
 
-        per_collect = cfg.num_envs * cfg.steps_per_collect
-        if cfg.log_every % per_collect:
-            raise ValueError(f"log_every={cfg.log_every} must be a multiple of num_envs * steps_per_collect "
-                             f"= {per_collect}")
+        per_collect = _loop.frames_per_collect(cfg)
         if not 0.0 < cfg.target_tau <= 1.0:
             raise ValueError(f"target_tau={cfg.target_tau} must be in (0, 1]")
         self.cfg = cfg

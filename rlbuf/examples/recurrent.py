@@ -189,10 +189,7 @@ class RecurrentDQN(_loop.QLearner):
 
         if cfg.memory not in ("gru", "none"):
             raise ValueError(f"memory must be 'gru' or 'none', got {cfg.memory!r}")
-        per_collect = cfg.num_envs * cfg.steps_per_collect
-        if cfg.log_every % per_collect:
-            raise ValueError(f"log_every={cfg.log_every} must be a multiple of num_envs * steps_per_collect "
-                             f"= {per_collect}")
+        per_collect = _loop.frames_per_collect(cfg)
         if cfg.n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {cfg.n_steps}")
         self.cfg = cfg

@@ -109,10 +109,7 @@ class VDN(_loop.QLearner):
         from rlbuf import envs
         from rlbuf.collectors import Collector
 
-        per_collect = cfg.num_envs * cfg.steps_per_collect
-        if cfg.log_every % per_collect:
-            raise ValueError(f"log_every={cfg.log_every} must be a multiple of num_envs * steps_per_collect "
-                             f"= {per_collect}")
+        per_collect = _loop.frames_per_collect(cfg)
         self.cfg = cfg
         self.env, self.env_params = envs.make(f"jaxmarl:{cfg.env_name}")
         self.marl_env = jaxmarl.make(cfg.env_name)  # evaluation: episodes straight on JaxMARL
