@@ -4,6 +4,8 @@ of it is jitted; none of it runs at import time."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import os
 
 import jax
@@ -65,3 +67,17 @@ def fmt(x) -> str:
     """A return (or one per seed) for a progress line: ``" 123.4"`` or ``"[120 480 500]"``."""
     x = np.asarray(x)
     return f"{float(x):6.1f}" if x.ndim == 0 else "[" + " ".join(f"{v:.0f}" for v in x) + "]"
+
+
+def override(cfg, assignments):
+    """``cfg`` (a config dataclass) with ``--set NAME=VALUE`` assignments applied (``["lr=1e-3",
+    "hidden=(64,64)"]``; values parsed as Python literals); a name that is not a field of the
+    config exits naming it and the fields."""
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    updates = {}
+    for a in assignments:
+        name, _, value = a.partition("=")
+        if name not in fields:
+            raise SystemExit(f"--set {a}: {name!r} is not a {type(cfg).__name__} field ({', '.join(sorted(fields))})")
+        updates[name] = ast.literal_eval(value)
+    return dataclasses.replace(cfg, **updates)

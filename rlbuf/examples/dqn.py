@@ -279,19 +279,6 @@ def train(cfg: DQNConfig, *, seeds=None, quiet: bool = False, plot: str | None =
             "best_params": best_params, "plot": png}
 
 
-def _override(cfg: DQNConfig, assignments) -> DQNConfig:
-    """``["lr=1e-3", "hidden=(64,64)"]`` -> ``cfg`` with those fields replaced (values parsed as
-    Python literals; a name that is not a ``DQNConfig`` field raises naming it)."""
-    import ast
-
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    updates = {}
-    for a in assignments:
-        name, _, value = a.partition("=")
-        if name not in fields:
-            raise SystemExit(f"--set {a}: {name!r} is not a DQNConfig field ({', '.join(sorted(fields))})")
-        updates[name] = ast.literal_eval(value)
-    return dataclasses.replace(cfg, **updates)
 
 
 def main(argv=None) -> dict:
@@ -321,7 +308,7 @@ def main(argv=None) -> dict:
     cfg = dataclasses.replace(d, seed=a.seed, total_frames=a.total_frames, num_envs=a.num_envs,
                               prioritized=a.prioritized, eval_every=a.eval_every, learning_starts=a.learning_starts,
                               keep_best=a.keep_best, log_every=log_every)
-    cfg = _override(cfg, a.set)
+    cfg = _cli.override(cfg, a.set)
     plot = None if a.no_plot else (a.plot or (f"dqn_cartpole_seed{cfg.seed}.png" if a.seeds is None
                                               else "dqn_cartpole_seeds.png"))
     _cli.enable_compilation_cache()

@@ -221,19 +221,6 @@ def train(cfg: VDNConfig, *, seeds=None, quiet: bool = False, plot: str | None =
             "runner": runner, "params": state.params, "plot": png}
 
 
-def _override(cfg: VDNConfig, assignments) -> VDNConfig:
-    """``["lr=1e-3", "hidden=(64,64)"]`` -> ``cfg`` with those fields replaced (Python literals;
-    an unknown field raises naming it)."""
-    import ast
-
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    updates = {}
-    for a in assignments:
-        name, _, value = a.partition("=")
-        if name not in fields:
-            raise SystemExit(f"--set {a}: {name!r} is not a VDNConfig field ({', '.join(sorted(fields))})")
-        updates[name] = ast.literal_eval(value)
-    return dataclasses.replace(cfg, **updates)
 
 
 def main(argv=None) -> dict:
@@ -253,7 +240,7 @@ def main(argv=None) -> dict:
                    help="override any VDNConfig field, e.g. --set updates_per_collect=8 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    cfg = _override(dataclasses.replace(d, seed=a.seed, total_frames=a.total_frames, num_envs=a.num_envs,
+    cfg = _cli.override(dataclasses.replace(d, seed=a.seed, total_frames=a.total_frames, num_envs=a.num_envs,
                                         eval_every=a.eval_every, learning_starts=a.learning_starts), a.set)
     per = cfg.num_envs * cfg.steps_per_collect
     cfg = dataclasses.replace(cfg, log_every=max(per, min(cfg.log_every, cfg.eval_every) // per * per))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlbuf.examples import _loop, dqn
+from rlbuf.examples import _cli, _loop, dqn
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = dataclasses.replace(dqn.DQNConfig(), total_frames=2_048, learning_starts=1_024, steps_per_collect=4,
@@ -160,10 +160,10 @@ def test_split_matches_per_seed_split():
 
 
 def test_set_override_parses_and_rejects_unknown_fields():
-    cfg = dqn._override(dqn.DQNConfig(), ["target_tau=0.01", "hidden=(64, 64)", "double=False"])
+    cfg = _cli.override(dqn.DQNConfig(), ["target_tau=0.01", "hidden=(64, 64)", "double=False"])
     assert (cfg.target_tau, cfg.hidden, cfg.double) == (0.01, (64, 64), False)
     with pytest.raises(SystemExit, match="'nope' is not a DQNConfig field"):
-        dqn._override(dqn.DQNConfig(), ["nope=1"])
+        _cli.override(dqn.DQNConfig(), ["nope=1"])
 
 
 @pytest.mark.slow
