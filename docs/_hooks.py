@@ -32,12 +32,11 @@ OPTIONAL = {"multi_agent.md"}
 #: (title, page, module names or ``prefix.*``); the first match places a module.
 CONCEPTS = [
     ("Overview", "index", ["rlbuf"]),
-    ("Buffers", "buffers", ["rlbuf.replay_buffer", "rlbuf.ensemble", "rlbuf.transforms", "rlbuf.frame_stack"]),
-    ("Storages", "storages", ["rlbuf.storage", "rlbuf.compact"]),
+    ("Buffers", "buffers", ["rlbuf.buffers", "rlbuf.buffers.*"]),
+    ("Storages", "storages", ["rlbuf.storages", "rlbuf.storages.*"]),
     ("Samplers", "samplers", ["rlbuf.samplers", "rlbuf.samplers.*"]),
     ("Writers", "writers", ["rlbuf.writers", "rlbuf.writers.*"]),
-    ("Scaling out", "scaling_out", ["rlbuf.sharding", "rlbuf.per_worker", "rlbuf.distributed",
-                                    "rlbuf.collectors.sharded"]),
+    ("Scaling out", "scaling_out", ["rlbuf.scaling", "rlbuf.scaling.*", "rlbuf.collectors.sharded"]),
     ("Collectors", "collectors", ["rlbuf.collectors", "rlbuf.collectors.*"]),
     ("Environments", "envs", ["rlbuf.envs", "rlbuf.envs.*"]),
     ("Returns", "returns", ["rlbuf.returns"]),

@@ -1,7 +1,28 @@
-"""rlbuf: JAX-functional collectors and replay buffers in TorchRL's layout, usable inside jit."""
+"""rlbuf: JAX-functional collectors and replay buffers in TorchRL's layout, usable inside jit.
 
-from rlbuf import checkpoint, returns
-from rlbuf.buffer import Buffer, SplittableBuffer
+The packages, as the parts of a training loop:
+
+- :mod:`rlbuf.buffers`: ``ReplayBuffer`` and what runs around it (sample-time stages, frame
+  stacking, n-step returns, ensembles, the ``Buffer`` protocols); its plug-ins are
+  :mod:`rlbuf.storages`, :mod:`rlbuf.samplers` and :mod:`rlbuf.writers`;
+- :mod:`rlbuf.collectors`: env steps into ``[B, T]`` batches (JAX envs, host envs, async workers);
+- :mod:`rlbuf.envs`: environment suites behind one interface (loaded on first use);
+- :mod:`rlbuf.returns`: GAE, TD(lambda), V-trace;
+- :mod:`rlbuf.datasets`: offline data from and to Minari (loaded on first use);
+- :mod:`rlbuf.checkpoint`: save and restore any state;
+- :mod:`rlbuf.scaling`: buffers split over devices or workers, multi-host helpers.
+
+Modules of earlier releases keep their paths (``rlbuf.replay_buffer``, ``rlbuf.sharding``,
+``rlbuf.storage``, ...) as aliases of their new homes (``rlbuf._moved``).
+"""
+
+from rlbuf import _moved, checkpoint, returns
+from rlbuf.buffers.ensemble import EnsembleState, ReplayBufferEnsemble
+from rlbuf.buffers.frame_stack import FrameStack
+from rlbuf.buffers.protocols import Buffer, SplittableBuffer
+from rlbuf.buffers.replay_buffer import BufferState, ReplayBuffer
+from rlbuf.buffers.stages import SampleContext, Stage, chain
+from rlbuf.buffers.transforms import MultiStep, MultiStepTransform
 from rlbuf.collectors import (
     Collector,
     CollectorIterator,
@@ -18,20 +39,18 @@ from rlbuf.collectors import (
 from rlbuf.collectors.async_ import MultiAsyncCollector, MultiaSyncDataCollector
 from rlbuf.collectors.host import HostCollector, HostCollectorState
 from rlbuf.collectors.sharded import ShardedCollector, shard_collector
-from rlbuf.ensemble import EnsembleState, ReplayBufferEnsemble
-from rlbuf.frame_stack import FrameStack
-from rlbuf.regrouping import regroup
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers import RandomSampler, Sampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler, set_alpha, set_beta
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.staleness import StalenessAwareSampler, set_policy_version
-from rlbuf.sharding import PerWorkerReplayBuffer, ShardedReplayBuffer, shard
-from rlbuf.stages import SampleContext, Stage, chain
+from rlbuf.scaling.regrouping import regroup
+from rlbuf.scaling.sharding import PerWorkerReplayBuffer, ShardedReplayBuffer, shard
 from rlbuf.storages import CompactTensorStorage, Layout, LazyTensorStorage, Storage
-from rlbuf.transforms import MultiStep, MultiStepTransform
 from rlbuf.writers import MaxValueWriter, RoundRobinWriter, TensorDictMaxValueWriter, WriteInfo, Writer
+
+# The old module paths (rlbuf.replay_buffer, rlbuf.sharding, ...) import as their new modules.
+_moved.install()
 
 __version__ = "0.3.0"
 
@@ -93,6 +112,8 @@ __all__ = [
     "StalenessAwareSampler",
     "set_policy_version",
     "regroup",
+    "buffers",
+    "scaling",
 ]
 
 
@@ -100,7 +121,8 @@ def __getattr__(name):
     # rlbuf.envs imports gymnax, which runs JAX computations at import (starting the backend):
     # loaded on first use so `import rlbuf` leaves jax.distributed.initialize possible.
     # rlbuf.datasets needs minari (optional extra rlbuf[offline]): imported on first use too.
-    if name in ("envs", "datasets"):
+    # An old module path (rlbuf.sharding, rlbuf.distributed, ...): the module at its new home.
+    if name in ("envs", "datasets") or f"rlbuf.{name}" in _moved.MOVED:
         import importlib
 
         return importlib.import_module(f"rlbuf.{name}")

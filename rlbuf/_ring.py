@@ -12,7 +12,7 @@ each lane, ``count - 1`` the newest. A window of ``n`` consecutive steps startin
 ``t`` crosses neither the write head nor an unwritten slot iff ``logical(t) + n <= count``.
 
 Sizes: time indices are int32, so a lane holds at most ``MAX_STEPS = 2**31 - 1`` steps
-(``rlbuf.storage.Storage.layout`` refuses more, naming the limit); the arithmetic here never
+(``rlbuf.storages.Storage.layout`` refuses more, naming the limit); the arithmetic here never
 forms a sum past ``2 * capacity`` (wraps are compare-and-subtract, see :func:`add_mod`), so it
 is exact up to that limit. The number of items ``n_lanes * capacity`` may pass ``2**31``:
 storages gather by ``(lane, t)``, never by one flat int32 position; only :func:`flat_index`

@@ -11,8 +11,8 @@ import sys
 os.environ["RLBUF_JAX_CACHE"] = ""
 
 _TESTS = os.path.dirname(os.path.abspath(__file__))
-# tests/storages too: test_frame_stack.py (rlbuf/frame_stack.py, top level) reuses test_compact's
-# episode simulator and comparison helpers.
+# tests/storages too: buffers/test_frame_stack.py (rlbuf/buffers/frame_stack.py) reuses
+# test_compact's episode simulator and comparison helpers.
 for _path in (os.path.join(_TESTS, "storages"), _TESTS):
     if _path not in sys.path:
         sys.path.insert(0, _path)
@@ -50,8 +50,8 @@ _FILE_COST = {
     "tests/test_readme.py": 57,
     "tests/storages/test_host_memory.py": 55,
     "tests/test_returns.py": 43,
-    "tests/test_ensemble.py": 31,
-    "tests/sharding/test_per_worker.py": 28,
+    "tests/buffers/test_ensemble.py": 31,
+    "tests/scaling/test_per_worker.py": 28,
     "tests/examples/test_ppo.py": 26,
     "tests/writers/test_max_value.py": 25,
     # estimated (--durations under load / the load factor, or the kind of work)

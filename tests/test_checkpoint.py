@@ -32,15 +32,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlbuf import checkpoint, collectors
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.checkpoint import CheckpointMismatchError, Manager
-from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 from rlbuf.writers import MaxValueWriter, RoundRobinWriter
 
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_helpers")

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from reference import NumpyRingBuffer
 
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.collectors import Collector, MultiSyncCollector
 from rlbuf.envs import GroundTruthEnv
 from rlbuf.envs.ground_truth import OBS_EPISODE_ID, OBS_STEP
-from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 FRAMES = 32  # frames per collected batch
 N = 64  # buffer size in transitions (wraps after two batches)

@@ -37,8 +37,8 @@ def _hooks():
 def test_every_public_module_is_in_the_api_reference_once():
     hooks = _hooks()
     names = hooks.public_modules()
-    for want in ("rlbuf", "rlbuf.replay_buffer", "rlbuf.storage", "rlbuf.samplers.slice", "rlbuf.collectors",
-                 "rlbuf.checkpoint", "rlbuf.sharding"):
+    for want in ("rlbuf", "rlbuf.buffers.replay_buffer", "rlbuf.storages", "rlbuf.samplers.slice", "rlbuf.collectors",
+                 "rlbuf.checkpoint", "rlbuf.scaling.sharding"):
         assert want in names
     assert not [n for n in names if any(p.startswith("_") for p in n.split("."))]
     assert not [n for n in names if n.startswith(("rlbuf.bench", "rlbuf.examples")) or n == "rlbuf.demo"]
@@ -46,11 +46,16 @@ def test_every_public_module_is_in_the_api_reference_once():
     placed = [m for _, _, mods in pages for m in mods]
     assert sorted(placed) == sorted(names), "a public module is missing from the API reference, or twice in it"
     by_module = {m: title for title, _, mods in pages for m in mods}
-    assert by_module["rlbuf.replay_buffer"] == "Buffers"
+    assert by_module["rlbuf.buffers.replay_buffer"] == "Buffers"
     assert by_module["rlbuf.samplers.slice"] == "Samplers"
     assert by_module["rlbuf.collectors.host"] == "Collectors"
     assert by_module["rlbuf.checkpoint"] == "Checkpoints"
-    assert by_module["rlbuf.sharding"] == "Scaling out"
+    assert by_module["rlbuf.scaling.sharding"] == "Scaling out"
+    assert by_module["rlbuf.buffers.stages"] == "Buffers" and by_module["rlbuf.storages.compact"] == "Storages"
+    # The old module paths (aliases of the new modules, rlbuf._moved) are not documented again.
+    from rlbuf import _moved
+
+    assert not set(_moved.MOVED) & set(placed)
 
 
 def test_docs_pages_with_code_exist():
@@ -97,8 +102,8 @@ def test_mkdocs_build_strict(tmp_path):
     # The API reference, by concept: ReplayBuffer's arguments render as a parameters table.
     buffers = (site / "api" / "buffers" / "index.html").read_text()
     assert "ReplayBuffer" in buffers and "sample" in buffers
-    start = buffers.index('id="rlbuf.replay_buffer.ReplayBuffer"')
-    rb_section = buffers[start:buffers.index('id="rlbuf.replay_buffer.ReplayBuffer.init"')]
+    start = buffers.index('id="rlbuf.buffers.replay_buffer.ReplayBuffer"')
+    rb_section = buffers[start:buffers.index('id="rlbuf.buffers.replay_buffer.ReplayBuffer.init"')]
     assert "<table" in rb_section and "Parameters" in _text_of(rb_section)
     for name in ("storage", "sampler", "writer", "batch_size", "transform", "keys", "frame_stack"):
         assert f"<code>{name}</code>" in rb_section, name

@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import NumpyRingBuffer, stored_step, valid_slice_starts
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 from rlbuf.writers import MaxValueWriter, RoundRobinWriter
 
 BATCH = 4

@@ -1,5 +1,5 @@
 """The plug-in seams: a sampler, a writer, a storage and a sample-time stage written *here*,
-against the base classes (and ``rlbuf.stages``) only, work plain, sharded (``rlbuf.shard`` on
+against the base classes (and ``rlbuf.buffers.stages``) only, work plain, sharded (``rlbuf.shard`` on
 a 1-device mesh, in-process) and per-worker (``PerWorkerReplayBuffer``) without any edit of
 ``replay_buffer.py`` or ``sharding.py``; and combinations that cannot work are refused at
 ``init``, naming both parts."""
@@ -15,11 +15,11 @@ import pytest
 from jax.sharding import Mesh
 
 from rlbuf import _ring
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
+from rlbuf.buffers.stages import SampleContext, chain
 from rlbuf.samplers.base import Sampler
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.sharding import PerWorkerReplayBuffer, shard
-from rlbuf.stages import SampleContext, chain
+from rlbuf.scaling.sharding import PerWorkerReplayBuffer, shard
 from rlbuf.storages import LazyTensorStorage, Storage
 from rlbuf.writers import MaxValueWriter, WriteInfo, Writer
 
@@ -128,7 +128,7 @@ def double_prev(batch):
 @dataclasses.dataclass(frozen=True)
 class Negating:
     """A buffer that is no ``ReplayBuffer`` (it wraps one and negates sampled ids): the group
-    wrappers take it because it implements ``rlbuf.buffer.SplittableBuffer``."""
+    wrappers take it because it implements ``rlbuf.buffers.protocols.SplittableBuffer``."""
 
     inner: ReplayBuffer
 
@@ -324,7 +324,7 @@ def test_slice_sampler_refused_with_a_writer_that_breaks_time_order(writer):
 
 
 def test_the_buffer_rejects_objects_that_are_not_plug_ins():
-    with pytest.raises(TypeError, match="storage must be a rlbuf.storage.Storage"):
+    with pytest.raises(TypeError, match="storage must be a rlbuf.storages.Storage"):
         ReplayBuffer(storage=object(), batch_size=2)
     with pytest.raises(TypeError, match="writer must be a rlbuf.writers.base.Writer"):
         ReplayBuffer(storage=TimeMajorStorage(8), writer=object(), batch_size=2)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rlbuf import _tree
-from rlbuf.replay_buffer import ReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.buffers.replay_buffer import ReplayBuffer
+from rlbuf.storages import LazyTensorStorage
 
 RB = ReplayBuffer(storage=LazyTensorStorage(16), batch_size=4)
 RB2 = ReplayBuffer(storage=LazyTensorStorage(16, ndim=2), batch_size=4)

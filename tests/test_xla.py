@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from rlbuf import _xla
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 
 def test_run_at_most_once_runs_the_body_when_asked():

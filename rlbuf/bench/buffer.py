@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from rlbuf.bench._timing import Row, main_for, medians, threaded
-from rlbuf.replay_buffer import ReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.buffers.replay_buffer import ReplayBuffer
+from rlbuf.storages import LazyTensorStorage
 
 SIZE = 100_000
 LANES = 4

@@ -22,9 +22,9 @@ import orbax.checkpoint as ocp  # the reference; a missing orbax skips this modu
 from rlbuf import _checkpoint_desc as cd
 from rlbuf import checkpoint
 from rlbuf.bench._timing import Row, print_rows
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 
 def _state(mb: int):

@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf.bench._timing import Row, print_rows
-from rlbuf.ensemble import ReplayBufferEnsemble
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.ensemble import ReplayBufferEnsemble
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 TRAJ = ("collector", "traj_ids")
 

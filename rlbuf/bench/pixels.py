@@ -23,13 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf import compact
 from rlbuf.bench._timing import Row, main_for, threaded
-from rlbuf.frame_stack import FrameStack
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.frame_stack import FrameStack
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers import RandomSampler
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage, compact
 
 LANES, K, FRAME, MEAN_EP = 8, 4, (84, 84), 30
 END = ("next", "done")

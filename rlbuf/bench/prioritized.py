@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from rlbuf.bench._timing import Row, main_for, medians, threaded
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import BRANCHING, PrioritizedSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 BATCH = 256
 ALPHA, BETA = 0.6, 0.4

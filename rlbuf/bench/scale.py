@@ -30,11 +30,11 @@ def _child(quick: bool) -> dict:
     from jax.sharding import Mesh
 
     from rlbuf.bench._timing import time_fn
+    from rlbuf.buffers.replay_buffer import ReplayBuffer
     from rlbuf.collectors.collector import Collector
     from rlbuf.collectors.sharded import shard_collector
-    from rlbuf.replay_buffer import ReplayBuffer
-    from rlbuf.sharding import shard
-    from rlbuf.storage import LazyTensorStorage
+    from rlbuf.scaling.sharding import shard
+    from rlbuf.storages import LazyTensorStorage
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     n_envs, T = (32, 16) if quick else (64, 64)

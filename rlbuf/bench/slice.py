@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf.bench._timing import Row, main_for, threaded
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.sharding import PerWorkerReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.scaling.sharding import PerWorkerReplayBuffer
+from rlbuf.storages import LazyTensorStorage
 
 LANES = 4
 NUM_SLICES = 32

@@ -20,9 +20,9 @@ import jax
 
 from rlbuf.bench._timing import Row, main_for, threaded
 from rlbuf.bench.buffer import transitions
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 SIZE, LANES, T_LEN, N_SCAN = 100_000, 4, 1000, 10
 

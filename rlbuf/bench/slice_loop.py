@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf.bench._timing import Row, main_for, threaded
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 LANES, STEPS, NUM_SLICES, SLICE_LEN, MEAN_EP, ITERS = 4, 8, 32, 10, 100, 200
 TRAJ = ("collector", "traj_ids")

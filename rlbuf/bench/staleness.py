@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 
 from rlbuf.bench._timing import Row, main_for, medians, threaded
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.staleness import StalenessAwareSampler, set_policy_version
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 BATCH, ADD, RUNS, MAX_STALENESS = 256, 64, 1000, 500
 

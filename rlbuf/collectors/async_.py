@@ -5,7 +5,7 @@ each a host thread driving a jitted ``collect`` on its own device, and batches a
 Replay without interrupted trajectories: TorchRL's async collector writes whichever worker
 finished into one shared buffer, so a stored trajectory can be cut by another worker's steps.
 Here each worker's batch is ``[B, T, ...]`` (``[T, ...]`` for single-env workers) and goes
-into that worker's own lanes with :meth:`rlbuf.sharding.PerWorkerReplayBuffer.add_worker`:
+into that worker's own lanes with :meth:`rlbuf.scaling.sharding.PerWorkerReplayBuffer.add_worker`:
 
     collector = MultiAsyncCollector([env] * W, policy, frames_per_batch=B * T, num_envs=B,
                                     storing_device=jax.devices()[0])

@@ -40,7 +40,7 @@ class ShardedCollector:
       plain collector (its own key stream ``fold_in``-derived from ``init``'s key; the policy
       parameters replicated). The batch is the global ``[N, T, ...]`` (``[W, B, T, ...]``,
       ``[W * B, T, ...]`` for ``cat_results=0``) sharded on its leading axis, ready for
-      :meth:`rlbuf.sharding.ShardedReplayBuffer.add` on the same mesh.
+      :meth:`rlbuf.scaling.sharding.ShardedReplayBuffer.add` on the same mesh.
     - ``init(key)`` is the wrapped collector's ``init`` (envs reset exactly as unsharded),
       reshaped to shards: the state is a ``CollectorState`` whose leaves carry a leading
       ``[G]`` shard axis (``[G, n, ...]`` env leaves; scalars and shared env parameters

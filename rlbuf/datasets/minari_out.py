@@ -89,7 +89,7 @@ def _lanes_from_buffer(state) -> tuple:
     cap, count, cursor = layout.capacity, int(state.count), int(state.cursor)
     order = (cursor - count + np.arange(count)) % cap
     n = layout.n_lanes
-    from rlbuf.compact import CompactState
+    from rlbuf.storages.compact import CompactState
 
     if isinstance(state.storage, CompactState):
         return _lanes_from_compact(state, order)
@@ -124,7 +124,7 @@ def _lanes_from_batch(batch) -> dict:
 def _as_lanes(data) -> tuple:
     """``(lanes, known)``: ``[L, T, ...]`` numpy leaves and the bool ``[L, T]`` of items whose
     next observation is known (None: all)."""
-    from rlbuf.replay_buffer import BufferState
+    from rlbuf.buffers.replay_buffer import BufferState
 
     if isinstance(data, BufferState):
         return _lanes_from_buffer(data)

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rlbuf.buffers.replay_buffer import BufferState
 from rlbuf.examples import _cli
-from rlbuf.replay_buffer import BufferState
 
 
 @jax.tree_util.register_dataclass

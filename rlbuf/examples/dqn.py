@@ -48,10 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.examples import _cli, _loop, _nets
-from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 #: Keys of the collector's batch that the learner needs: ``ReplayBuffer(keys=...)`` stores only these.
 STORED_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"))

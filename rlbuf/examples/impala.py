@@ -82,13 +82,13 @@ def train(cfg: ImpalaConfig) -> dict:
     import optax
 
     from rlbuf import returns
+    from rlbuf.buffers.replay_buffer import ReplayBuffer
     from rlbuf.collectors.async_ import MultiAsyncCollector
     from rlbuf.examples import _nets
     from rlbuf.examples.ppo import make_network
-    from rlbuf.per_worker import PerWorkerReplayBuffer
-    from rlbuf.replay_buffer import ReplayBuffer
     from rlbuf.samplers.staleness import StalenessAwareSampler, set_policy_version
-    from rlbuf.storage import LazyTensorStorage
+    from rlbuf.scaling.per_worker import PerWorkerReplayBuffer
+    from rlbuf.storages import LazyTensorStorage
 
     devices = jax.devices()
     actors = devices[:-1][: cfg.num_workers] if len(devices) > 1 else devices

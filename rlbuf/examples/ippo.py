@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 
 from rlbuf import returns
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.examples import _cli, _marl, ppo
-from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 #: The agent group of a homogeneous env (``group_map=None``).
 GROUP = "agents"

@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf.ensemble import ReplayBufferEnsemble
+from rlbuf.buffers.ensemble import ReplayBufferEnsemble
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.examples import _cli, _nets
-from rlbuf.replay_buffer import ReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 #: What the learner stores from the collector's batch: the keys ``from_minari`` gives, so the
 #: offline and online members sample batches of one structure (the ensemble concatenates them).

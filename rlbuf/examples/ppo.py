@@ -40,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import returns
+from rlbuf.buffers.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.examples import _cli, _loop, _nets
-from rlbuf.replay_buffer import BufferState, ReplayBuffer
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 SOLVED = 475.0
 

@@ -49,9 +49,9 @@ from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole
 
 from rlbuf import returns
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.examples import _cli, _loop, _nets
-from rlbuf.replay_buffer import ReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 TRAJ_KEY = ("collector", "traj_ids")
 CARRY_KEY = ("collector", "carry")

@@ -43,10 +43,10 @@ import time
 import jax
 import jax.numpy as jnp
 
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.examples import _cli, _loop, _marl, _nets
-from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 #: The agent group of a homogeneous env (``group_map=None``).
 GROUP = "agents"

@@ -1,7 +1,7 @@
 """One of two ``jax.distributed`` processes on 127.0.0.1 for the multi-host checkpoint test:
 ``python multihost_roundtrip.py PROCESS_ID PORT DIRECTORY OUT_JSON``.
 
-Each process has 2 forced CPU devices (4 global). A ``rlbuf.sharding.shard`` buffer over all 4
+Each process has 2 forced CPU devices (4 global). A ``rlbuf.scaling.sharding.shard`` buffer over all 4
 devices, filled from process-local host data, plus per-lane typed PRNG keys sharded the same
 way, is saved by both processes into one directory (orbax writes each process's shards),
 restored with the target's shardings, and continued; each process reports whether its own
@@ -13,7 +13,7 @@ import sys
 
 pid, port, directory, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 
-from rlbuf import distributed as dist  # noqa: E402
+from rlbuf.scaling import distributed as dist  # noqa: E402
 
 dist.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid, local_device_count=2)
 
@@ -24,10 +24,10 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from rlbuf import checkpoint  # noqa: E402
-from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
+from rlbuf.buffers.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement  # noqa: E402
-from rlbuf.sharding import shard  # noqa: E402
-from rlbuf.storage import LazyTensorStorage  # noqa: E402
+from rlbuf.scaling.sharding import shard  # noqa: E402
+from rlbuf.storages import LazyTensorStorage  # noqa: E402
 
 # jax 0.12: the first import of orbax bumps jax's trace context, so every function jitted before it
 # compiles once more; import it up front so the no-recompile checks below test restore only.

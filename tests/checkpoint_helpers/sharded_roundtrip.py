@@ -2,7 +2,7 @@
 ``python sharded_roundtrip.py DIRECTORY``. A buffer whose storage is sharded on the lane axis
 (``NamedSharding`` over a 1-D mesh of 4 devices), plus per-lane typed PRNG keys sharded the same
 way, is saved, restored into (a) its own sharding and (b) another one, and continued bit-exactly;
-(c) the same for a ``rlbuf.sharding.shard`` buffer (per-device shards under ``shard_map``).
+(c) the same for a ``rlbuf.scaling.sharding.shard`` buffer (per-device shards under ``shard_map``).
 Prints ``OK`` on success (assertion errors otherwise)."""
 
 import dataclasses
@@ -16,10 +16,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rlbuf import checkpoint
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.sharding import shard
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.scaling.sharding import shard
+from rlbuf.storages import LazyTensorStorage
 
 # jax 0.12: the first import of orbax bumps jax's trace context, so every function jitted before it
 # compiles once more; import it up front so the no-recompile checks in main test restore only.
@@ -102,7 +102,7 @@ def main(directory):
     for y in jax.tree.leaves(restored2):
         assert y.sharding.is_equivalent_to(other, y.ndim), y.sharding
 
-    # (c) rlbuf.sharding.shard (per-device buffers under shard_map)
+    # (c) rlbuf.scaling.sharding.shard (per-device buffers under shard_map)
     srb = shard(rb, Mesh(np.array(jax.devices()), ("data",)), "data")
     sput = lambda d: jax.device_put(d, srb.sharding)  # noqa: E731
     s_add, s_sample = jax.jit(srb.add), jax.jit(srb.sample)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import rlbuf
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.collectors.host import HostCollector, HostCollectorState, make_groups
-from rlbuf.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 B, T, LIMIT = 4, 6, 5  # envs, steps per batch, TimeLimit of every episode
 ENV_ID, EPISODE, STEP, LENGTH = range(4)

@@ -9,9 +9,9 @@ import os
 import jax
 import numpy as np
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 _spec = importlib.util.spec_from_file_location(
     "_collector_checks", os.path.join(os.path.dirname(__file__), "..", "collectors", "conftest.py"))

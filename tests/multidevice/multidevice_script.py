@@ -20,18 +20,18 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from rlbuf.buffers.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.collectors.async_ import MultiAsyncCollector  # noqa: E402
 from rlbuf.collectors.collector import Collector  # noqa: E402
 from rlbuf.collectors.multi import MultiSyncCollector  # noqa: E402
 from rlbuf.collectors.sharded import shard_collector  # noqa: E402
 from rlbuf.envs import GroundTruthEnv  # noqa: E402
-from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.samplers.prioritized import PrioritizedSampler  # noqa: E402
 from rlbuf.samplers.random import RandomSampler  # noqa: E402
 from rlbuf.samplers.slice import SliceSampler  # noqa: E402
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement  # noqa: E402
-from rlbuf.sharding import PerWorkerReplayBuffer, shard  # noqa: E402
-from rlbuf.storage import LazyTensorStorage  # noqa: E402
+from rlbuf.scaling.sharding import PerWorkerReplayBuffer, shard  # noqa: E402
+from rlbuf.storages import LazyTensorStorage  # noqa: E402
 
 D = 4
 assert jax.device_count() == D, jax.devices()
@@ -350,7 +350,7 @@ def buffer_tuple_keys():
     """TorchRL-style tuple keys (``{("next", "r"): x}``) on 4 shards: ``init``/``add`` of a
     tuple-keyed batch (host data, and ``distributed.global_batch`` of a str/tuple mix) give the state and
     samples of the nested batch; ``keys=`` selects after nesting; a repeated tuple-keyed add does not recompile."""
-    from rlbuf import distributed as dist
+    from rlbuf.scaling import distributed as dist
 
     def flat(d, mixed=False):  # a jit argument cannot mix str and tuple keys (JAX cannot sort them)
         return {"obs" if mixed else ("obs",): d["obs"], ("id",): d["id"], ("next", "r"): d["next"]["r"]}

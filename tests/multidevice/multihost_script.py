@@ -13,7 +13,7 @@ pid, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 
 import jax  # noqa: E402
 
-# before importing rlbuf: importing gymnax starts JAX's backend (see rlbuf.distributed)
+# before importing rlbuf: importing gymnax starts JAX's backend (see rlbuf.scaling.distributed)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_num_cpu_devices", 2)
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
@@ -23,13 +23,14 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from rlbuf import distributed as dist  # noqa: E402
+from rlbuf._shard_map import shard_map as _shard_map  # noqa: E402
+from rlbuf.buffers.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.collectors.collector import Collector  # noqa: E402
 from rlbuf.collectors.sharded import shard_collector  # noqa: E402
 from rlbuf.envs import GroundTruthEnv  # noqa: E402
-from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
-from rlbuf.sharding import _shard_map, shard  # noqa: E402
-from rlbuf.storage import LazyTensorStorage  # noqa: E402
+from rlbuf.scaling import distributed as dist  # noqa: E402
+from rlbuf.scaling.sharding import shard  # noqa: E402
+from rlbuf.storages import LazyTensorStorage  # noqa: E402
 
 res = {"process_count": jax.process_count(), "device_count": jax.device_count(),
        "local_device_count": jax.local_device_count()}

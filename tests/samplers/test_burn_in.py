@@ -19,11 +19,11 @@ from reference import NumpyRingBuffer
 from scipy import stats
 from test_slice import ADD_T, CAPS, KEYS, LANES, GroundTruth, N, check_batch, example, lane_of, n_lanes, ref_runs
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
-from rlbuf.sharding import PerWorkerReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.scaling.sharding import PerWorkerReplayBuffer
+from rlbuf.storages import LazyTensorStorage
 
 B = 2  # burn-in steps
 NUM_SLICES = 6

@@ -12,11 +12,11 @@ import pytest
 from scipy import stats
 
 import rlbuf
-from rlbuf.per_worker import PerWorkerReplayBuffer
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.scaling.per_worker import PerWorkerReplayBuffer
+from rlbuf.storages import LazyTensorStorage
 
 CAP, B = 6, 4  # time slots per lane, batch size
 SAMPLERS = {"random": RandomSampler, "without_replacement": SamplerWithoutReplacement}

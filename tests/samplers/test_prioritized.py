@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import PrioritizedSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 ALPHA, BETA, EPS = 0.7, 0.6, 1e-3
 BATCH = 16

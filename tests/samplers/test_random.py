@@ -7,9 +7,9 @@ import pytest
 from reference import NumpyRingBuffer
 from scipy import stats
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 LANES = {1: (), 2: (3,)}
 CAP = 10

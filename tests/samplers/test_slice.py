@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from reference import NumpyRingBuffer
 from scipy import stats
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers import _trajectories as trj
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 LANES = {1: (), 2: (3,), 3: (2, 2)}
 CAPS = {1: 12, 2: 10, 3: 9}  # time slots per lane, one per ndim (few compiled shapes)

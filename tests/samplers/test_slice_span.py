@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 LENGTHS = (3, 4, 6, 2)  # with slice_len 3 and strict_length, the length-2 trajectory is never used
 N, S, CALLS = 3, 256, 8

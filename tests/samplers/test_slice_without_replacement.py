@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from reference import NumpyRingBuffer
 from test_slice import ADD_T, CAPS, KEYS, LANES, GroundTruth, N, check_batch, example, ref_runs
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.slice import SliceSamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 NUM_SLICES = 4
 _FNS: dict = {}

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 import rlbuf
-from rlbuf.per_worker import PerWorkerReplayBuffer
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.staleness import StalenessAwareSampler, set_policy_version, stats
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.scaling.per_worker import PerWorkerReplayBuffer
+from rlbuf.storages import LazyTensorStorage
 
 KEY = ("collector", "policy_version")
 CAP = 8  # time slots per lane

@@ -10,9 +10,9 @@ import pytest
 from reference import NumpyRingBuffer
 from scipy import stats
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 # (lanes, capacity per lane, steps added): 12 stored items in every case; ndim=1 has wrapped.
 SETUPS = {1: ((), 12, (7, 9)), 2: ((3,), 6, (4,)), 3: ((2, 2), 5, (3,))}

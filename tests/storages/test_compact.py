@@ -1,4 +1,4 @@
-"""``LazyTensorStorage(compact_next=True)`` (``rlbuf.compact``): differential tests against an
+"""``LazyTensorStorage(compact_next=True)`` (``rlbuf.storages.compact``): differential tests against an
 uncompressed buffer fed the same batches (every sampler, ndim 1/2/3, wrap-arounds, episodes
 crossing adds, ``reset_at_each_iter`` adds), the write-head and table-overflow cases, the
 checkpoint round trip, per-worker buffers and the memory figure."""
@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlbuf import _ring, checkpoint
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers import RandomSampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
-from rlbuf.sharding import PerWorkerReplayBuffer
+from rlbuf.scaling.sharding import PerWorkerReplayBuffer
 from rlbuf.storages import LazyTensorStorage, compact
 from rlbuf.writers import MaxValueWriter
 

@@ -9,12 +9,12 @@ from test_compact import END, Episodes, assert_tree_equal
 from test_compact import all_items as all_items_of
 
 from rlbuf import checkpoint
-from rlbuf.frame_stack import FrameStack
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.frame_stack import FrameStack
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers import RandomSampler, SamplerWithoutReplacement
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 SAMPLERS = {
     "random": lambda: RandomSampler(),

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from reference import NumpyRingBuffer
 
 from rlbuf import _ring
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.storages import LazyTensorStorage
 
 LANES = {1: (), 2: (3,), 3: (2, 2)}

@@ -18,9 +18,9 @@ import torch  # noqa: E402
 from torchrl.data import LazyTensorStorage as TLazyTensorStorage  # noqa: E402
 from torchrl.data import ReplayBuffer as TReplayBuffer  # noqa: E402
 
-from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
+from rlbuf.buffers.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.samplers.random import RandomSampler  # noqa: E402
-from rlbuf.storage import LazyTensorStorage  # noqa: E402
+from rlbuf.storages import LazyTensorStorage  # noqa: E402
 
 N, B = 10, 4
 

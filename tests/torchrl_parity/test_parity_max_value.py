@@ -16,8 +16,8 @@ from tensordict import TensorDict  # noqa: E402
 from torchrl.data import LazyTensorStorage as TLazyTensorStorage  # noqa: E402
 from torchrl.data import TensorDictMaxValueWriter, TensorDictReplayBuffer  # noqa: E402
 
-from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
-from rlbuf.storage import LazyTensorStorage  # noqa: E402
+from rlbuf.buffers.replay_buffer import ReplayBuffer  # noqa: E402
+from rlbuf.storages import LazyTensorStorage  # noqa: E402
 from rlbuf.writers import MaxValueWriter  # noqa: E402
 
 CAP, T = 6, 4

@@ -19,7 +19,7 @@ from td_convert import assert_same, from_td, to_td  # noqa: E402
 from torchrl.data.postprocs import MultiStep as TorchRLMultiStep  # noqa: E402
 from torchrl.envs.transforms import MultiStepTransform as TorchRLMultiStepTransform  # noqa: E402
 
-from rlbuf.transforms import MultiStep  # noqa: E402
+from rlbuf.buffers.transforms import MultiStep  # noqa: E402
 
 COMPARED = [("next", "reward"), ("next", "original_reward"), ("next", "observation"), ("steps_to_next_obs",),
             ("gamma",)]

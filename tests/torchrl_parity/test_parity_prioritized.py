@@ -36,9 +36,9 @@ from torchrl.data import LazyTensorStorage as TLazyTensorStorage  # noqa: E402
 from torchrl.data import TensorDictReplayBuffer  # noqa: E402
 from torchrl.data.replay_buffers.samplers import PrioritizedSampler as TPrioritizedSampler  # noqa: E402
 
-from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
+from rlbuf.buffers.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.samplers.prioritized import PrioritizedSampler, set_alpha, set_beta  # noqa: E402
-from rlbuf.storage import LazyTensorStorage  # noqa: E402
+from rlbuf.storages import LazyTensorStorage  # noqa: E402
 
 _TPRIO = importlib.import_module("torchrl.data.replay_buffers.samplers.prioritized")  # where _init looks
 CAP, N_FIRST, N_NEW, B = 16, 12, 3, 32

@@ -26,10 +26,10 @@ from torchrl.data import SliceSampler as TSliceSampler  # noqa: E402
 from torchrl.data import SliceSamplerWithoutReplacement as TSliceSamplerWithoutReplacement  # noqa: E402
 from torchrl.data import TensorDictReplayBuffer  # noqa: E402
 
-from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
+from rlbuf.buffers.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement  # noqa: E402
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement  # noqa: E402
-from rlbuf.storage import LazyTensorStorage  # noqa: E402
+from rlbuf.storages import LazyTensorStorage  # noqa: E402
 
 LENGTHS = (3, 4, 6, 2, 5)
 N = 3

@@ -22,9 +22,9 @@ from torchrl.data import LazyTensorStorage as TLazyTensorStorage  # noqa: E402
 from torchrl.data import TensorDictReplayBuffer  # noqa: E402
 from torchrl.data.replay_buffers.samplers import StalenessAwareSampler as TStaleness  # noqa: E402
 
-from rlbuf.replay_buffer import ReplayBuffer  # noqa: E402
+from rlbuf.buffers.replay_buffer import ReplayBuffer  # noqa: E402
 from rlbuf.samplers.staleness import StalenessAwareSampler, set_policy_version  # noqa: E402
-from rlbuf.storage import LazyTensorStorage  # noqa: E402
+from rlbuf.storages import LazyTensorStorage  # noqa: E402
 
 CAP, STEP, N_ADDS, CURRENT, DRAW = 12, 3, 5, 5, 6000
 

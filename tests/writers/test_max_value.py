@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 from rlbuf.writers import MaxValueWriter, TensorDictMaxValueWriter
 
 CAP = 6
@@ -203,7 +203,7 @@ def test_lanes_prioritized_new_slots_get_max_priority_per_lane():
 def test_lanes_per_worker_equals_plain_lanes():
     """Lanes rank alone, so ``PerWorkerReplayBuffer`` (W workers of L lanes) stores exactly what
     one plain buffer of W*L lanes stores for the same items."""
-    from rlbuf.sharding import PerWorkerReplayBuffer
+    from rlbuf.scaling.sharding import PerWorkerReplayBuffer
 
     W, L = 2, 2
     writer = MaxValueWriter("score", "max")

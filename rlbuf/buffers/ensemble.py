@@ -45,8 +45,8 @@ import jax
 import jax.numpy as jnp
 
 from rlbuf import _tree
-from rlbuf.buffer import SplittableBuffer
-from rlbuf.replay_buffer import BufferState
+from rlbuf.buffers.protocols import SplittableBuffer
+from rlbuf.buffers.replay_buffer import BufferState
 from rlbuf.samplers.base import Sampler
 
 __all__ = ["EnsembleState", "ReplayBufferEnsemble"]
@@ -112,7 +112,7 @@ class ReplayBufferEnsemble(metaclass=_VarargsConstructor):
         for i, rb in enumerate(self.buffers):
             if not isinstance(rb, SplittableBuffer):
                 raise TypeError(f"ReplayBufferEnsemble: buffer {i} is a {type(rb).__name__}, not a buffer "
-                                "(rlbuf.buffer.SplittableBuffer, e.g. a ReplayBuffer)")
+                                "(rlbuf.buffers.protocols.SplittableBuffer, e.g. a ReplayBuffer)")
         if self.num_per_buffer is not None:
             if len(self.num_per_buffer) != len(self.buffers):
                 raise ValueError(

@@ -3,11 +3,11 @@
 Recipe (the same script runs on every host; each process owns the lanes of its devices):
 
     import rlbuf                                   # does not start JAX's backend
-    from rlbuf import distributed as dist
+    from rlbuf.scaling import distributed as dist
     dist.initialize("10.0.0.1:1234", num_processes=2, process_id=i)   # gloo on CPU
     import gymnax                                  # only now: gymnax computes at import, which
                                                    # starts the backend (initialize must precede it)
-    from rlbuf.sharding import shard
+    from rlbuf.scaling.sharding import shard
     from rlbuf.collectors.sharded import shard_collector
 
     mesh = dist.data_mesh("data")                  # every device of every process, host-major
@@ -74,7 +74,7 @@ def initialize(
         raise RuntimeError(
             f"{e}\nrlbuf.distributed.initialize must run before JAX starts its backend: before any JAX "
             "computation and before importing gymnax (it builds arrays at import). See the recipe in "
-            "rlbuf.distributed's docstring."
+            "rlbuf.scaling.distributed's docstring."
         ) from e
 
 

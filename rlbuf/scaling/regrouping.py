@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbuf.replay_buffer import BufferState
+from rlbuf.buffers.replay_buffer import BufferState
 
 __all__ = ["regroup"]
 
@@ -144,7 +144,7 @@ def regroup_abstract(state: BufferState, n_groups: int, who: str = "rlbuf.regrou
 def regroup(state: BufferState, n_groups: int) -> BufferState:
     """A grouped buffer state (leading ``[G]`` axis, as ``rlbuf.shard`` and
     ``PerWorkerReplayBuffer`` keep) regrouped into ``n_groups`` groups, exactly (see
-    :mod:`rlbuf.regrouping`): the lanes are redistributed in global order, so the result is the
+    :mod:`rlbuf.scaling.regrouping`): the lanes are redistributed in global order, so the result is the
     state a buffer of ``n_groups`` groups would hold after the same batches.
 
     Args:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlbuf.transforms import MultiStep, MultiStepTransform
+from rlbuf.buffers.transforms import MultiStep, MultiStepTransform
 
 S, T = 3, 7
 
@@ -108,9 +108,9 @@ def test_terminated_vs_truncated_by_hand():
 
 
 def test_with_slice_sampler_in_a_replay_buffer():
-    from rlbuf.replay_buffer import ReplayBuffer
+    from rlbuf.buffers.replay_buffer import ReplayBuffer
     from rlbuf.samplers.slice import SliceSampler
-    from rlbuf.storage import LazyTensorStorage
+    from rlbuf.storages import LazyTensorStorage
 
     rb = ReplayBuffer(storage=LazyTensorStorage(64), batch_size=12,
                       sampler=SliceSampler(slice_len=4, end_key=("next", "done")),

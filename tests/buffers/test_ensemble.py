@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import rlbuf
 from rlbuf import checkpoint
-from rlbuf.ensemble import EnsembleState, ReplayBufferEnsemble
+from rlbuf.buffers.ensemble import EnsembleState, ReplayBufferEnsemble
 
 TRAJ = ("collector", "traj_ids")
 

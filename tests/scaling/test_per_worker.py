@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rlbuf.per_worker import PerWorkerReplayBuffer
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.scaling.per_worker import PerWorkerReplayBuffer
+from rlbuf.storages import LazyTensorStorage
 
 W, LANES, CAP, B = 3, 2, 8, 12
 

@@ -1,5 +1,5 @@
-"""What the lane-group buffers share (:mod:`rlbuf.sharding`'s ``ShardedReplayBuffer`` and
-:mod:`rlbuf.per_worker`'s ``PerWorkerReplayBuffer``): splitting a buffer into ``n`` groups,
+"""What the lane-group buffers share (:mod:`rlbuf.scaling.sharding`'s ``ShardedReplayBuffer`` and
+:mod:`rlbuf.scaling.per_worker`'s ``PerWorkerReplayBuffer``): splitting a buffer into ``n`` groups,
 checking a global batch once, and moving indices between a group and the whole."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree
-from rlbuf.buffer import SplittableBuffer
+from rlbuf.buffers.protocols import SplittableBuffer
 
 
 def _split_buffer(rb: SplittableBuffer, n: int, who: str) -> SplittableBuffer:
     """The buffer one of ``n`` lane groups runs: ``rb.split(n)`` (a ``ReplayBuffer``'s storage,
     sampler and writer each split by their own ``split``)."""
     if not isinstance(rb, SplittableBuffer):
-        raise TypeError(f"{who}: expected a buffer (rlbuf.buffer.SplittableBuffer, e.g. a ReplayBuffer), "
+        raise TypeError(f"{who}: expected a buffer (rlbuf.buffers.protocols.SplittableBuffer, e.g. a ReplayBuffer), "
                         f"got {type(rb).__name__}")
     return rb.split(n, who)
 

@@ -1,6 +1,6 @@
 """``PerWorkerReplayBuffer``: one replay buffer per collector worker, stacked on a leading worker
 axis (the asynchronous collector's buffer). Its sampling distribution is described in
-:mod:`rlbuf.sharding` (each worker contributes the same number of items to each batch), or,
+:mod:`rlbuf.scaling.sharding` (each worker contributes the same number of items to each batch), or,
 with ``proportional=True``, each item comes from a worker chosen in proportion to what the
 worker holds."""
 
@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree, _xla
-from rlbuf._groups import _check_groups, _ignore_foreign, _rank1, _split_buffer, _stored
-from rlbuf.buffer import SplittableBuffer
-from rlbuf.replay_buffer import BufferState
+from rlbuf.buffers.protocols import SplittableBuffer
+from rlbuf.buffers.replay_buffer import BufferState
+from rlbuf.scaling._groups import _check_groups, _ignore_foreign, _rank1, _split_buffer, _stored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PerWorkerReplayBuffer:
     - ``can_sample(state)``: every worker's sub-buffer can sample (``proportional``: any).
     - ``info["worker_fill"]``: int32 ``[W]``, the transitions each worker holds.
 
-    Sampling distribution: see :mod:`rlbuf.sharding` (each worker contributes equally), unless
+    Sampling distribution: see :mod:`rlbuf.scaling.sharding` (each worker contributes equally), unless
     ``proportional=True``: then each item (each slice, for slice samplers) independently comes
     from worker ``w`` with probability ``fill_w / sum_v fill_v`` (``fill``: stored
     transitions, 0 for a worker that cannot sample yet), and within the worker from its

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 import rlbuf
-from rlbuf.regrouping import regroup
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.sharding import PerWorkerReplayBuffer
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.scaling.regrouping import regroup
+from rlbuf.scaling.sharding import PerWorkerReplayBuffer
+from rlbuf.storages import LazyTensorStorage
 
 LANES, T = 8, 6  # 8 lanes in all: 4 workers x 2 lanes or 2 workers x 4 lanes
 

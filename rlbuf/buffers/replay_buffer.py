@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _ring, _tree
-from rlbuf.frame_stack import FrameStack
+from rlbuf.buffers.frame_stack import FrameStack
+from rlbuf.buffers.stages import Chain, SampleContext, as_stage
 from rlbuf.samplers import capabilities
 from rlbuf.samplers.base import Sampler, zero_masked
 from rlbuf.samplers.random import RandomSampler
-from rlbuf.stages import Chain, SampleContext, as_stage
 from rlbuf.storages.base import Layout, Storage
 from rlbuf.writers.base import Writer
 from rlbuf.writers.round_robin import RoundRobinWriter
@@ -112,12 +112,12 @@ class ReplayBuffer:
       writer: ``RoundRobinWriter()`` (default), ``MaxValueWriter`` or any
         ``rlbuf.writers.base.Writer``.
       batch_size: items per ``sample`` (for slice samplers ``num_slices * slice_len``).
-      transform: the sample-time stages (``rlbuf.stages``) applied to every sampled batch, in
+      transform: the sample-time stages (``rlbuf.buffers.stages``) applied to every sampled batch, in
         order: one pure function ``batch -> batch`` (e.g. ``rlbuf.MultiStep``), one stage
         (``check``/``apply`` hooks, e.g. ``rlbuf.FrameStack``), or a tuple of them (or
         ``rlbuf.chain(...)``).
       frame_stack: a ``rlbuf.FrameStack``: single frames stored, each sampled item gets the
-        stack of its trajectory's last ``num_frames`` frames (``rlbuf.frame_stack``); the
+        stack of its trajectory's last ``num_frames`` frames (``rlbuf.buffers.frame_stack``); the
         first stage of the chain, before ``transform``.
       keys: store only these keys (strings, tuples for nested keys; a key may name a subtree)
         of what ``add`` (and ``init``'s example) receives; ``None`` stores everything.
@@ -143,7 +143,7 @@ class ReplayBuffer:
 
     def __post_init__(self):
         # the bases by the paths users import them from
-        for name, obj, base, path in (("storage", self.storage, Storage, "rlbuf.storage.Storage"),
+        for name, obj, base, path in (("storage", self.storage, Storage, "rlbuf.storages.Storage"),
                                       ("sampler", self.sampler, Sampler, "rlbuf.samplers.base.Sampler"),
                                       ("writer", self.writer, Writer, "rlbuf.writers.base.Writer")):
             if not isinstance(obj, base):

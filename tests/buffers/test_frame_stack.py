@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from test_compact import END, LANES, Episodes, assert_tree_equal
 
 from rlbuf import _ring
-from rlbuf.frame_stack import FrameStack
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.frame_stack import FrameStack
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers import RandomSampler
 from rlbuf.samplers.slice import SliceSampler
 from rlbuf.storages import LazyTensorStorage
@@ -185,7 +185,7 @@ def test_compact_break_is_not_an_episode_boundary():
         warnings.simplefilter("error")
         state = rb.add(rb.init(data), data)
     ctx_index = (jnp.zeros((2,), jnp.int32), jnp.asarray([3, 4], jnp.int32))
-    from rlbuf.stages import SampleContext
+    from rlbuf.buffers.stages import SampleContext
 
     batch = rb.storage.gather(state.layout, state.storage, ctx_index)
     out = rb.stages.apply(batch, SampleContext(rb.storage, state.storage, state.ring, ctx_index, {}))

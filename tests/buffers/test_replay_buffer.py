@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from reference import NumpyRingBuffer
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 LANES = {1: (), 2: (3,), 3: (2, 2)}
 CAP = 6  # time slots per lane
@@ -244,7 +244,7 @@ def test_num_stored_past_2_31_is_not_negative():
     """A full buffer of 2 lanes x 1.1e9 steps: num_stored was -2,094,967,296 (int32 wrap). It is
     int32 below 2**31 items, else int64 under x64 or float32 (documented); len() is exact.
     Only the counters are built (no storage is allocated)."""
-    from rlbuf.replay_buffer import BufferState
+    from rlbuf.buffers.replay_buffer import BufferState
 
     storage = LazyTensorStorage(2_200_000_000, ndim=2)
     rb = ReplayBuffer(storage=storage, batch_size=8)

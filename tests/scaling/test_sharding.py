@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.prioritized_slice import PrioritizedSliceSampler
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.samplers.slice import SliceSampler, SliceSamplerWithoutReplacement
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.sharding import PerWorkerReplayBuffer
+from rlbuf.scaling.sharding import PerWorkerReplayBuffer
 from rlbuf.storages import LazyTensorStorage
 
 W, LANES, CAP, T = 2, 2, 12, 5
@@ -193,7 +193,7 @@ def test_sharded_accepts_tuple_keys_and_names_conflicts():
     public method (the 4-device form is ``buffer_tuple_keys`` in ``tests/multidevice``)."""
     from jax.sharding import Mesh
 
-    from rlbuf.sharding import shard
+    from rlbuf.scaling.sharding import shard
 
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     srb = shard(ReplayBuffer(storage=LazyTensorStorage(LANES * CAP, ndim=2), batch_size=4), mesh)
@@ -215,7 +215,7 @@ def test_distributed_helpers_accept_tuple_keys():
     buffers, so their output feeds ``srb.add`` and a learner unchanged."""
     from jax.sharding import Mesh
 
-    from rlbuf import distributed as dist
+    from rlbuf.scaling import distributed as dist
 
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     b = _nested_batch((LANES,), 0)
@@ -228,7 +228,7 @@ def test_every_grouped_method_checks_the_group_count():
     every method, naming both counts (sample used to keep group 0 of each block silently)."""
     from jax.sharding import Mesh
 
-    from rlbuf.sharding import shard
+    from rlbuf.scaling.sharding import shard
 
     rb = ReplayBuffer(storage=LazyTensorStorage(64, ndim=2), batch_size=8)
     one = {"x": jnp.zeros((4, 2), jnp.float32)}  # one worker's [B=4, T=2] batch

@@ -1,8 +1,8 @@
 """Replay buffers split into lane groups: over the devices of a ``Mesh`` (``shard``) or over
-the workers of an asynchronous collector (``PerWorkerReplayBuffer``, in :mod:`rlbuf.per_worker`;
+the workers of an asynchronous collector (``PerWorkerReplayBuffer``, in :mod:`rlbuf.scaling.per_worker`;
 imported here too).
 
-Both keep one plain :class:`~rlbuf.replay_buffer.ReplayBuffer` state per group and stack the
+Both keep one plain :class:`~rlbuf.buffers.replay_buffer.ReplayBuffer` state per group and stack the
 groups on a new leading axis, so every sampler and writer runs unchanged on its group's
 lanes. The local buffer of a group holds ``max_size / G`` transitions and draws
 ``batch_size / G`` items per ``sample``; the groups' draws are concatenated on the leading
@@ -39,7 +39,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rlbuf import _tree
-from rlbuf._groups import (
+from rlbuf._shard_map import shard_map as _shard_map
+from rlbuf.buffers.protocols import SplittableBuffer
+from rlbuf.buffers.replay_buffer import BufferState, stored_count
+from rlbuf.samplers import capabilities
+from rlbuf.scaling._groups import (
     _check_global,
     _check_groups,
     _local_example,
@@ -49,10 +53,6 @@ from rlbuf._groups import (
     _split_buffer,
     _stored,
 )
-from rlbuf._shard_map import shard_map as _shard_map
-from rlbuf.buffer import SplittableBuffer
-from rlbuf.replay_buffer import BufferState, stored_count
-from rlbuf.samplers import capabilities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ class ShardedReplayBuffer:
       shard ``g``); items in another shard's chunk are ignored. No communication.
     - ``can_sample(state)``: every shard can sample (a ``G``-element reduction).
 
-    The sampling distribution is described in :mod:`rlbuf.sharding`.
+    The sampling distribution is described in :mod:`rlbuf.scaling.sharding`.
     """
 
     buffer: SplittableBuffer
@@ -260,4 +260,4 @@ def shard(rb: SplittableBuffer, mesh: Mesh, axis_name: Any = "data") -> ShardedR
     return ShardedReplayBuffer(rb, mesh, axis_name)
 
 
-from rlbuf.per_worker import PerWorkerReplayBuffer  # noqa: E402,F401  (public here too)
+from rlbuf.scaling.per_worker import PerWorkerReplayBuffer  # noqa: E402,F401  (public here too)

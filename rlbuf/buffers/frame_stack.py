@@ -26,7 +26,7 @@ to ``compact_next``, an episode whose final observation equals the next reset ob
 never leaves the stored steps of the lane: if the trajectory's first steps were overwritten,
 its oldest stored frame is repeated (never a frame of a slot overwritten since).
 
-``FrameStack`` is a sample-time stage (``rlbuf.stages``): ``frame_stack=FrameStack(...)`` puts it
+``FrameStack`` is a sample-time stage (``rlbuf.buffers.stages``): ``frame_stack=FrameStack(...)`` puts it
 first in the buffer's chain; it may also be placed anywhere in ``transform=(...)``, before
 stages that change the stacked keys' shapes.
 
@@ -43,7 +43,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from rlbuf import _tree
-from rlbuf.stages import SampleContext
+from rlbuf.buffers.stages import SampleContext
 
 FLAGS = (("next", "done"), ("next", "truncated"))
 #: Trajectory-id keys tried in order when ``traj_key`` is not given (the slice samplers' order).
