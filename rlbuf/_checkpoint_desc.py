@@ -17,12 +17,19 @@ on the arrays' devices), and detects every single-bit flip (a flip changes the s
 ``+-2^b * odd != 0 mod 2^32``) and chunks moved to other positions; other corruptions go
 undetected with probability ~2^-32. (Why not zlib's CRC32: it needs the bytes on the host,
 serially, which is slower than orbax's own write on CPU, and has no sharded form.)
+
+Class paths: the description names node types and static classes ``module.qualname``, as the
+release that saved it defined them. A class whose module has moved since (``rlbuf._moved``:
+``rlbuf.replay_buffer.BufferState`` is ``rlbuf.buffers.replay_buffer.BufferState`` since
+0.3.0) is compared by its current path (:func:`renamed`), so checkpoints of earlier releases
+keep restoring; new checkpoints record the current paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 import zlib
 from typing import Any, Optional
@@ -30,6 +37,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rlbuf import _moved
 
 _K1 = 0x9E3779B1  # odd (golden-ratio) multiplier of the position
 
@@ -134,6 +143,48 @@ def structure(treedef) -> Any:
         return "*"
     typ, aux = nd
     return {"node": _type_name(typ), "aux": _static(aux), "children": [structure(c) for c in treedef.children()]}
+
+
+#: The keys of a structure description whose value is a class path (``module.qualname``).
+_NAMED = ("node", "class", "callable", "object")
+
+
+@functools.lru_cache(maxsize=None)
+def current_type_name(name: str) -> str:
+    """Class path ``name`` as this release writes it: under a module that has moved since an
+    earlier release (``rlbuf._moved.MOVED``), the object's current path, e.g.
+    ``rlbuf.replay_buffer.BufferState`` -> ``rlbuf.buffers.replay_buffer.BufferState``,
+    ``rlbuf.storage.Layout`` -> ``rlbuf.storages.base.Layout`` (the old module re-exported it).
+    Other names are returned unchanged. Only modules named in the table are imported, never a
+    name read from a checkpoint."""
+    found = _moved.split_old(name)
+    if found is None or not found[1]:
+        return name
+    old, qualname = found
+    new = f"{_moved.MOVED[old]}.{qualname}"
+    obj: Any = importlib.import_module(_moved.MOVED[old])
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    # A re-export names the object where it is defined, as _type_name does when saving.
+    return _type_name(obj) if isinstance(obj, type) or callable(obj) else new
+
+
+def renamed(desc) -> Any:
+    """A structure description (:func:`structure`) with every class path of an earlier release
+    named as this release names it (:func:`current_type_name`)."""
+    if isinstance(desc, list):
+        return [renamed(x) for x in desc]
+    if not isinstance(desc, dict):
+        return desc
+    out: dict = {}
+    for k, v in desc.items():
+        if k in _NAMED and isinstance(v, str):
+            out[k] = current_type_name(v)
+        elif k == "fields" and isinstance(v, dict):  # dataclass field names: never class paths
+            out[k] = {f: renamed(x) for f, x in v.items()}
+        else:
+            out[k] = renamed(v)
+    return out
 
 
 def _short(v, width: int = 80) -> str:

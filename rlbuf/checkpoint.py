@@ -21,7 +21,9 @@ Restore never trusts the checkpoint for structure: it uses the *target*'s treede
 shardings, and first compares the saved description with the target's, refusing with a
 :class:`CheckpointMismatchError` naming the first differing key path (missing/extra leaf, shape,
 dtype, key impl), the first difference in the static metadata, or another checkpoint format
-(format 1, of the first release, is refused). After reading, every leaf is checked against its
+(format 1, of the first release, is refused). Classes are compared by their current module
+paths: a checkpoint of an earlier release that names ``rlbuf.replay_buffer.BufferState`` (since
+moved to ``rlbuf.buffers.replay_buffer``) restores. After reading, every leaf is checked against its
 checksum; a damaged checkpoint (a flipped bit, a truncated, missing or modified file) raises
 :class:`CheckpointCorruptError` naming the checkpoint directory and the key path. Nothing is
 unpickled (orbax stores arrays with tensorstore and metadata as JSON/msgpack).
@@ -163,7 +165,8 @@ def _check(meta: dict, treedef, descs: list, directory, step, check_treedef: boo
         if (got.shape, got.dtype, got.key_impl) != (d.shape, d.dtype, d.key_impl):
             raise _mismatch(directory, step, f"key path {d.path}: saved {got.text()}, target expects {d.text()}")
     if check_treedef:
-        diff = cd.first_difference(meta["structure"], cd.structure(treedef))
+        # Class paths of an earlier release (rlbuf.replay_buffer.BufferState) as they are now.
+        diff = cd.first_difference(cd.renamed(meta["structure"]), cd.structure(treedef))
         if diff:
             raise _mismatch(
                 directory, step,
@@ -409,7 +412,7 @@ class Manager:
 
 def _grouped_nodes(tree: Any) -> list:
     """``(key path, BufferState)`` of the grouped buffer states (``count`` of shape ``[G]``) in ``tree``."""
-    from rlbuf.replay_buffer import BufferState
+    from rlbuf.buffers.replay_buffer import BufferState
 
     flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, BufferState))[0]
     return [(jax.tree_util.keystr(p), x) for p, x in flat if isinstance(x, BufferState) and np.ndim(x.count) == 1]
@@ -430,8 +433,8 @@ def _group_changes(meta: dict, target: Any) -> list:
 def _regrouped(restore_fn, target: Any, changed: list) -> Any:
     """Restore through ``restore_fn`` into a target whose grouped states have the saved group
     counts, then regroup them to the target's and place them with its shardings."""
-    from rlbuf.regrouping import regroup, regroup_abstract
-    from rlbuf.replay_buffer import BufferState
+    from rlbuf.buffers.replay_buffer import BufferState
+    from rlbuf.scaling.regrouping import regroup, regroup_abstract
 
     saved_g = {p: g for p, g, _ in changed}
     paths = iter([jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(

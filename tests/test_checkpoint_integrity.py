@@ -1,7 +1,8 @@
 """Checkpoint integrity (issue 12 #5, issue 11): per-leaf checksums verified on restore (bit
 flips in the data refused naming the checkpoint and the key path), truncated/deleted files
 reported with the checkpoint path and key path, the structured tree description (no
-``str(treedef)``), and the refusal of older checkpoint formats."""
+``str(treedef)``), the refusal of older checkpoint formats, and the class paths of the
+second release's modules (moved in 0.3.0) restoring as the classes' current paths."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from hypothesis import strategies as st
 
 from rlbuf import _checkpoint_desc as cd
 from rlbuf import checkpoint
+from rlbuf.buffers.ensemble import ReplayBufferEnsemble
+from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.checkpoint import CheckpointCorruptError, CheckpointMismatchError
-from rlbuf.replay_buffer import ReplayBuffer
+from rlbuf.samplers.prioritized import PrioritizedSampler
 from rlbuf.samplers.without_replacement import SamplerWithoutReplacement
-from rlbuf.storage import LazyTensorStorage
+from rlbuf.storages import LazyTensorStorage
 
 LANES, T = 4, 4096  # observations: 4 x 4096 x 8 float32 = 512 KiB of incompressible data
 RB = ReplayBuffer(storage=LazyTensorStorage(LANES * T, ndim=2), sampler=SamplerWithoutReplacement(), batch_size=8)
@@ -199,3 +202,82 @@ def test_checksum_numpy_equals_jax_and_sees_every_bit_flip(dtype, shape, data):
     y = np.frombuffer(bytes(raw), dtype=x.dtype).reshape(x.shape)
     assert cd.checksums([y])[0] != c
     assert cd.checksums([jnp.asarray(y)])[0] != c
+
+
+# --------------------------------------------------------------------------- earlier releases' class paths
+
+#: The class paths a checkpoint of the second release (0.2.0: flat modules, the storages'
+#: classes named by their first-release modules) recorded, keyed by each class's path now.
+RELEASE_2_NAMES = {
+    "rlbuf.buffers.replay_buffer.BufferState": "rlbuf.replay_buffer.BufferState",
+    "rlbuf.buffers.ensemble.EnsembleState": "rlbuf.ensemble.EnsembleState",
+    "rlbuf.storages.base.Layout": "rlbuf.storage.Layout",
+    "rlbuf.storages.compact.CompactState": "rlbuf.compact.CompactState",
+}
+
+
+def _ensemble_state():
+    """An ensemble of a ``compact_next`` prioritized buffer and a plain without-replacement one:
+    every moved state class (and ``Layout``, ``CompactState``) is in its tree."""
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    data = {"observation": obs,
+            "next": {"observation": np.roll(obs, -1, axis=1), "done": np.arange(12).reshape(2, 6) % 4 == 3}}
+    compact = ReplayBuffer(storage=LazyTensorStorage(16, ndim=2, compact_next=True),
+                           sampler=PrioritizedSampler(16, 0.7, 0.5), batch_size=4)
+    plain = ReplayBuffer(storage=LazyTensorStorage(16, ndim=2), sampler=SamplerWithoutReplacement(), batch_size=4)
+    ens = ReplayBufferEnsemble(compact, plain)
+    state = ens.init(data, data)
+    state = ens.add_to(ens.add_to(state, 0, data), 1, data)
+    return ens.sample(state, jax.random.key(0))[0]  # a without-replacement epoch in progress
+
+
+def _rewrite_structure(directory, text: str) -> None:
+    """Replace the saved structure description by ``text`` (JSON), with a valid CRC."""
+    path = os.path.join(directory, "0", "rlbuf", "metadata")
+    meta = json.loads(open(path).read())
+    meta["structure"] = json.loads(text)
+    meta["crc"] = cd.text_crc([meta["leaves"], meta["structure"]])
+    with open(path, "w") as f:
+        json.dump(meta, f)
+
+
+def test_checkpoint_of_the_second_release_restores(tmp_path):
+    """A checkpoint naming its classes by the second release's module paths restores into this
+    release's classes; new checkpoints record the new paths; a name that is no old path of a
+    class is still refused."""
+    state = _ensemble_state()
+    directory = tmp_path / "ckpt"
+    checkpoint.save(directory, state)
+    text = json.dumps(checkpoint.metadata(directory)["structure"])
+    for new, old in RELEASE_2_NAMES.items():
+        assert f'"{new}"' in text, new  # new checkpoints: the current paths
+        text = text.replace(f'"{new}"', f'"{old}"')
+    assert "rlbuf.buffers." not in text and "rlbuf.storages.base.Layout" not in text
+    assert '"rlbuf.samplers.' in text  # the samplers' state classes did not move
+    _rewrite_structure(directory, text)
+    restored = checkpoint.restore(directory, jax.eval_shape(lambda: state))
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    _rewrite_structure(directory, text.replace('"rlbuf.compact.CompactState"', '"rlbuf.compact.CompactStat"'))
+    with pytest.raises(CheckpointMismatchError, match=r"saved node rlbuf.storages.compact.CompactStat, target"):
+        checkpoint.restore(directory, jax.eval_shape(lambda: state))
+
+
+def test_old_class_paths_map_to_where_the_classes_are_defined():
+    assert cd.current_type_name("rlbuf.replay_buffer.BufferState") == "rlbuf.buffers.replay_buffer.BufferState"
+    assert cd.current_type_name("rlbuf.storage.Layout") == "rlbuf.storages.base.Layout"  # a re-export
+    assert cd.current_type_name("rlbuf.sharding.PerWorkerReplayBuffer") == \
+        "rlbuf.scaling.per_worker.PerWorkerReplayBuffer"
+    assert cd.current_type_name("rlbuf.transforms.MultiStep") == "rlbuf.buffers.transforms.MultiStep"
+    for same in ("rlbuf.samplers.prioritized.PrioritizedSampler", "builtins.len", "rlbuf.storages.base.Layout",
+                 "rlbuf.replay_buffers.X", "rlbuf.storage"):
+        assert cd.current_type_name(same) == same
+    desc = {"node": "rlbuf.ensemble.EnsembleState", "aux": {"class": "rlbuf.storage.Layout", "fields": {
+        "node": "rlbuf.storage.Layout", "fn": {"callable": "rlbuf.regrouping.regroup"}}}, "children": ["*"]}
+    assert cd.renamed(desc) == {
+        "node": "rlbuf.buffers.ensemble.EnsembleState", "aux": {"class": "rlbuf.storages.base.Layout", "fields": {
+            "node": "rlbuf.storage.Layout",  # a field's value, not a class path
+            "fn": {"callable": "rlbuf.scaling.regrouping.regroup"}}}, "children": ["*"]}

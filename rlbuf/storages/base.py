@@ -239,8 +239,3 @@ class Storage:
                 f"{type(self).__name__}: max_size={self.max_size} is not divisible by the {n_groups} groups"
             )
         return dataclasses.replace(self, max_size=self.max_size // n_groups)
-
-
-# Checkpoints record the layout's class by its module path (``rlbuf.checkpoint``); earlier
-# releases defined it in ``rlbuf.storage`` (still importable), so saved buffers keep restoring.
-Layout.__module__ = "rlbuf.storage"

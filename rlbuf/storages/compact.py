@@ -330,7 +330,3 @@ class CompactTensorStorage(LazyTensorStorage, variant="compact_next"):
         """Bool ``[*S]``: the step at ``index`` does not continue into the following slot (a break
         with or without a table row)."""
         return _lanes_first(storage.entry, layout)[_lane_flat(index, layout), index[-1]] != -1
-
-
-# Checkpoints record pytree node classes by module path; earlier releases defined it in ``rlbuf.compact``.
-CompactState.__module__ = "rlbuf.compact"
