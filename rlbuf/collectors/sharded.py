@@ -117,7 +117,18 @@ class ShardedCollector:
     def collect(self, state, policy_params: Any = None, *, policy_version: Any = None):
         """``(state, batch)``: every shard collects its envs; ``batch`` is global, sharded on axis 0
         (``policy_version`` as for :meth:`rlbuf.Collector.collect`)."""
+        state, batch = self._collect(state, policy_params, policy_version)
+        if self._split.postproc is not None:
+            batch = self._split.postproc(batch)
+        return state, batch
 
+    @functools.cached_property
+    def _collect(self):
+        # Under jit: a shard_map called outside jit runs op by op, compiling every operation of
+        # the rollout on each call; inside a user's jit this jit is inlined.
+        return jax.jit(self._collect_impl)
+
+    def _collect_impl(self, state, policy_params: Any, policy_version: Any):
         def f(st, group_params, params, version):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
             g = jax.lax.axis_index(self.axis_name)
@@ -128,10 +139,7 @@ class ShardedCollector:
         spec = P(self.axis_name)
         smap = shard_map(f, mesh=self.mesh, in_specs=(spec, spec, P(), P()), out_specs=(spec, spec), check_vma=False)
         # per-env params are host constants, sliced per shard inside the program (no transfer)
-        state, batch = smap(state, self._split.params, policy_params, policy_version)
-        if self._split.postproc is not None:
-            batch = self._split.postproc(batch)
-        return state, batch
+        return smap(state, self._split.params, policy_params, policy_version)
 
 
 def shard_collector(collector: SplittableCollector, mesh: Mesh, axis_name: Any = "data") -> ShardedCollector:

@@ -123,6 +123,10 @@ class ShardedReplayBuffer:
     def _smap(self, f, in_specs, out_specs):
         return _shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
+    def _call(self, method: str, *args):
+        """``self.<method>(*args)`` as one compiled program (see :func:`_jitted`)."""
+        return _jitted(self, method, *args)
+
     def _check(self, state: BufferState, method: str) -> None:
         _check_groups(state, self._n, f"ShardedReplayBuffer.{method}",
                       f"the mesh has {self._n} devices along {self.axis_name!r}")
@@ -150,7 +154,9 @@ class ShardedReplayBuffer:
         self._check(state, "add")
         data = _stored(self.buffer, data, "ShardedReplayBuffer.add")
         _check_global(self.buffer, state.layout, data, self._n, "ShardedReplayBuffer")
+        return self._call("_add", state, data)
 
+    def _add(self, state: BufferState, data: Any) -> BufferState:
         def f(st, d):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
             return jax.tree_util.tree_map(lambda x: x[None], self._local.add(st, d))
@@ -163,7 +169,9 @@ class ShardedReplayBuffer:
     def sample(self, state: BufferState, key: jax.Array):
         """``(state, batch, info)``: ``batch_size / G`` items from each shard, concatenated."""
         self._check(state, "sample")
+        return self._call("_sample", state, key)
 
+    def _sample(self, state: BufferState, key: jax.Array):
         def f(st, key):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
             g = self._index()
@@ -178,7 +186,9 @@ class ShardedReplayBuffer:
     def can_sample(self, state: BufferState) -> jax.Array:
         """Bool scalar: every shard can return a full batch of real data."""
         self._check(state, "can_sample")
+        return self._call("_can_sample", state)
 
+    def _can_sample(self, state: BufferState) -> jax.Array:
         def f(st):
             return self._local.can_sample(jax.tree_util.tree_map(lambda x: x[0], st))[None]
 
@@ -188,7 +198,9 @@ class ShardedReplayBuffer:
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set priorities at ``index`` (global, laid out as ``sample`` returned it)."""
         self._check(state, "update_priority")
+        return self._call("_update_priority", state, index, priority)
 
+    def _update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         def f(st, index, priority):
             st = jax.tree_util.tree_map(lambda x: x[0], st)
             local, prio = _own_index(index, st.layout, self._index(), priority)
@@ -234,6 +246,15 @@ class ShardedReplayBuffer:
         """Shard ``g``'s plain :class:`BufferState` (a host-side view, e.g. to compare with a
         plain :class:`ReplayBuffer`; fetches the data: single process, not for hot paths)."""
         return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[g]), state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jitted(srb: ShardedReplayBuffer, method: str, *args):
+    """``srb.<method>(*args)`` under ``jax.jit`` (``srb`` is frozen and hashable: one compile per
+    buffer and argument signature). A ``shard_map`` called outside ``jit`` runs op by op and
+    compiles every operation of the local buffer's program on each call (about a thousand
+    small programs for one ``add``); inside a user's ``jit`` this ``jit`` is inlined."""
+    return getattr(srb, method)(*args)
 
 
 @functools.partial(jax.jit, static_argnums=1)
