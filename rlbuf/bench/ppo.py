@@ -154,7 +154,7 @@ def gae_rows(quick: bool = False) -> list[Row]:
         assoc = jax.jit(assoc)
         np.testing.assert_allclose(assoc(r, v, nv, term, done), ours(r, v, nv, term, done), rtol=1e-4, atol=1e-4)
         a = (r, v, nv, term, done)
-        t = _cpu_times({"ours": (ours, a), "ref": (ref, tm), "assoc": (assoc, a)}, 3 if quick else 201)
+        t = _cpu_times({"ours": (ours, a), "ref": (ref, tm), "assoc": (assoc, a)}, 31 if quick else 201)
         for name, label in (("ref", "hand-written time-major scan [T, B]"),
                             ("assoc", "same recurrence, lax.associative_scan")):
             rows.append(Row("returns", f"gae [B, T] = [{B}, {T}], time last", label, t["ours"][0] * 1e6,
