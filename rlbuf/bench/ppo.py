@@ -166,12 +166,16 @@ def gae_rows(quick: bool = False) -> list[Row]:
 
 def _cpu_times(fns: dict, reps: int) -> dict:
     """``(median, min)`` process CPU seconds per call of each ``(fn, args)``, repeats interleaved
-    (a call is a few µs: CPU time, not wall time, on a shared machine)."""
+    (a call is a few µs: CPU time, not wall time, on a shared machine). The order rotates at
+    every repeat: a µs call right after a heavier one (the associative scan) runs ~15% slower
+    (caches), so a fixed order would charge that to whichever function comes next."""
     for f, a in fns.values():
         jax.block_until_ready(f(*a))
     samples: dict = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, (f, a) in fns.items():
+    keys = list(fns)
+    for i in range(reps):
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            f, a = fns[k]
             t0 = time.process_time()
             jax.block_until_ready(f(*a))
             samples[k].append(time.process_time() - t0)
