@@ -227,6 +227,12 @@ def _restore_spec(x, desc: Leaf):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
+def _to_device(r, x, desc: Leaf):
+    """A restored leaf as stored (typed keys as key_data), an uncommitted array on the default
+    device where the target leaf has no placement."""
+    return jnp.asarray(r) if desc.kind == "jax" and not _committed(x) else r
+
+
 def _from_restored(r, x, desc: Leaf):
     if desc.kind == "jax" and not _committed(x):
         r = jnp.asarray(r)  # uncommitted, default device
@@ -393,8 +399,12 @@ class Manager:
         except Exception as e:  # tensorstore/orbax errors name leaf_000123, not the key path
             raise _read_error(e, meta, self.directory, step) from e
         restored = out[_STATE]
-        _verify(meta, [restored[_name(i)] for i in range(len(leaves))], self.directory, step)
-        new = [_from_restored(restored[_name(i)], x, d) for i, (x, d) in enumerate(zip(leaves, descs))]
+        # Uncommitted jax leaves go to the device first (as they must anyway), then every jax
+        # leaf is checksummed there: one fused pass over the words, where numpy's checksum of
+        # the host copy took several (position, multiply, sum) and was ~2x slower.
+        stored = [_to_device(restored[_name(i)], x, d) for i, (x, d) in enumerate(zip(leaves, descs))]
+        _verify(meta, stored, self.directory, step)
+        new = [_from_restored(r, x, d) for r, x, d in zip(stored, leaves, descs)]
         return jax.tree_util.tree_unflatten(treedef, new)
 
     def _resolve(self, step: Optional[int]) -> int:

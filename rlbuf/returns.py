@@ -33,7 +33,7 @@ are computed in float32. Gradients flow through every input: wrap ``value``/``ne
 in ``jax.lax.stop_gradient`` when the result is used as a regression target inside a loss.
 
 All estimators are one reverse linear recurrence ``y[t] = a[t] + (0 if cut[t] else b[t] * y[t + 1])``
-(``_reverse_scan``: a ``lax.scan`` over time moved to axis 0). The cut is a select, never a
+(``_reverse_scan``: a loop over the time axis, in place). The cut is a select, never a
 multiplication by zero, so a NaN/inf from another episode (or an unused ``next_value`` at a
 terminated step) never reaches an output: ``0 * nan`` is ``nan``.
 """
@@ -123,29 +123,34 @@ def _reverse_scan(fn, xs: dict, init):
         y[..., t] = a[..., t] + (0 if cut[..., t] else b[..., t] * y[..., t + 1]),   y[..., T] = init,
         (a[..., t], b[..., t], cut[..., t]) = fn({k: xs[k][..., t]})
 
-    Returns ``y`` ``[*B, T]``. Time is moved to axis 0 so that ``lax.scan`` steps over it with
-    every batch row at once; ``fn`` runs inside the loop body, so the per-step arithmetic reads
-    the inputs once instead of going through separate whole-array passes first (4x faster for
-    small batches on XLA:CPU).
+    Returns ``y`` ``[*B, T]``. The loop steps over time in place, on the time-last arrays: each
+    step reads column ``t`` of every input and writes column ``t`` of ``y`` (a buffer carried
+    through the loop). No input is moved to time-major first nor the output back: on XLA:CPU
+    each such transpose is a kernel of its own and cost more than the loop itself. ``fn`` runs
+    inside the loop body, so the per-step arithmetic reads the inputs once instead of going
+    through separate whole-array passes first.
     """
-    xs0 = {k: jnp.moveaxis(x, -1, 0) for k, x in xs.items()}
+    T = next(iter(xs.values())).shape[-1]
 
-    def step(y, x):
-        a, b, cut = fn(x)
+    def step(i, c):
+        y, ys = c
+        t = T - 1 - i
+        # t is in [0, T): no negative-index wrap (an extra kernel per step on XLA:CPU)
+        col = lambda x: jax.lax.dynamic_index_in_dim(x, t, x.ndim - 1, False, allow_negative_indices=False)  # noqa: E731
+        a, b, cut = fn({k: col(x) for k, x in xs.items()})
         # a select, not b = 0: 0 * NaN is NaN, and nothing may flow across a cut
         y = a + jnp.where(cut, 0, b * y)
-        return y, y
+        return y, jax.lax.dynamic_update_index_in_dim(ys, y, t, ys.ndim - 1, allow_negative_indices=False)
 
-    _, ys = jax.lax.scan(step, init, xs0, reverse=True)
-    return jnp.moveaxis(ys, 0, -1)
-
-
-#: Up to this many ``[*B]`` rows the per-step arithmetic runs inside the scan body (see ``gae``).
-_FEW_ROWS = 16
+    ys0 = jnp.zeros(init.shape + (T,), init.dtype)
+    return jax.lax.fori_loop(0, T, step, (init, ys0))[1]
 
 
-def _precomputed(x):
-    return x["a"], x["b"], x["cut"]
+def _linear(a, b, cut, init):
+    """``_reverse_scan`` of precomputed ``a``, ``cut`` ``[*B, T]`` and ``b`` (``[*B, T]`` or a
+    scalar, then closed over: never broadcast to a whole array)."""
+    xs = {"a": a, "cut": cut, **({"b": b} if jnp.ndim(b) else {})}
+    return _reverse_scan(lambda x: (x["a"], x.get("b", b), x["cut"]), xs, init)
 
 
 def _zeros_like_row(x):
@@ -218,9 +223,10 @@ def gae(reward, value, next_value, terminated, done, *, gamma, lmbda, mask=None)
     gamma = _coef(fn, "gamma", gamma, shape, dtype, 0.0, 1.0)
     lmbda = _coef(fn, "lmbda", lmbda, shape, dtype, 0.0, 1.0)
     v, nv = f["value"], f["next_value"]
-    # XLA:CPU: for a few rows per-kernel overheads dominate, so the per-step arithmetic runs in the
-    # loop body on the raw inputs (without a mask the cut is done | terminated; the last step needs
-    # none: y[T] = 0); for many rows moving 5 inputs to time-major costs more than 2.
+    # The per-step arithmetic runs in the loop body on the raw inputs (one kernel per step, no
+    # whole-array passes before the loop: on XLA:CPU each is a kernel launch, which for a PPO
+    # batch costs more than its arithmetic). Without a mask the cut is done | terminated (the
+    # last step needs none: y[T] = 0).
     xs = {"r": r, "v": v, "nv": nv, "term": term, **({"done": f["done"]} if real is None else {"cut": cut})}
     xs.update({k: c for k, c in (("gamma", gamma), ("lmbda", lmbda)) if c.ndim})  # per-step; else closed over
 
@@ -230,9 +236,6 @@ def gae(reward, value, next_value, terminated, done, *, gamma, lmbda, mask=None)
         cut = x["cut"] if "cut" in x else x["done"] | x["term"]
         return delta, g * x.get("lmbda", lmbda), cut
 
-    if math.prod(shape[:-1]) > _FEW_ROWS:
-        a, b, c = ab(xs)
-        xs, ab = {"a": a, "b": jnp.broadcast_to(b, shape), "cut": c}, _precomputed
     adv = _keep(real, _reverse_scan(ab, xs, _zeros_like_row(r)))
     return adv, _keep(real, adv + v)
 
@@ -268,8 +271,7 @@ def td_lambda(reward, next_value, terminated, done, *, gamma, lmbda, mask=None):
     # products with 0: next_value at a terminated step is never read, even if NaN/inf.
     gl = gamma * lmbda
     a = r + jnp.where(term, 0, gamma * nv) - jnp.where(cut, 0, gl * nv)
-    gl = jnp.broadcast_to(gl, shape)
-    return _keep(real, _reverse_scan(_precomputed, {"a": a, "b": gl, "cut": cut}, _zeros_like_row(a)))
+    return _keep(real, _linear(a, gl, cut, _zeros_like_row(a)))
 
 
 def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda=1.0, rho_clip=1.0,
@@ -315,7 +317,7 @@ def vtrace(reward, value, next_value, terminated, done, log_rho, *, gamma, lmbda
     rho_bar = jnp.minimum(rho_clip, rho)
     c = lmbda * jnp.minimum(c_clip, rho)
     delta = rho_bar * (r + gamma * jnp.where(term, 0, nv) - v)
-    vs = v + _reverse_scan(_precomputed, {"a": delta, "b": gamma * c, "cut": cut}, _zeros_like_row(delta))
+    vs = v + _linear(delta, gamma * c, cut, _zeros_like_row(delta))
     vs_next = jnp.where(cut, nv, _shift(vs, 1))
     adv = rho_bar * (r + gamma * jnp.where(term, 0, vs_next) - v)
     return _keep(real, adv), _keep(real, vs)
@@ -339,7 +341,7 @@ def discounted_sum(x, gamma, done, *, mask=None):
     dtype = _compute_dtype(x)
     gamma = _coef(fn, "gamma", gamma, shape, dtype, 0.0, 1.0)
     a = _keep(real, x.astype(dtype))
-    y = _reverse_scan(_precomputed, {"a": a, "b": jnp.broadcast_to(gamma, shape), "cut": cut}, _zeros_like_row(a))
+    y = _linear(a, gamma, cut, _zeros_like_row(a))
     return _keep(real, y)
 
 

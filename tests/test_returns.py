@@ -376,7 +376,7 @@ def test_discounted_sum_nan_does_not_cross_done():
     assert out[0] == 1.0 and np.isnan(out[1])
 
 
-@pytest.mark.parametrize("rows", [(), (3,), (20,)])  # 20 rows: gae's precomputed path (> _FEW_ROWS)
+@pytest.mark.parametrize("rows", [(), (3,), (20,)])  # 20 rows: more rows than a PPO batch
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_and_inf_never_flow_back_across_a_done_step(rows, bad):
     """Every input of the episode after a done step is NaN/inf: the first episode's outputs are

@@ -45,6 +45,42 @@ def _scan(op, x, axis):
     return jax.lax.associative_scan(op, x, axis=axis)
 
 
+def _time_scans(done: jax.Array):
+    """``(counts, latest)`` of a time-major ``done`` ``[T, N]``, both int32 ``[T, N]``:
+    ``counts[t, i]`` = done steps of env ``i`` up to ``t``; ``latest[t, i]`` = 1 + the latest
+    done step of env ``i`` up to ``t`` (0: none yet). One associative scan over time for both
+    (stacked on a leading axis of 2): every counter below is read from these two (on XLA:CPU each
+    scan level is a few kernels, so one scan instead of three is ~50 fewer launches).
+    """
+    T = done.shape[0]
+    d = done.astype(jnp.int32)
+    t1 = jnp.arange(1, T + 1, dtype=jnp.int32).reshape((T,) + (1,) * (done.ndim - 1))
+
+    def op(a, b):  # (sum, max) of each pair
+        return jnp.stack([a[0] + b[0], jnp.maximum(a[1], b[1])])
+
+    c = _scan(op, jnp.stack([d, jnp.where(done, t1, 0)]), 1)
+    return c[0], c[1]
+
+
+def _traj_ids(done, ids0, next_id, scans):
+    T = done.shape[0]
+    dt = ids0.dtype
+    d = done.reshape(T, -1).astype(jnp.int32)
+    counts, latest = (x.reshape(T, -1) for x in scans)
+    # rank of the id given at (t, i) = dones before it in time-major then env order: those of the
+    # earlier steps (every env's count at t - 1), then those of envs < i at step t
+    earlier = jnp.sum(counts, axis=1, dtype=jnp.int32) - jnp.sum(d, axis=1, dtype=jnp.int32)
+    before = earlier[:, None] + (_scan(jnp.add, d, 1) - d if d.shape[1] > 1 else 0)
+    # ranks only grow along time, so an env's current rank is the one given at its latest done
+    rank = jnp.where(latest > 0, jnp.take_along_axis(before, jnp.maximum(latest - 1, 0), axis=0), -1)
+    prev = jnp.concatenate([jnp.full_like(rank[:1], -1), rank[:-1]], axis=0)
+    flat0 = ids0.reshape(1, -1)
+    ids = jnp.where(prev >= 0, next_id + prev.astype(dt), flat0).reshape(done.shape)
+    last = jnp.where(rank[-1] >= 0, next_id + rank[-1].astype(dt), flat0[0])
+    return ids, last.reshape(done.shape[1:]), next_id + jnp.sum(d, dtype=dt)
+
+
 def traj_ids(done: jax.Array, ids0: jax.Array, next_id: jax.Array):
     """Trajectory ids of a time-major rollout (TorchRL's rule: after each step, the done envs
     take the next ids of the global counter, in env order).
@@ -58,19 +94,7 @@ def traj_ids(done: jax.Array, ids0: jax.Array, next_id: jax.Array):
     ``ids0``'s dtype. Wrap-safe: only ranks (< ``T * prod(E)``) are compared, and the ids are
     ``next_id + rank`` in the counter's own (wrapping) arithmetic.
     """
-    T = done.shape[0]
-    dt = ids0.dtype
-    d = done.reshape(T, -1).astype(jnp.int32)
-    # dones before (t, i) in time-major then env order = rank of the id it is given
-    per_step = jnp.sum(d, axis=1, dtype=jnp.int32)
-    before = (_scan(jnp.add, per_step, 0) - per_step)[:, None] + _scan(jnp.add, d, 1) - d
-    # ranks only grow along time, so the latest rank given is the env's current one
-    latest = _scan(jnp.maximum, jnp.where(d > 0, before, -1), 0)
-    prev = jnp.concatenate([jnp.full_like(latest[:1], -1), latest[:-1]], axis=0)
-    flat0 = ids0.reshape(1, -1)
-    ids = jnp.where(prev >= 0, next_id + prev.astype(dt), flat0).reshape(done.shape)
-    last = jnp.where(latest[-1] >= 0, next_id + latest[-1].astype(dt), flat0[0])
-    return ids, last.reshape(done.shape[1:]), next_id + jnp.sum(d, dtype=dt)
+    return _traj_ids(done, ids0, next_id, _time_scans(done))
 
 
 def global_traj_ids(local_ids, g, n_local: int, n_shards: int):
@@ -97,17 +121,20 @@ def global_traj_ids(local_ids, g, n_local: int, n_shards: int):
     ).astype(dt)
 
 
-def step_counts(done: jax.Array, count0: jax.Array):
-    """Steps since the last reset at every step of a time-major rollout (``done`` ``[T, *E]``,
-    ``count0`` ``[*E]`` int32), and after it; saturating at 2^31 - 1."""
+def _step_counts(done, count0, scans):
     T = done.shape[0]
     t = jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * (done.ndim - 1))
-    # 1 + index of the latest done step up to t (0: none yet)
-    latest = _scan(jnp.maximum, jnp.where(done, t + 1, 0), 0)
+    latest = scans[1]  # 1 + index of the latest done step up to t (0: none yet)
     prev = jnp.concatenate([jnp.zeros_like(latest[:1]), latest[:-1]], axis=0)
     counts = jnp.where(prev > 0, t - prev, saturating_add(count0, t))
     last = jnp.where(latest[-1] > 0, T - latest[-1], saturating_add(count0, T))
     return counts, last
+
+
+def step_counts(done: jax.Array, count0: jax.Array):
+    """Steps since the last reset at every step of a time-major rollout (``done`` ``[T, *E]``,
+    ``count0`` ``[*E]`` int32), and after it; saturating at 2^31 - 1."""
+    return _step_counts(done, count0, _time_scans(done))
 
 
 def add_counters(batch: dict, ids0: jax.Array, next_id: jax.Array, count0: jax.Array, *, time_axis: int,
@@ -122,8 +149,10 @@ def add_counters(batch: dict, ids0: jax.Array, next_id: jax.Array, count0: jax.A
     done = jnp.logical_or(nxt["terminated"], nxt["truncated"])
     # the counters run time-major over [T, B] flags (small arrays; the transposes are cheap)
     to_tm = (lambda x: x) if time_axis == 0 else (lambda x: jnp.swapaxes(x, 0, 1))
-    ids, last_ids, next_id = traj_ids(to_tm(done), ids0, next_id)
-    counts, last_count = step_counts(to_tm(done), count0)
+    done_tm = to_tm(done)
+    scans = _time_scans(done_tm)  # shared by both counters
+    ids, last_ids, next_id = _traj_ids(done_tm, ids0, next_id, scans)
+    counts, last_count = _step_counts(done_tm, count0, scans)
     ids, counts = to_tm(ids), to_tm(counts)
     batch = {**batch, "next": {**nxt, "done": done}, "step_count": counts,
              "collector": {**batch.get("collector", {}), "traj_ids": ids}}

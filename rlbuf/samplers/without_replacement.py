@@ -93,8 +93,11 @@ class SamplerWithoutReplacement(Sampler):
             count = jnp.maximum(ring.count, 1)
             out = out | ~live[ring.flat(_ring.item_index(jnp.minimum(perm, n_items - 1), count, layout.lanes))]
             n_items = jnp.sum(~out, dtype=jnp.int32)
-        if self.shuffle or live is not None:
+        if live is not None:
             perm = perm[jnp.argsort(out, stable=True)]
+        elif self.shuffle:  # a full buffer (the usual case: one PPO batch) has nothing to filter: no second sort
+            perm = _xla.run_at_most_once(n_items < layout.size, lambda p: p[jnp.argsort(p >= n_items, stable=True)],
+                                         perm)
         return WithoutReplacementState(
             perm=perm, pos=jnp.zeros((), jnp.int32), epoch_items=n_items,
             epoch_count=ring.count, epoch=s.epoch + 1,

@@ -74,3 +74,20 @@ def test_reset_on_demand_skips_steps_without_an_end():
     # init's reset (vmapped: one callback per env) and one reset per step with an end
     assert CountingResets.calls == 2 * (1 + done_steps)
     np.testing.assert_array_equal(batches[0]["observation"][:, :, OBS_STEP], [[0, 1, 2, 3, 0, 1, 2]] * 2)
+
+
+@pytest.mark.parametrize("num_envs", [None, 4])
+def test_vmapped_collect_writes_in_place_and_equals_each_seed(num_envs):
+    """``vmap(collect)`` over seeds (the PPO example's form) gives each seed's own batches, and
+    its step writes stay ``dynamic_update_slice``s: jax batches those into ``scatter``s (extra
+    index kernels on every step), which the rollout's write avoids."""
+    env = GroundTruthEnv(num_actions=3)
+    params = env.default_params if num_envs is None else env.make_params(num_envs)
+    c = Collector(env, frames_per_batch=5 * (num_envs or 1), num_envs=num_envs, env_params=params)
+    states = jax.vmap(c.init)(jax.random.split(jax.random.key(3), 2))
+    vcollect = jax.jit(jax.vmap(c.collect, in_axes=(0, None)))
+    assert "scatter" not in vcollect.lower(states, None).compile().as_text()
+    got = jax.tree.map(np.asarray, vcollect(states, None)[1])
+    for i in range(2):
+        want = jax.jit(c.collect)(jax.tree.map(lambda x: x[i], states), None)[1]
+        jax.tree.map(lambda g, w: np.testing.assert_array_equal(g[i], w), got, want)

@@ -194,3 +194,18 @@ def test_can_sample_drop_last_needs_a_full_batch():
     assert not bool(rb.can_sample(state))
     state = add(state, make((3,), 1, 4))  # 6 items
     assert bool(rb.can_sample(state))
+
+
+@pytest.mark.parametrize("steps", [2, 6])  # 6 items of 18 stored (filtered), 18 of 18 (full: no filter)
+def test_epoch_is_the_stably_filtered_permutation(steps):
+    """An epoch's order is ``jax.random.permutation`` of all slots with the unstored items moved
+    last, order kept: a full buffer skips that second sort, with the same result."""
+    rb, add, _ = fns(2, True, False, 4)
+    state = add(rb.init(make((3,), 1, 0)), make((3,), steps, 1))
+    key = jax.random.key(5)
+    got = rb.sampler._new_epoch(state.ring, state.sampler, key)
+    perm = np.asarray(jax.random.permutation(key, 18))
+    n = 3 * steps
+    want = np.concatenate([perm[perm < n], perm[perm >= n]])
+    np.testing.assert_array_equal(np.asarray(got.perm), want)
+    assert int(got.epoch_items) == n
