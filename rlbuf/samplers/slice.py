@@ -24,7 +24,7 @@ from rlbuf.samplers._slice_base import SliceState, _SliceBase, check_slice_confi
 
 #: ``on_write`` computes each step's offset and queue position once into buffers
 #: (``rlbuf._xla.materialize``) for adds of at least this many steps.
-MATERIALIZE_MIN_STEPS = 64
+_MATERIALIZE_MIN_STEPS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ class SliceSampler(_SliceBase):
         # its values, the marks). Not for a few steps, where the recomputation is cheaper than the
         # loop (slice loop, add 4x8: 0.5 µs less per add on one core). (materialize needs
         # non-negative values: offsets are, stamps may not be.)
-        once = _xla.materialize if w.stamp.shape[1] >= MATERIALIZE_MIN_STEPS else (lambda x: x)
+        once = _xla.materialize if w.stamp.shape[1] >= _MATERIALIZE_MIN_STEPS else (lambda x: x)
         off = once(w.stamp - w.start)
         w = w._replace(start=w.stamp - off)
         # A trajectory joins the queue when its thr-th step is written; if that step was in
