@@ -17,6 +17,8 @@ conditional can cost a host round trip); every form computes the same values.
 - :func:`count_true` (CPU): running count of a bool mask from packed words and bit counts, not a cumsum.
 - :func:`last_true` (CPU): last True position so far from packed words, not a cummax.
 - :func:`take_few` (CPU): a few elements of a large array as dynamic slices, not a gather.
+- :func:`lane_windows` (CPU): read and update a ``[lanes, capacity]`` ring near per-lane heads
+  through small windows (dynamic slices in, dynamic-update-slices out), not a gather/scatter.
 """
 
 from __future__ import annotations
@@ -244,3 +246,122 @@ def take_few(arr, *idx):
     zeros = (jnp.zeros((), jnp.int32),) * len(rest)
     pts = [jax.lax.dynamic_slice(arr, tuple(i[p] for i in flat) + zeros, (1,) * len(idx) + rest) for p in range(n_pts)]
     return jnp.concatenate([x.reshape(1, *rest) for x in pts], axis=0).reshape(*shape, *rest)
+
+
+class LaneWindows:
+    """Per-lane windows of a ``[L, C, ...]`` ring (:func:`lane_windows`): ``data`` ``[L, C', ...]``
+    holds every window's slots, :meth:`pos` says where a ring slot is in it, and :meth:`put`
+    writes the first window back. In the generic form (not CPU, or a small ring) ``data`` is the
+    ring itself and :meth:`pos` the identity, so callers write one code path for both."""
+
+    def __init__(self, data, los=(), widths=(), wrap=0, cap=None):
+        self.data, self.los, self.widths, self.wrap = data, los, widths, wrap
+        self.cap = data.shape[1] if cap is None else cap
+
+    @property
+    def windowed(self) -> bool:
+        return bool(self.widths)
+
+    def pos(self, slots):
+        """Positions along ``data``'s axis 1 of ring slots ``slots`` (``[L, n]`` int32, each in
+        one of the windows; a slot outside ``[0, C)`` maps to ``C'``, which a scatter drops).
+        A slot in the first window is always found there, whatever other window it is also in,
+        so writes (into the first window) and later reads agree."""
+        valid = (slots >= 0) & (slots < self.cap)
+        if not self.windowed:
+            return jnp.where(valid, slots, self.cap)
+        n = self.data.shape[1]
+        base = np.cumsum((0,) + self.widths)
+        out = self.wrap_base + slots  # a wrapped slot (< wrap): the shared copy of [0, wrap)
+        for k in range(len(self.widths) - 1, -1, -1):  # the first window found wins
+            d = slots - self.los[k][:, None]
+            hit = (d >= 0) & (d < self.widths[k]) if k == 0 else (d >= 0) & (d < self.widths[k]) & (slots >= self.wrap)
+            out = jnp.where(hit, int(base[k]) + d, out)
+        return jnp.where(valid, out, n)
+
+    @property
+    def wrap_base(self) -> int:
+        return int(sum(self.widths))
+
+    def take(self, slots):
+        """``ring[l, slots[l, j]]`` for ``[L, n]`` slots (each in a window), ``[L, n, ...]``."""
+        n_l, n = self.data.shape[:2]
+        lanes = jnp.arange(n_l, dtype=jnp.int32)[:, None]
+        flat = self.data.reshape(n_l * n, *self.data.shape[2:])
+        return flat[lanes * n + jnp.minimum(self.pos(slots), n - 1)]
+
+    def set(self, slots, values) -> "LaneWindows":
+        """The windows with ``ring[l, slots[l, j]] = values[l, j]`` (``slots`` ``[L, n]``, each in
+        the first window or outside ``[0, C)`` to skip it; the kept ``(l, slot)`` distinct)."""
+        n_l, n = self.data.shape[:2]
+        rest = self.data.shape[2:]
+        lanes = jnp.arange(n_l, dtype=jnp.int32)[:, None]
+        p = self.pos(slots)
+        flat = jnp.where(p < n, lanes * n + p, n_l * n).reshape(-1)
+        data = self.data.reshape(n_l * n, *rest).at[flat].set(values.reshape(-1, *rest), mode="drop",
+                                                              unique_indices=True)
+        return LaneWindows(data.reshape(self.data.shape), self.los, self.widths, self.wrap, self.cap)
+
+    def put(self, arr):
+        """``arr`` (the ring the windows were read from) with the first window written back."""
+        if not self.windowed:
+            return self.data
+        w = self.widths[0]
+        zeros = (0,) * (arr.ndim - 2)
+        b = self.wrap_base
+        # The wrapped copy first, the first window last: where they overlap, the first holds the writes.
+        arr = jax.lax.dynamic_update_slice(arr, self.data[:, b:b + self.wrap], (0, 0, *zeros))
+        for lane in range(arr.shape[0]):
+            arr = jax.lax.dynamic_update_slice(arr, self.data[lane:lane + 1, :w], (lane, self.los[0][lane], *zeros))
+        return arr
+
+
+#: :func:`lane_windows` windows a ring of at least this many bytes (XLA:CPU splits a scatter into
+#: it: ring read + written make 2 x 256 KB, its cost model's per-thread minimum for memory-bound ops)...
+LANE_WINDOWS_MIN_BYTES = 1 << 18
+#: ... of at most this many lanes (each lane's write-back is its own op)...
+LANE_WINDOWS_MAX_LANES = 8
+#: ... for windows of at most this many slots per lane in all (a few steps' bookkeeping: the
+#: copies in and out grow with the width, a scatter with its updates only)...
+LANE_WINDOWS_MAX_WIDTH = 128
+#: ... and at least this many times the windows' total width.
+LANE_WINDOWS_MAX_FRACTION = 4
+
+
+def lane_windows(arr, windows) -> LaneWindows:
+    """Windows of a ``[L, C, ...]`` ring: ``windows`` is a sequence of ``(start, width)``, ``start``
+    ``[L]`` int32 in ``[0, C)`` and ``width`` a static int: window ``k`` of lane ``l`` holds the
+    slots ``start[l] .. start[l] + width - 1`` modulo ``C``. Read and update only slots inside
+    the windows (each :class:`LaneWindows` method says which); only the first window is written
+    back (:meth:`LaneWindows.put`).
+
+    Why: XLA:CPU's parallel task assignment splits across its thread pool every scatter into a
+    ring of more than 512 KB (its output is the whole ring) and the small gathers that read it
+    back, however few elements they touch; on 2 cores each split op cost ~2 µs of CPU time
+    (BENCHMARKS.md, "Performance, round 3"). A dynamic slice and an in-place
+    dynamic-update-slice are never split. So on CPU, for a ring that would be split (at least
+    :data:`LANE_WINDOWS_MIN_BYTES`) of at most :data:`LANE_WINDOWS_MAX_LANES` lanes, windows of
+    at most :data:`LANE_WINDOWS_MAX_WIDTH` slots in all (at least
+    :data:`LANE_WINDOWS_MAX_FRACTION` times fewer than the ring's), each lane's window is a
+    dynamic slice (clamped to end inside the ring), plus one static slice ``[0, max width)``
+    shared by all for the slots that wrap past the ring's end; gathers and scatters touch the
+    ``[L, C', ...]`` copy; the write-back is one dynamic-update-slice per lane and one for the
+    wrapped part. Elsewhere (and for smaller rings, where the windows' extra ops would not pay)
+    the ring itself.
+    """
+    widths = tuple(int(w) for _, w in windows)
+    c = arr.shape[1]
+    if (not on_cpu() or arr.size * arr.dtype.itemsize < LANE_WINDOWS_MIN_BYTES or arr.shape[0] > LANE_WINDOWS_MAX_LANES
+            or sum(widths) > LANE_WINDOWS_MAX_WIDTH or LANE_WINDOWS_MAX_FRACTION * sum(widths) > c):
+        return LaneWindows(arr)
+    zeros = (0,) * (arr.ndim - 2)
+    los, parts = [], []
+    for start, w in windows:
+        lo = jnp.minimum(jnp.asarray(start, jnp.int32), c - w)  # (a window never ends past the ring)
+        los.append(lo)
+        shape = (1, w, *arr.shape[2:])
+        parts.append(jnp.concatenate(
+            [jax.lax.dynamic_slice(arr, (lane, lo[lane], *zeros), shape) for lane in range(arr.shape[0])], axis=0))
+    wrap = max(widths)
+    parts.append(arr[:, :wrap])
+    return LaneWindows(jnp.concatenate(parts, axis=1), tuple(los), widths, wrap, c)

@@ -117,3 +117,40 @@ def test_take_few_reads_the_indexed_points(generic):
             got = jax.jit(lambda *a: _xla.take_few(*a))(jnp.asarray(arr), jnp.asarray(lanes), jnp.asarray(cols))
         np.testing.assert_array_equal(np.asarray(got), arr[lanes, cols])
         assert got.shape == (4, k, 2)
+
+
+_WIN_CAP = 20_000  # [4, 20000, 2] int32: 640 KB (>= LANE_WINDOWS_MIN_BYTES): windowed on CPU
+
+
+def _window_roundtrip(arr, starts, slots, values, probes):
+    # Window 0 (width 8) is written at `slots`, window 1 (width 6) is read-only; `probes` are read
+    # from either after the write.
+    win = _xla.lane_windows(arr, [(starts[:, 0], 8), (starts[:, 1], 6)])
+    win = win.set(slots, values)
+    return win.put(arr), win.take(probes)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_lane_windows_read_and_write_the_ring_slots(generic):
+    """Windows that wrap past the ring's end, overlap each other and the wrapped copy: the updated
+    ring and the values read after the write are those of a plain ``[L, C]`` scatter and gather."""
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 1000, (4, _WIN_CAP, 2)).astype(np.int32)
+    # lane 0: plain; 1: window 0 wraps; 2: both wrap and overlap; 3: window 0 at slot 0, window 1 inside it
+    starts = np.array([[100, 3000], [_WIN_CAP - 3, 50], [_WIN_CAP - 2, _WIN_CAP - 4], [0, 2]], np.int32)
+    offs = np.stack([rng.permutation(8)[:5] for _ in range(4)])
+    slots = ((starts[:, :1] + offs) % _WIN_CAP).astype(np.int32)
+    slots[0, 0] = _WIN_CAP  # dropped
+    values = rng.integers(-1000, 0, (4, 5, 2)).astype(np.int32)
+    probes = np.concatenate([(starts[:, :1] + rng.integers(0, 8, (4, 3))) % _WIN_CAP,
+                             (starts[:, 1:] + rng.integers(0, 6, (4, 3))) % _WIN_CAP], axis=1).astype(np.int32)
+    want = arr.copy()
+    for lane in range(4):
+        keep = slots[lane] < _WIN_CAP
+        want[lane, slots[lane, keep]] = values[lane, keep]
+    with _xla.generic_forms(generic):
+        out, got = jax.jit(_window_roundtrip)(arr, starts, slots, values, probes)
+        windowed = _xla.lane_windows(jnp.asarray(arr), [(jnp.asarray(starts[:, 0]), 8)]).windowed
+    assert windowed == (not generic and jax.default_backend() == "cpu")
+    np.testing.assert_array_equal(np.asarray(out), want)
+    np.testing.assert_array_equal(np.asarray(got), want[np.arange(4)[:, None], probes])

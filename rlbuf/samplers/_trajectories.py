@@ -246,8 +246,17 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     new = new | ((steps == 0)[None, :] & ((write.count == 0) | (ts.n_traj == 0))[:, None])
     cum = _xla.count_true(new)  # trajectories begun in this add up to each step
     lanes = jnp.arange(n_l, dtype=jnp.int32)
+    # The records this add reads and writes, through per-lane windows (rlbuf._xla.lane_windows:
+    # on CPU no op touches the whole [L, capacity] ring): the ongoing trajectory's record and the
+    # new ones (slots rec_head - 1 .. rec_head + T - 1), and the oldest stored ones, whose ends
+    # count_prefix probes below (slots rec_head + 1 - n_stored .. + T - 1).
+    head = _xla.wrap_near(ts.rec_head - 1, cap)
+    windows = [(head, t_len + 1)]
+    if ts.seq is None and not write.skip:
+        windows.append((_xla.wrap_near(ts.rec_head + 1 - ts.n_stored, cap), t_len))
+    win = _xla.lane_windows(ts.start, windows)
     # (with n_traj == 0 step 0 is new, so the garbage record read here is never used)
-    ongoing = _xla.take_few(ts.start, lanes, _xla.wrap_near(ts.rec_head - 1, cap))  # (not a split gather)
+    ongoing = win.take(head[:, None])[:, 0]
 
     skip = write.skip
     cum_k, new_k = cum[:, skip:], new[:, skip:]
@@ -266,7 +275,8 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
         start0 = jnp.where(last_new >= 0, total + last_new, ongoing)
     first_kept = (steps[: t_len - skip] == 0)[None, :]
     record = new_k | first_kept
-    start_rec = set_rows(ts.start, jnp.where(record, slot_k, cap), jnp.where(new_k, stamp_k, start0[:, None]))
+    win = win.set(jnp.where(record, slot_k, cap), jnp.where(new_k, stamp_k, start0[:, None]))
+    start_rec = win.put(ts.start)
     pos = write.positions
     if ts.seq is None:
         seq_slots = None
@@ -287,14 +297,13 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
         # is no longer past the oldest stored stamp are gone: at most T of them, since each had a
         # step overwritten. Their ends were past the oldest stamp one add ago, so the
         # differences stay below capacity + T. The ends are read from the updated records (read
-        # before the in-place scatter, XLA would copy the whole array): this add's records reuse
-        # the slots of the oldest n_old + n_new - capacity, which are gone anyway (at most
-        # `capacity` trajectories are stored).
+        # before the in-place scatter, XLA would copy the whole array; through the windows, the
+        # updated first window is read first): this add's records reuse the slots of the oldest
+        # n_old + n_new - capacity, which are gone anyway (at most `capacity` trajectories are stored).
         n_old, n_add = ts.n_stored[:, None], n_new[:, None]
 
         def ended(j):
-            slot = _xla.wrap_near(ts.rec_head[:, None] + (j + 1 - n_old), cap)
-            nxt = start_rec.reshape(-1)[lanes[:, None] * cap + slot]
+            nxt = win.take(_xla.wrap_near(ts.rec_head[:, None] + (j + 1 - n_old), cap))
             reused = j - (n_old + n_add - cap) < 0
             return reused | ((j + 1 - n_old - n_add < 0) & (nxt - ring.oldest_stamp <= 0))
 

@@ -557,3 +557,44 @@ def test_one_trajectory_longer_than_the_ring_slice_len_equal_to_capacity():
         else:
             want = np.tile(np.arange(added - 5, added), (2, 1))
             np.testing.assert_array_equal(np.asarray(batch["obs"])[:, :, 1], want)
+
+
+def _windowed_run(rb, xs, windowed: bool):
+    """States and samples after each add of ``xs`` (``[n_adds, lanes, T]`` leaves), with the
+    record/queue rings read and written through ``rlbuf._xla.lane_windows`` (forced on for this
+    small ring) or in the generic forms (whole-ring scatters and gathers)."""
+    from rlbuf import _xla
+
+    def body(s, x):
+        s = rb.add(s, x)
+        _, batch, info = rb.sample(s, jax.random.key(0))
+        return s, (s, batch, info["index"], info["mask"])
+
+    fn = jax.jit(lambda s, xs: jax.lax.scan(body, s, xs))  # a new function: traced under the switch below
+    first = jax.tree_util.tree_map(lambda x: x[0], xs)
+    with _xla.generic_forms(not windowed):
+        old = _xla.LANE_WINDOWS_MIN_BYTES
+        _xla.LANE_WINDOWS_MIN_BYTES = 0
+        try:
+            assert _xla.lane_windows(rb.init(first).sampler.queue, [(jnp.zeros(4, jnp.int32), 7)]).windowed == (
+                windowed and jax.default_backend() == "cpu")
+            return fn(rb.init(first), xs)
+        finally:
+            _xla.LANE_WINDOWS_MIN_BYTES = old
+
+
+@pytest.mark.parametrize("t_len, strict", [(3, True), (1, True), (3, False)])
+def test_windowed_bookkeeping_matches_the_whole_ring_forms(t_len, strict):
+    """Through many adds (the records and queue rings wrap several times, episodes of 1-4 steps),
+    the per-lane windows leave the same state and draw the same slices as whole-ring ops."""
+    rng = np.random.default_rng(t_len)
+    n_adds, lanes = 600 // t_len, 4
+    ids = np.cumsum(rng.random((lanes, n_adds * t_len)) < 0.45, axis=1) * lanes + np.arange(lanes)[:, None]
+    data = {"obs": rng.standard_normal((lanes, n_adds * t_len)).astype(np.float32), "ep": ids.astype(np.int32)}
+    xs = jax.tree_util.tree_map(lambda x: jnp.asarray(np.moveaxis(x.reshape(lanes, n_adds, t_len), 1, 0)), data)
+    rb = ReplayBuffer(storage=LazyTensorStorage(lanes * 64, ndim=2),
+                      sampler=SliceSampler(slice_len=2, traj_key="ep", strict_length=strict), batch_size=8)
+    a, b = _windowed_run(rb, xs, True), _windowed_run(rb, xs, False)
+    assert int(a[0].sampler.traj.n_traj.min()) > 3 * 64  # the records ring wrapped
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
