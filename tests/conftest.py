@@ -10,6 +10,22 @@ import sys
 # sets its own RLBUF_JAX_CACHE.
 os.environ["RLBUF_JAX_CACHE"] = ""
 
+# One persistent compilation cache for this test session, shared by the xdist workers and the
+# subprocesses the suite starts (docs pages, notebooks, the README, multi-device groups): the
+# same programs are compiled in many of them, and again in every module after
+# `_release_compiled_programs` below drops the in-memory caches. Measured on 2 idle cores: about
+# 10% less CPU on buffer and sampler modules. A fresh directory per session (the controller
+# makes it; workers inherit the variable), removed at exit: never the user's own cache.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if "RLBUF_TEST_JAX_CACHE" not in os.environ:
+    os.environ["RLBUF_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="rlbuf-tests-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["RLBUF_TEST_JAX_CACHE"], True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["RLBUF_TEST_JAX_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 # tests/storages too: buffers/test_frame_stack.py (rlbuf/buffers/frame_stack.py) reuses
 # test_compact's episode simulator and comparison helpers.
