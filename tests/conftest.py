@@ -51,40 +51,44 @@ def _release_compiled_programs():
     gc.collect()
 
 
-# Rough cost (CPU seconds of one process) of the longest test files: subprocess suites, notebooks,
+# Cost (seconds) of the longest test files: subprocess suites, notebooks,
 # docs, example training runs, env suites that compile large programs. pytest-xdist's loadfile
 # hands out whole files in collection order (`--no-loadscope-reorder` in pyproject: its default
 # orders files by test count, which put the one-test multi-device subprocess files last, so one
 # worker ran them alone at the end). Longest first lets the two workers finish together; files
 # not listed follow, most tests first (xdist's own proxy). Only the order of the figures matters.
 _FILE_COST = {
-    # measured: process CPU seconds (children included) under load, -n 0
-    "tests/storages/test_compact.py": 211,
-    "tests/test_docs.py": 195,
-    "tests/examples/test_dqn.py": 89,
-    "tests/test_fuzz.py": 74,
-    "tests/test_readme.py": 57,
-    "tests/storages/test_host_memory.py": 55,
-    "tests/test_returns.py": 43,
-    "tests/buffers/test_ensemble.py": 31,
-    "tests/scaling/test_per_worker.py": 28,
-    "tests/examples/test_ppo.py": 26,
-    "tests/writers/test_max_value.py": 25,
-    # estimated (--durations under load / the load factor, or the kind of work)
-    "tests/multidevice/test_multidevice.py": 100,
-    "tests/envs/test_craftax.py": 90,
-    "tests/test_notebooks.py": 80,
-    "tests/multidevice/test_multidevice_collectors.py": 60,
-    "tests/examples/test_recurrent.py": 50,
-    "tests/test_checkpoint.py": 50,
-    "tests/envs/test_brax.py": 45,
-    "tests/collectors/test_marl_collectors.py": 40,
-    "tests/examples/test_vdn.py": 40,
-    "tests/examples/test_offline.py": 35,
-    "tests/examples/test_ippo.py": 35,
-    "tests/examples/test_atari.py": 30,
-    "tests/examples/test_impala.py": 30,
-    "tests/multidevice/test_multihost.py": 30,
+    # measured: seconds per file under pytest-xdist on 2 idle cores (`--durations=0`, junit
+    # times summed per file, 2026-12-07), paths as the files live now
+    "tests/test_docs.py": 201,
+    "tests/storages/test_compact.py": 181,
+    "tests/test_notebooks.py": 102,
+    "tests/examples/test_dqn.py": 90,
+    "tests/multidevice/test_multidevice_collectors.py": 77,
+    "tests/collectors/test_host.py": 76,
+    "tests/multidevice/test_multidevice.py": 67,
+    "tests/examples/test_ippo.py": 66,
+    "tests/test_fuzz.py": 63,
+    "tests/test_readme.py": 63,
+    "tests/envs/test_brax.py": 62,
+    "tests/samplers/test_slice.py": 62,
+    "tests/buffers/test_ensemble.py": 62,
+    "tests/samplers/test_burn_in.py": 59,
+    "tests/buffers/test_frame_stack.py": 56,
+    "tests/storages/test_host_memory.py": 54,
+    "tests/test_checkpoint.py": 53,
+    "tests/envs/test_craftax.py": 44,
+    "tests/collectors/test_collector.py": 41,
+    "tests/buffers/test_replay_buffer.py": 40,
+    "tests/scaling/test_regrouping.py": 40,
+    "tests/scaling/test_sharding.py": 40,
+    "tests/collectors/test_counters.py": 40,
+    "tests/scaling/test_per_worker.py": 39,
+    "tests/test_returns.py": 37,
+    "tests/envs/test_jaxmarl_env.py": 37,
+    "tests/samplers/test_without_replacement.py": 34,
+    "tests/examples/test_recurrent.py": 34,
+    "tests/test_configurations.py": 33,
 }
 
 
