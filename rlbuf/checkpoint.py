@@ -234,8 +234,7 @@ def _to_device(r, x, desc: Leaf):
 
 
 def _from_restored(r, x, desc: Leaf):
-    if desc.kind == "jax" and not _committed(x):
-        r = jnp.asarray(r)  # uncommitted, default device
+    """A leaf placed by :func:`_to_device` (and checksummed) as the target's leaf type."""
     if desc.key_impl is not None:
         return jax.random.wrap_key_data(r, impl=desc.key_impl)
     if desc.kind == "scalar":
