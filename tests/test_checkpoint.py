@@ -539,7 +539,8 @@ def test_killed_save_leaves_previous_checkpoint(tmp_path):
 
 @pytest.mark.multidevice
 def test_sharded_state_roundtrip(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    flags = f"{os.environ.get('RLBUF_TEST_XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, os.path.join(HELPERS, "sharded_roundtrip.py"), str(tmp_path / "sh")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stdout[-3000:] + out.stderr[-3000:]
@@ -554,6 +555,7 @@ def test_multihost_roundtrip(tmp_path):
         port = sock.getsockname()[1]
     directory = tmp_path / "mh"
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["XLA_FLAGS"] = os.environ.get("RLBUF_TEST_XLA_FLAGS", "")  # the suite's compile flags, no forced devices
     procs = [subprocess.Popen([sys.executable, os.path.join(HELPERS, "multihost_roundtrip.py"), str(i), str(port),
                                str(directory), str(tmp_path / f"out{i}.json")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -19,7 +19,7 @@ from rlbuf.buffers.replay_buffer import ReplayBuffer
 from rlbuf.samplers.random import RandomSampler
 from rlbuf.storages import LazyTensorStorage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xla_optimized]  # 2.2 GB of writes and reads: run time
 
 LANES, CAP, CHUNK = 2, 1_100_000_000, 110_000_000  # 2.2e9 items; 10 adds fill it, the 11th wraps
 BATCH = 16_384

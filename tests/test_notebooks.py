@@ -9,6 +9,7 @@ Workloads are kept small: ``RLBUF_NOTEBOOK_TOTAL_FRAMES`` shortens the DQN train
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -177,8 +178,9 @@ def test_install_cell_finds_a_checkout_and_says_what_to_do_without_one(tmp_path,
 def test_notebook_runs(path, kernel_env, monkeypatch, tmp_path):
     for k, v in kernel_env.items():
         monkeypatch.setenv(k, v)
-    # Notebook 04 sets XLA_FLAGS itself before importing jax; start every kernel without ours.
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    # Notebook 04 sets XLA_FLAGS itself before importing jax; start every kernel with only the
+    # suite's compile flags (tests/conftest.py), no forced device count.
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("RLBUF_TEST_XLA_FLAGS", ""))
     nb = nbformat.read(path, as_version=4)
     # One extra cell (in memory only) to check that the kernel ran this interpreter.
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))

@@ -188,6 +188,7 @@ def test_cli_subprocess_png_last_line_and_compilation_cache(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimized  # 40,960 frames of training: run time, not compile time
 def test_cli_trains_cartpole(capsys, monkeypatch):
     """``python -m rlbuf.examples.dqn`` on a short budget: learns well above random (≈ 22), the
     last printed line is the last params' fresh evaluation, ``--keep-best`` adds its own labelled

@@ -40,7 +40,8 @@ _RESULTS: dict = {}
 def run_group(group: str) -> dict:
     """The results of one group's checks, from one subprocess (cached per test process)."""
     if group not in _RESULTS:
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        flags = f"{os.environ.get('RLBUF_TEST_XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
                    RLBUF_MD_ONLY=",".join(GROUPS[group]))
         proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_script.py")], env=env,
                               capture_output=True, text=True, timeout=900)

@@ -28,7 +28,7 @@ def outputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("multihost")
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = os.environ.get("RLBUF_TEST_XLA_FLAGS", "")  # the suite's compile flags, no forced devices
     procs = [
         subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_script.py"), str(i), str(port),
                           str(d / f"p{i}.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
