@@ -82,14 +82,17 @@ def materialize(xs):
     sum tree's child choice (~70 elementwise ops per level) was recomputed inside each later
     level's gather and each consumer of the sampled indices (2-3x the whole sample + update).
     ``lax.optimization_barrier`` does not prevent this on CPU (it is removed before fusion); a
-    loop is never fused through. The loop runs zero times (its predicate, ``min(xs[0]) < 0``,
+    loop is never fused through. The loop runs zero times (its predicate, ``xs[0]``'s first element ``< 0``,
     is false for the callers' non-negative values) and, unlike a ``cond``, stays a loop under
     ``vmap``. Other backends: ``optimization_barrier``.
     """
     if not on_cpu():
         return jax.lax.optimization_barrier(xs)
+    # One element decides (not a reduction over the whole array: ~1.3 µs for [4, 1000]); the
+    # callers' values are all non-negative, so it is never negative either.
     first = jax.tree_util.tree_leaves(xs)[0]
-    return run_at_most_once(jnp.min(first, initial=0) < 0, lambda y: jax.tree_util.tree_map(jnp.zeros_like, y), xs)
+    pred = first.reshape(-1)[0] < 0 if first.size else False
+    return run_at_most_once(pred, lambda y: jax.tree_util.tree_map(jnp.zeros_like, y), xs)
 
 
 def wrap_once(x, n):
@@ -165,12 +168,22 @@ def count_true(mask, block: int = 32):
 
 def _pack_words(mask):
     """A bool ``[..., T]`` mask as ``uint32`` words ``[R, ceil(T / 32)]`` (rows flattened; bit
-    ``j`` of word ``w`` is step ``32 w + j``, zero past ``T``), their count and the bit numbers."""
+    ``j`` of word ``w`` is step ``32 w + j``, zero past ``T``), their count and the bit numbers.
+
+    Why not ``sum(mask << bit)`` over 32 steps: a 32-wide reduction per word (4.3 vs 2.8 µs for
+    ``[4, 1000]``, one core). Each group of 4 steps, one byte each (0 or 1), is read as one ``uint32``
+    ``x = sum_i b_i << 8 i``; ``x * 0x01020408`` puts ``b_i`` at bit ``24 + i`` (the partial
+    products ``b_i << (8 i + 24 - 7 j)`` land on distinct bits, so nothing carries), giving a
+    nibble; a word is the sum of its 8 nibbles, shifted."""
     t = mask.shape[-1]
     nw = -(-t // 32)
-    m = jnp.pad(mask.reshape(-1, t), ((0, 0), (0, nw * 32 - t))).reshape(-1, nw, 32)
-    bit = jnp.arange(32, dtype=jnp.uint32)
-    return jnp.sum(m.astype(jnp.uint32) << bit, axis=-1, dtype=jnp.uint32), nw, bit
+    m = jnp.pad(mask.reshape(-1, t), ((0, 0), (0, nw * 32 - t))).astype(jnp.uint8).reshape(-1, nw * 8, 4)
+    quads = jax.lax.bitcast_convert_type(m, jnp.uint32)  # [R, nw * 8]: byte i of quad q is step 4 q + i
+    nib = ((quads * jnp.uint32(0x01020408)) >> 24).reshape(-1, nw, 8)
+    # (a reduction, not 8 or-ed terms: XLA:CPU then computes the words once into a buffer
+    # instead of recomputing them in every consumer)
+    words = jnp.sum(nib << (4 * jnp.arange(8, dtype=jnp.uint32)), axis=-1, dtype=jnp.uint32)
+    return words, nw, jnp.arange(32, dtype=jnp.uint32)
 
 
 def last_true(mask):

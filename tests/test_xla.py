@@ -25,6 +25,21 @@ def test_run_at_most_once_runs_the_body_when_asked():
     assert "while" in prims and "select_n" not in prims[: prims.index("while")]
 
 
+def test_materialize_returns_its_values_through_a_zero_trip_loop():
+    """materialize is the identity (CPU form: a loop on the first element's sign), also under vmap
+    and with an empty first leaf; values after the first leaf may be negative."""
+    xs = (jnp.array([[0, 3], [7, 2]], jnp.int32), jnp.array([-1.5, 2.0]), jnp.array([True, False]))
+    for generic in (False, True):
+        with _xla.generic_forms(generic):
+            # (fresh lambdas: jax caches traces per function, and the form is chosen at trace time)
+            for got, want in zip(jax.jit(lambda x: _xla.materialize(x))(xs), xs):
+                np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(jax.jit(jax.vmap(lambda x: _xla.materialize(x)))(xs[0]), xs[0])
+            assert jax.jit(lambda x: _xla.materialize(x))(jnp.zeros((0, 3), jnp.int32)).shape == (0, 3)
+            prims = [e.primitive.name for e in jax.make_jaxpr(lambda x: _xla.materialize(x))(xs).jaxpr.eqns]
+            assert ("while" in prims) == (not generic)
+
+
 def test_below_is_in_range_and_wrap_once_is_a_modulo():
     bits = jax.random.bits(jax.random.key(0), (10_000,), jnp.uint32)
     for n in (1, 3, 1000, 2**31 - 1):

@@ -214,6 +214,11 @@ def init(layout, spec: KeySpec, per_slot: bool = False) -> TrajectoryState:
     )
 
 
+#: ``update`` computes the trajectory counts once into buffers (``rlbuf._xla.materialize``) for
+#: adds of at least this many steps.
+MATERIALIZE_MIN_STEPS = 64
+
+
 def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[TrajectoryState, Written]:
     """Fold one ``add`` into the bookkeeping (call from ``Sampler.on_write``).
 
@@ -245,6 +250,12 @@ def update(ring, ts: TrajectoryState, spec: KeySpec, write, data) -> tuple[Traje
     # The first step ever stored in an empty ring always begins a trajectory.
     new = new | ((steps == 0)[None, :] & ((write.count == 0) | (ts.n_traj == 0))[:, None])
     cum = _xla.count_true(new)  # trajectories begun in this add up to each step
+    if t_len >= MATERIALIZE_MIN_STEPS:
+        # Computed once into buffers: XLA:CPU would recompute the packed-word count and the
+        # boundary test in each consumer (record slots and values, offsets, the slice queue's
+        # marks): slice add [4, 1000], strict, one core, 112 -> 95 µs. Not for a few steps, where
+        # the recomputation is cheaper than the loop.
+        cum, new = _xla.materialize((cum, new))
     lanes = jnp.arange(n_l, dtype=jnp.int32)
     # The records this add reads and writes, through per-lane windows (rlbuf._xla.lane_windows:
     # on CPU no op touches the whole [L, capacity] ring): the ongoing trajectory's record and the
