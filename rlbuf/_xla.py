@@ -17,6 +17,7 @@ conditional can cost a host round trip); every form computes the same values.
 - :func:`count_true` (CPU): running count of a bool mask from packed words and bit counts, not a cumsum.
 - :func:`last_true` (CPU): last True position so far from packed words, not a cummax.
 - :func:`take_few` (CPU): a few elements of a large array as dynamic slices, not a gather.
+- :func:`take_columns` (CPU): a gather from an ``[..., k]`` array one trailing column at a time.
 - :func:`lane_windows` (CPU): read and update a ``[lanes, capacity]`` ring near per-lane heads
   through small windows (dynamic slices in, dynamic-update-slices out), not a gather/scatter.
 """
@@ -259,6 +260,28 @@ def take_few(arr, *idx):
     zeros = (jnp.zeros((), jnp.int32),) * len(rest)
     pts = [jax.lax.dynamic_slice(arr, tuple(i[p] for i in flat) + zeros, (1,) * len(idx) + rest) for p in range(n_pts)]
     return jnp.concatenate([x.reshape(1, *rest) for x in pts], axis=0).reshape(*shape, *rest)
+
+
+#: XLA:CPU splits a gather across its thread pool from an operand of this many bytes (its cost
+#: model's 256 KB per thread, for memory-bound ops, times 2 threads).
+GATHER_SPLIT_BYTES = 1 << 19
+
+
+def take_columns(arr, *idx):
+    """``arr[idx]`` for an ``[..., k]`` array (``idx`` index its leading axes), read one trailing
+    column at a time on CPU: ``jnp.stack([arr[..., c][idx] for c in range(k)], -1)``.
+
+    Why: XLA:CPU counts a gather's whole operand as the bytes it accesses and splits a gather
+    from 512 KB or more across its thread pool, however few elements it reads; a column's
+    gather (the strided slice fuses into it) counts only that column. So a slice sampler's
+    32-entry read of a ``[4, 25000, 2]`` queue (800 KB, 100k transitions) is not split. Only
+    where that is what it changes (the array is split, a column would not be): a smaller array
+    is not split either way, and at 1M a column is still 4 MB (two split gathers instead of one).
+    """
+    col_bytes = arr.size // max(arr.shape[-1], 1) * arr.dtype.itemsize
+    if not on_cpu() or arr.shape[-1] == 1 or not col_bytes < GATHER_SPLIT_BYTES <= arr.size * arr.dtype.itemsize:
+        return arr[idx]
+    return jnp.stack([arr[..., c][idx] for c in range(arr.shape[-1])], axis=-1)
 
 
 class LaneWindows:

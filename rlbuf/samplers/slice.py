@@ -225,7 +225,7 @@ class SliceSampler(_SliceBase):
             # within < counts <= capacity: one conditional subtract instead of a per-slice modulo.
             cap = layout.capacity
             k = _xla.wrap_once(s.entry_slot(jnp.arange(layout.n_lanes), head)[lane] + within, cap)
-            begin, end = self._entry_bounds(s.queue[lane, k], ranges)
+            begin, end = self._entry_bounds(_xla.take_columns(s.queue, lane, k), ranges)
         else:
             begin, end = trj.bounds(ring, s.traj, ranges, lane, head[lane] + within)
         return lane, begin, end, total
