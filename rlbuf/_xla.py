@@ -319,11 +319,19 @@ class LaneWindows:
     def wrap_base(self) -> int:
         return int(sum(self.widths))
 
-    def take(self, slots):
-        """``ring[l, slots[l, j]]`` for ``[L, n]`` slots (each in a window), ``[L, n, ...]``."""
+    def take(self, slots, column=None):
+        """``ring[l, slots[l, j]]`` for ``[L, n]`` slots (each in a window), ``[L, n, ...]``; with
+        ``column`` (an ``[L, C, k]`` ring), ``ring[l, slots[l, j], column]``, ``[L, n]``.
+
+        Why ``column``: XLA:CPU counts a gather's whole operand as the bytes it accesses and splits
+        a gather from 512 KB or more across its threads (:func:`take_columns`); a column sliced
+        from the flattened ``[L * C, k]`` ring counts only its own bytes (slicing the ``[L, C, k]``
+        ring before flattening does not: the slice then sits behind a reshape)."""
         n_l, n = self.data.shape[:2]
         lanes = jnp.arange(n_l, dtype=jnp.int32)[:, None]
         flat = self.data.reshape(n_l * n, *self.data.shape[2:])
+        if column is not None:
+            flat = flat[:, column]
         return flat[lanes * n + jnp.minimum(self.pos(slots), n - 1)]
 
     def set(self, slots, values) -> "LaneWindows":

@@ -154,7 +154,7 @@ class SliceSampler(_SliceBase):
         q_old = sstate.qlen[:, None]
 
         def ended(j):
-            end = win.take(_xla.wrap_near(sstate.qhead[:, None] + (j - q_old), cap))[..., 1]
+            end = win.take(_xla.wrap_near(sstate.qhead[:, None] + (j - q_old), cap), column=1)
             return (j - (q_old + n_marked[:, None] - cap) < 0) | (end - ring.oldest_stamp <= 0)
 
         qlen = sstate.qlen + n_marked - trj.count_prefix(ended, sstate.qlen, width)
