@@ -17,6 +17,7 @@ conditional can cost a host round trip); every form computes the same values.
 - :func:`count_true` (CPU): running count of a bool mask from packed words and bit counts, not a cumsum.
 - :func:`last_true` (CPU): last True position so far from packed words, not a cummax.
 - :func:`take_few` (CPU): a few elements of a large array as dynamic slices, not a gather.
+- :func:`take_columns` (CPU): a gather from an ``[..., k]`` array one trailing column at a time.
 - :func:`lane_windows` (CPU): read and update a ``[lanes, capacity]`` ring near per-lane heads
   through small windows (dynamic slices in, dynamic-update-slices out), not a gather/scatter.
 """
@@ -82,14 +83,17 @@ def materialize(xs):
     sum tree's child choice (~70 elementwise ops per level) was recomputed inside each later
     level's gather and each consumer of the sampled indices (2-3x the whole sample + update).
     ``lax.optimization_barrier`` does not prevent this on CPU (it is removed before fusion); a
-    loop is never fused through. The loop runs zero times (its predicate, ``min(xs[0]) < 0``,
+    loop is never fused through. The loop runs zero times (its predicate, ``xs[0]``'s first element ``< 0``,
     is false for the callers' non-negative values) and, unlike a ``cond``, stays a loop under
     ``vmap``. Other backends: ``optimization_barrier``.
     """
     if not on_cpu():
         return jax.lax.optimization_barrier(xs)
+    # One element decides (not a reduction over the whole array: ~1.3 µs for [4, 1000]); the
+    # callers' values are all non-negative, so it is never negative either.
     first = jax.tree_util.tree_leaves(xs)[0]
-    return run_at_most_once(jnp.min(first, initial=0) < 0, lambda y: jax.tree_util.tree_map(jnp.zeros_like, y), xs)
+    pred = first.reshape(-1)[0] < 0 if first.size else False
+    return run_at_most_once(pred, lambda y: jax.tree_util.tree_map(jnp.zeros_like, y), xs)
 
 
 def wrap_once(x, n):
@@ -165,12 +169,22 @@ def count_true(mask, block: int = 32):
 
 def _pack_words(mask):
     """A bool ``[..., T]`` mask as ``uint32`` words ``[R, ceil(T / 32)]`` (rows flattened; bit
-    ``j`` of word ``w`` is step ``32 w + j``, zero past ``T``), their count and the bit numbers."""
+    ``j`` of word ``w`` is step ``32 w + j``, zero past ``T``), their count and the bit numbers.
+
+    Why not ``sum(mask << bit)`` over 32 steps: a 32-wide reduction per word (4.3 vs 2.8 µs for
+    ``[4, 1000]``, one core). Each group of 4 steps, one byte each (0 or 1), is read as one ``uint32``
+    ``x = sum_i b_i << 8 i``; ``x * 0x01020408`` puts ``b_i`` at bit ``24 + i`` (the partial
+    products ``b_i << (8 i + 24 - 7 j)`` land on distinct bits, so nothing carries), giving a
+    nibble; a word is the sum of its 8 nibbles, shifted."""
     t = mask.shape[-1]
     nw = -(-t // 32)
-    m = jnp.pad(mask.reshape(-1, t), ((0, 0), (0, nw * 32 - t))).reshape(-1, nw, 32)
-    bit = jnp.arange(32, dtype=jnp.uint32)
-    return jnp.sum(m.astype(jnp.uint32) << bit, axis=-1, dtype=jnp.uint32), nw, bit
+    m = jnp.pad(mask.reshape(-1, t), ((0, 0), (0, nw * 32 - t))).astype(jnp.uint8).reshape(-1, nw * 8, 4)
+    quads = jax.lax.bitcast_convert_type(m, jnp.uint32)  # [R, nw * 8]: byte i of quad q is step 4 q + i
+    nib = ((quads * jnp.uint32(0x01020408)) >> 24).reshape(-1, nw, 8)
+    # (a reduction, not 8 or-ed terms: XLA:CPU then computes the words once into a buffer
+    # instead of recomputing them in every consumer)
+    words = jnp.sum(nib << (4 * jnp.arange(8, dtype=jnp.uint32)), axis=-1, dtype=jnp.uint32)
+    return words, nw, jnp.arange(32, dtype=jnp.uint32)
 
 
 def last_true(mask):
@@ -248,6 +262,28 @@ def take_few(arr, *idx):
     return jnp.concatenate([x.reshape(1, *rest) for x in pts], axis=0).reshape(*shape, *rest)
 
 
+#: XLA:CPU splits a gather across its thread pool from an operand of this many bytes (its cost
+#: model's 256 KB per thread, for memory-bound ops, times 2 threads).
+GATHER_SPLIT_BYTES = 1 << 19
+
+
+def take_columns(arr, *idx):
+    """``arr[idx]`` for an ``[..., k]`` array (``idx`` index its leading axes), read one trailing
+    column at a time on CPU: ``jnp.stack([arr[..., c][idx] for c in range(k)], -1)``.
+
+    Why: XLA:CPU counts a gather's whole operand as the bytes it accesses and splits a gather
+    from 512 KB or more across its thread pool, however few elements it reads; a column's
+    gather (the strided slice fuses into it) counts only that column. So a slice sampler's
+    32-entry read of a ``[4, 25000, 2]`` queue (800 KB, 100k transitions) is not split. Only
+    where that is what it changes (the array is split, a column would not be): a smaller array
+    is not split either way, and at 1M a column is still 4 MB (two split gathers instead of one).
+    """
+    col_bytes = arr.size // max(arr.shape[-1], 1) * arr.dtype.itemsize
+    if not on_cpu() or arr.shape[-1] == 1 or not col_bytes < GATHER_SPLIT_BYTES <= arr.size * arr.dtype.itemsize:
+        return arr[idx]
+    return jnp.stack([arr[..., c][idx] for c in range(arr.shape[-1])], axis=-1)
+
+
 class LaneWindows:
     """Per-lane windows of a ``[L, C, ...]`` ring (:func:`lane_windows`): ``data`` ``[L, C', ...]``
     holds every window's slots, :meth:`pos` says where a ring slot is in it, and :meth:`put`
@@ -283,11 +319,19 @@ class LaneWindows:
     def wrap_base(self) -> int:
         return int(sum(self.widths))
 
-    def take(self, slots):
-        """``ring[l, slots[l, j]]`` for ``[L, n]`` slots (each in a window), ``[L, n, ...]``."""
+    def take(self, slots, column=None):
+        """``ring[l, slots[l, j]]`` for ``[L, n]`` slots (each in a window), ``[L, n, ...]``; with
+        ``column`` (an ``[L, C, k]`` ring), ``ring[l, slots[l, j], column]``, ``[L, n]``.
+
+        Why ``column``: XLA:CPU counts a gather's whole operand as the bytes it accesses and splits
+        a gather from 512 KB or more across its threads (:func:`take_columns`); a column sliced
+        from the flattened ``[L * C, k]`` ring counts only its own bytes (slicing the ``[L, C, k]``
+        ring before flattening does not: the slice then sits behind a reshape)."""
         n_l, n = self.data.shape[:2]
         lanes = jnp.arange(n_l, dtype=jnp.int32)[:, None]
         flat = self.data.reshape(n_l * n, *self.data.shape[2:])
+        if column is not None:
+            flat = flat[:, column]
         return flat[lanes * n + jnp.minimum(self.pos(slots), n - 1)]
 
     def set(self, slots, values) -> "LaneWindows":
@@ -296,10 +340,40 @@ class LaneWindows:
         n_l, n = self.data.shape[:2]
         rest = self.data.shape[2:]
         lanes = jnp.arange(n_l, dtype=jnp.int32)[:, None]
-        p = self.pos(slots)
-        flat = jnp.where(p < n, lanes * n + p, n_l * n).reshape(-1)
+        if self.windowed:
+            p = self.pos(slots)
+            keep = p < n
+        else:  # (the same test, two ops fewer per index: see the module docstring's split ops)
+            p = slots
+            keep = (slots >= 0) & (slots < n)
+        flat = jnp.where(keep, lanes * n + p, n_l * n).reshape(-1)
+        # (never negative: no wrap of negative indices, 3 ops per index fewer in the fusion that
+        # computes them, which XLA:CPU otherwise splits across threads for a long add)
         data = self.data.reshape(n_l * n, *rest).at[flat].set(values.reshape(-1, *rest), mode="drop",
-                                                              unique_indices=True)
+                                                              unique_indices=True, wrap_negative_indices=False)
+        return LaneWindows(data.reshape(self.data.shape), self.los, self.widths, self.wrap, self.cap)
+
+    def set_after(self, head, offsets, keep, values) -> "LaneWindows":
+        """:meth:`set` at the slots ``(head[l] + offsets[l, j]) mod C`` where ``keep`` (``head``:
+        ``[L]`` in ``[0, C)``; ``offsets``: ``[L, n]`` in ``[0, C]``; ``keep``: ``[L, n]`` bool).
+
+        Why: in the generic form the flat index is ``l * C + head[l] + offsets`` less ``C`` past
+        the lane's end: ~6 ops per index instead of ~15 (wrap, then :meth:`set`'s checks). For a
+        long add XLA:CPU splits across its threads every fusion that does more arithmetic than
+        it moves bytes (``[4, 1000]`` int32 indices: ~9 ops each), which on a loaded 2-core
+        machine costs more than the ops themselves."""
+        cap = self.cap
+        if self.windowed:
+            slot = head[:, None] + offsets
+            return self.set(jnp.where(keep, jnp.where(slot >= cap, slot - cap, slot), cap), values)
+        n_l = self.data.shape[0]
+        rest = self.data.shape[2:]
+        lane_end = (jnp.arange(n_l, dtype=jnp.int32) + 1) * cap
+        flat = (lane_end - cap + head)[:, None] + offsets
+        flat = jnp.where(flat >= lane_end[:, None], flat - cap, flat)
+        flat = jnp.where(keep, flat, n_l * cap).reshape(-1)
+        data = self.data.reshape(n_l * cap, *rest).at[flat].set(values.reshape(-1, *rest), mode="drop",
+                                                                unique_indices=True, wrap_negative_indices=False)
         return LaneWindows(data.reshape(self.data.shape), self.los, self.widths, self.wrap, self.cap)
 
     def put(self, arr):

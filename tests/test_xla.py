@@ -25,6 +25,21 @@ def test_run_at_most_once_runs_the_body_when_asked():
     assert "while" in prims and "select_n" not in prims[: prims.index("while")]
 
 
+def test_materialize_returns_its_values_through_a_zero_trip_loop():
+    """materialize is the identity (CPU form: a loop on the first element's sign), also under vmap
+    and with an empty first leaf; values after the first leaf may be negative."""
+    xs = (jnp.array([[0, 3], [7, 2]], jnp.int32), jnp.array([-1.5, 2.0]), jnp.array([True, False]))
+    for generic in (False, True):
+        with _xla.generic_forms(generic):
+            # (fresh lambdas: jax caches traces per function, and the form is chosen at trace time)
+            for got, want in zip(jax.jit(lambda x: _xla.materialize(x))(xs), xs):
+                np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(jax.jit(jax.vmap(lambda x: _xla.materialize(x)))(xs[0]), xs[0])
+            assert jax.jit(lambda x: _xla.materialize(x))(jnp.zeros((0, 3), jnp.int32)).shape == (0, 3)
+            prims = [e.primitive.name for e in jax.make_jaxpr(lambda x: _xla.materialize(x))(xs).jaxpr.eqns]
+            assert ("while" in prims) == (not generic)
+
+
 def test_below_is_in_range_and_wrap_once_is_a_modulo():
     bits = jax.random.bits(jax.random.key(0), (10_000,), jnp.uint32)
     for n in (1, 3, 1000, 2**31 - 1):
@@ -117,6 +132,22 @@ def test_take_few_reads_the_indexed_points(generic):
             got = jax.jit(lambda *a: _xla.take_few(*a))(jnp.asarray(arr), jnp.asarray(lanes), jnp.asarray(cols))
         np.testing.assert_array_equal(np.asarray(got), arr[lanes, cols])
         assert got.shape == (4, k, 2)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_take_columns_reads_the_indexed_entries(generic):
+    """take_columns is arr[idx] (one trailing column at a time on CPU), also under vmap."""
+    # [4, 12000, 3] int32: 576 KB (>= GATHER_SPLIT_BYTES), a column 192 KB: split on CPU
+    arr = np.arange(4 * 12000 * 3, dtype=np.int32).reshape(4, 12000, 3)
+    rng = np.random.default_rng(1)
+    lanes = rng.integers(0, 4, 32).astype(np.int32)
+    cols = rng.integers(0, 12000, 32).astype(np.int32)
+    with _xla.generic_forms(generic):
+        got = jax.jit(lambda *a: _xla.take_columns(*a))(jnp.asarray(arr), jnp.asarray(lanes), jnp.asarray(cols))
+        two = cols[:8].reshape(4, 2)
+        per_group = jax.jit(jax.vmap(lambda a, c: _xla.take_columns(a, c)))(jnp.asarray(arr), jnp.asarray(two))
+    np.testing.assert_array_equal(np.asarray(got), arr[lanes, cols])
+    np.testing.assert_array_equal(np.asarray(per_group), arr[np.arange(4)[:, None], two])
 
 
 _WIN_CAP = 20_000  # [4, 20000, 2] int32: 640 KB (>= LANE_WINDOWS_MIN_BYTES): windowed on CPU

@@ -120,26 +120,28 @@ class SliceSampler(_SliceBase):
         # the part of an over-long add the ring skipped, at its first kept step.
         first_kept = (jnp.arange(off.shape[1]) == 0)[None, :]
         reached_in_skip = first_kept & (off > thr - 1) & (w.start + thr - 1 - old_total >= 0)
-        mark = (thr > 0) & ((off == thr - 1) | (reached_in_skip if write.skip else False))
+        # (offsets are >= 0: with thr = 0, no queue, `off == thr - 1` never holds)
+        mark = (off == thr - 1) | ((thr > 0) & reached_in_skip if write.skip else False)
         cap = layout.capacity
-        # Entry of the newest queued trajectory as of each step, relative to entry `queued`.
-        rel = once(_xla.count_true(mark)) - 1
+        # Trajectories queued by this add up to each step: the newest queued one as of a step is
+        # entry `queued - 1 + marked`.
+        marked = once(_xla.count_true(mark))
         # (Re)write the entry of every queued trajectory this add extended, once, at its last step
         # here: its start, and its end as of this add. A trajectory is queued iff it has reached
-        # thr steps (off >= thr - 1), and then it is the newest queued one, entry `queued + rel`.
+        # thr steps (off >= thr - 1), and then it is the newest queued one, at slot
+        # qhead - 1 + marked (0 <= marked <= kept steps <= capacity).
         last_here = jnp.concatenate([w.new[:, 1:], jnp.ones((off.shape[0], 1), jnp.bool_)], axis=1)
         live = (thr > 0) & (off - (thr - 1) >= 0) & last_here
-        # (qhead + rel lies in [-1, 2 * capacity): at most `capacity` steps are kept)
-        idx = jnp.where(live, _xla.wrap_near(sstate.qhead[:, None] + rel, cap), cap)
         # The queue through per-lane windows (rlbuf._xla.lane_windows: on CPU no op touches the
         # whole [L, capacity] queue): the entries written here (slots qhead - 1 .. qhead + T - 1)
         # and the oldest ones, probed below (slots qhead - qlen .. + T - 1).
         width = min(off.shape[1] + write.skip, cap)
-        win = _xla.lane_windows(sstate.queue, [(_xla.wrap_near(sstate.qhead - 1, cap), off.shape[1] + 1),
+        head = _xla.wrap_near(sstate.qhead - 1, cap)
+        win = _xla.lane_windows(sstate.queue, [(head, off.shape[1] + 1),
                                                (_xla.wrap_near(sstate.qhead - sstate.qlen, cap), width)])
-        win = win.set(idx, jnp.stack([w.start, w.stamp + 1], axis=-1))
+        win = win.set_after(head, marked, live, jnp.stack([w.start, w.stamp + 1], axis=-1))
         queue = win.put(sstate.queue)
-        n_marked = rel[:, -1] + 1
+        n_marked = marked[:, -1]
         queued = sstate.queued + n_marked
         qhead = (sstate.qhead + n_marked) % cap
         # Entries of stored trajectories (SliceState.qlen): this add's are (their trajectories
@@ -152,7 +154,7 @@ class SliceSampler(_SliceBase):
         q_old = sstate.qlen[:, None]
 
         def ended(j):
-            end = win.take(_xla.wrap_near(sstate.qhead[:, None] + (j - q_old), cap))[..., 1]
+            end = win.take(_xla.wrap_near(sstate.qhead[:, None] + (j - q_old), cap), column=1)
             return (j - (q_old + n_marked[:, None] - cap) < 0) | (end - ring.oldest_stamp <= 0)
 
         qlen = sstate.qlen + n_marked - trj.count_prefix(ended, sstate.qlen, width)
@@ -225,7 +227,7 @@ class SliceSampler(_SliceBase):
             # within < counts <= capacity: one conditional subtract instead of a per-slice modulo.
             cap = layout.capacity
             k = _xla.wrap_once(s.entry_slot(jnp.arange(layout.n_lanes), head)[lane] + within, cap)
-            begin, end = self._entry_bounds(s.queue[lane, k], ranges)
+            begin, end = self._entry_bounds(_xla.take_columns(s.queue, lane, k), ranges)
         else:
             begin, end = trj.bounds(ring, s.traj, ranges, lane, head[lane] + within)
         return lane, begin, end, total

@@ -598,3 +598,77 @@ def test_windowed_bookkeeping_matches_the_whole_ring_forms(t_len, strict):
     assert int(a[0].sampler.traj.n_traj.min()) > 3 * 64  # the records ring wrapped
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# Adds of at least trj.MATERIALIZE_MIN_STEPS steps take the long-add forms on CPU (trajectory
+# counts and offsets computed once into buffers by rlbuf._xla.materialize); 130 > the capacity
+# (the writer drops the first steps). Five adds wrap the ring several times.
+LONG_T = (70, 130, 70, 130, 70)
+LONG_CAP = 96
+
+
+def _long_run(rb, datas, generic: bool):
+    """States and strict / loose samples after each add of ``datas``, CPU or generic forms."""
+    from rlbuf import _xla
+
+    strict, loose = rb
+    with _xla.generic_forms(generic):  # new functions, traced under the switch
+        add = jax.jit(lambda s, x: strict.add(s, x))
+        draw = jax.jit(lambda s, k: (strict.sample(s, k), loose.sample(s, k)))
+        state = strict.init(datas[0])
+        out = []
+        for i, d in enumerate(datas):
+            state = add(state, d)
+            out.append((state, draw(state, jax.random.key(i))))
+        return out
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_long_adds_match_the_reference_and_the_generic_forms(ndim):
+    assert min(LONG_T) >= trj.MATERIALIZE_MIN_STEPS
+    lanes = LANES[ndim]
+    gt = GroundTruth(lanes, [1, 5, 12, 40, 3, 90, 7, 150])
+    datas = [jax.tree_util.tree_map(jnp.asarray, gt.batch(t)) for t in LONG_T]
+    storage = LazyTensorStorage(LONG_CAP * n_lanes(lanes), ndim=ndim)
+    rbs = tuple(ReplayBuffer(storage=storage, batch_size=N * NUM_SLICES,
+                             sampler=SliceSampler(slice_len=N, strict_length=s, end_key=("next", "done")))
+                for s in (True, False))
+    cpu, generic = _long_run(rbs, datas, False), _long_run(rbs, datas, True)
+    ref = NumpyRingBuffer(LONG_CAP, lanes)
+    for d, (state, ((_, b_s, i_s), (_, b_l, i_l))) in zip(datas, cpu):
+        ref.add(jax.tree_util.tree_map(np.asarray, d))
+        check_batch(ref, b_s, i_s, N, True)
+        check_batch(ref, b_l, i_l, N, False)
+    for x, y in zip(jax.tree_util.tree_leaves(cpu), jax.tree_util.tree_leaves(generic)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_long_adds_vmapped_per_worker_match_the_generic_forms():
+    """PerWorkerReplayBuffer (the add vmapped over workers): the long-add forms stay loops under
+    vmap and leave the same state and slices as the generic forms."""
+    from rlbuf import _xla
+    from rlbuf.scaling.per_worker import PerWorkerReplayBuffer
+
+    workers, lanes = 2, LANES[2]
+    rb = ReplayBuffer(storage=LazyTensorStorage(workers * LONG_CAP * n_lanes(lanes), ndim=2),
+                      sampler=SliceSampler(slice_len=N, traj_key="ep"), batch_size=N * NUM_SLICES)
+    pw = PerWorkerReplayBuffer(rb, workers)
+    gts = [GroundTruth(lanes, [2, 9, 70, 1, 30][w:] + [4]) for w in range(workers)]
+
+    def stacked(t):
+        return jax.tree_util.tree_map(lambda *x: jnp.asarray(np.stack(x)), *[g.batch(t) for g in gts])
+
+    datas = [stacked(t) for t in LONG_T[:4]]
+    outs = []
+    for generic in (False, True):
+        with _xla.generic_forms(generic):
+            add, draw = jax.jit(lambda s, x: pw.add(s, x)), jax.jit(lambda s, k: pw.sample(s, k))
+            state = pw.init(jax.tree_util.tree_map(lambda x: x[0], datas[0]))
+            out = []
+            for i, d in enumerate(datas):
+                state = add(state, d)
+                out.append((state, draw(state, jax.random.key(i))))
+            outs.append(out)
+    assert int(outs[0][-1][0].sampler.traj.n_traj.min()) > 3
+    for x, y in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(outs[1])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
