@@ -71,30 +71,16 @@ import gc  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-#: memory mappings of this process past which ``_release_compiled_programs`` drops JAX's caches
-MAX_MAPS = 20_000
-
-
-def _n_maps() -> int:
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            return sum(1 for _ in f)
-    except OSError:  # no procfs: always release
-        return MAX_MAPS + 1
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop JAX's compiled programs after a test module once the process holds many memory
-    mappings. Every XLA:CPU executable keeps its own mappings; the whole suite compiles thousands
-    of programs in one process and ran into the kernel's mapping limit (vm.max_map_count, 65530
-    by default), which segfaulted inside XLA's compiler late in the run. Not after every module:
-    clearing costs up to a second and the next modules trace and lower again the programs they
-    share (functions jitted at import time, eager operations)."""
+    """Drop JAX's compiled programs after each test module. Every XLA:CPU executable keeps its
+    own memory mappings; the whole suite compiles thousands of programs in one process and ran
+    into the kernel's mapping limit (vm.max_map_count, 65530 by default), which segfaulted
+    inside XLA's compiler late in the run. Programs shared within a module are kept."""
     yield
-    if _n_maps() > MAX_MAPS:
-        jax.clear_caches()
-        gc.collect()
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
