@@ -93,7 +93,10 @@ def _optimized_xla(request):
         return
     from jax._src import compiler
 
-    plain = compiler.get_compile_options
+    plain = getattr(compiler, "get_compile_options", None)
+    if plain is None:  # a JAX without this private hook: the test runs with the session's flags
+        yield
+        return
 
     def optimized(*args, env_options_overrides=None, **kwargs):
         return plain(*args, env_options_overrides={**XLA_DEFAULTS, **(env_options_overrides or {})}, **kwargs)
