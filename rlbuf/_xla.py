@@ -338,7 +338,6 @@ class LaneWindows:
         """The windows with ``ring[l, slots[l, j]] = values[l, j]`` (``slots`` ``[L, n]``, each in
         the first window or outside ``[0, C)`` to skip it; the kept ``(l, slot)`` distinct)."""
         n_l, n = self.data.shape[:2]
-        rest = self.data.shape[2:]
         lanes = jnp.arange(n_l, dtype=jnp.int32)[:, None]
         if self.windowed:
             p = self.pos(slots)
@@ -346,11 +345,16 @@ class LaneWindows:
         else:  # (the same test, two ops fewer per index: see the module docstring's split ops)
             p = slots
             keep = (slots >= 0) & (slots < n)
-        flat = jnp.where(keep, lanes * n + p, n_l * n).reshape(-1)
+        return self._scatter(jnp.where(keep, lanes * n + p, n_l * n), values)
+
+    def _scatter(self, flat, values) -> "LaneWindows":
+        """The windows with ``data.reshape(L * C', ...)[flat] = values`` (``flat`` ``[L, n]``,
+        in ``[0, L * C']``, distinct; ``L * C'`` drops the write)."""
+        rest = self.data.shape[2:]
         # (never negative: no wrap of negative indices, 3 ops per index fewer in the fusion that
         # computes them, which XLA:CPU otherwise splits across threads for a long add)
-        data = self.data.reshape(n_l * n, *rest).at[flat].set(values.reshape(-1, *rest), mode="drop",
-                                                              unique_indices=True, wrap_negative_indices=False)
+        data = self.data.reshape(-1, *rest).at[flat.reshape(-1)].set(
+            values.reshape(-1, *rest), mode="drop", unique_indices=True, wrap_negative_indices=False)
         return LaneWindows(data.reshape(self.data.shape), self.los, self.widths, self.wrap, self.cap)
 
     def set_after(self, head, offsets, keep, values) -> "LaneWindows":
@@ -367,14 +371,10 @@ class LaneWindows:
             slot = head[:, None] + offsets
             return self.set(jnp.where(keep, jnp.where(slot >= cap, slot - cap, slot), cap), values)
         n_l = self.data.shape[0]
-        rest = self.data.shape[2:]
         lane_end = (jnp.arange(n_l, dtype=jnp.int32) + 1) * cap
         flat = (lane_end - cap + head)[:, None] + offsets
         flat = jnp.where(flat >= lane_end[:, None], flat - cap, flat)
-        flat = jnp.where(keep, flat, n_l * cap).reshape(-1)
-        data = self.data.reshape(n_l * cap, *rest).at[flat].set(values.reshape(-1, *rest), mode="drop",
-                                                                unique_indices=True, wrap_negative_indices=False)
-        return LaneWindows(data.reshape(self.data.shape), self.los, self.widths, self.wrap, self.cap)
+        return self._scatter(jnp.where(keep, flat, n_l * cap), values)
 
     def put(self, arr):
         """``arr`` (the ring the windows were read from) with the first window written back."""
