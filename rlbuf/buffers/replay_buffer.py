@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _ring, _tree
+from rlbuf._eager import compiled_when_eager
 from rlbuf.buffers.frame_stack import FrameStack
 from rlbuf.buffers.stages import Chain, SampleContext, as_stage
 from rlbuf.samplers import capabilities
@@ -127,7 +128,9 @@ class ReplayBuffer:
         (any traced state) it does nothing: there, gate on ``rb.can_sample(state)``.
 
     All methods are pure and jittable; the buffer object itself is frozen and hashable, so
-    ``jax.jit(rb.add)`` caches on it. ``init`` refuses a sampler that needs a guarantee the
+    ``jax.jit(rb.add)`` caches on it. Called eagerly (no traced argument), ``add``, ``sample``,
+    ``update_priority``, ``can_sample`` and ``num_stored`` run as one compiled program per
+    buffer and shapes (``rlbuf._eager``), not primitive by primitive; the state is not donated. ``init`` refuses a sampler that needs a guarantee the
     writer does not give (``Sampler.requires`` vs ``Writer.provides``), naming both.
     """
 
@@ -214,8 +217,11 @@ class ReplayBuffer:
     def add(self, state: BufferState, data: Any) -> BufferState:
         """Write ``data`` (leaves ``[*lanes, T, ...]``, any ``T``) at the cursor; returns the new
         state. Wrong keys, dtypes or shapes raise at trace time naming the key."""
+        return self._add(state, self.stored(data, "ReplayBuffer.add"))
+
+    @compiled_when_eager
+    def _add(self, state: BufferState, data: Any) -> BufferState:
         layout = state.layout
-        data = self.stored(data, "ReplayBuffer.add")
         t_len = self.storage.check(layout, data)
         write, wstate, data = self.writer.write(state.ring, state.writer, data)
         storage = self.storage.write(layout, state.storage, write.positions, data, write.skip)
@@ -252,6 +258,10 @@ class ReplayBuffer:
         _tree.check_prng_key(key, "ReplayBuffer.sample(state, key)")
         if self.warn_on_empty:
             self._warn_if_empty(state)
+        return self._sample(state, key)
+
+    @compiled_when_eager
+    def _sample(self, state: BufferState, key: jax.Array):
         ring = state.ring
         # Items the storage cannot return exactly (Storage.valid) are redrawn by the sampler
         # (Sampler.draw); any left after its last round are masked and zeroed.
@@ -280,10 +290,12 @@ class ReplayBuffer:
                 stacklevel=3,
             )
 
+    @compiled_when_eager
     def can_sample(self, state: BufferState) -> jax.Array:
         """Bool scalar array: whether ``sample`` can return a full batch of real data."""
         return self.sampler.can_sample(state.ring, state.sampler, self.batch_size)
 
+    @compiled_when_eager
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set the priorities of the items at ``index`` (as in ``info["index"]``).
 
@@ -316,6 +328,7 @@ class ReplayBuffer:
         """The same buffer drawing ``batch_size`` items per ``sample``."""
         return self if batch_size == self.batch_size else dataclasses.replace(self, batch_size=batch_size)
 
+    @compiled_when_eager
     def num_stored(self, state: BufferState) -> jax.Array:
         """Scalar: transitions stored over all lanes (jittable; for a sharded or per-worker
         state, over all its groups too). Eagerly, ``len(state)`` is the same number (a Python int).

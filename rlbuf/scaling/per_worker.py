@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _tree, _xla
+from rlbuf._eager import compiled_when_eager
 from rlbuf.buffers.protocols import SplittableBuffer
 from rlbuf.buffers.replay_buffer import BufferState
 from rlbuf.scaling._groups import _check_groups, _ignore_foreign, _rank1, _split_buffer, _stored
@@ -86,6 +87,7 @@ class PerWorkerReplayBuffer:
         n = int(self.num_workers)
         _check_groups(state, n, f"PerWorkerReplayBuffer.{method}", f"the buffer has {n} workers")
 
+    @compiled_when_eager
     def num_stored(self, state: BufferState) -> jax.Array:
         """Scalar: transitions stored over all workers (jittable; dtype as for
         ``ReplayBuffer.num_stored``: int32 below ``2**31``)."""
@@ -98,6 +100,7 @@ class PerWorkerReplayBuffer:
         states = [self._local.init(example) for _ in range(self.num_workers)]
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
+    @compiled_when_eager
     def add_worker(self, state: BufferState, worker_id, batch: Any) -> BufferState:
         """Write one worker's ``batch`` into its sub-buffer (``worker_id``: int or int scalar)."""
         self._check(state, "add_worker")
@@ -116,14 +119,20 @@ class PerWorkerReplayBuffer:
                     f"PerWorkerReplayBuffer.add: key {_tree.key_str(key)} has shape {np.shape(x)}, "
                     f"expected a leading worker axis of {self.num_workers}"
                 )
+        return self._add(state, batch)
+
+    @compiled_when_eager
+    def _add(self, state: BufferState, batch: Any) -> BufferState:
         return jax.vmap(self._local.add)(state, batch)
 
     extend = add
 
+    @compiled_when_eager
     def worker_fill(self, state: BufferState) -> jax.Array:
         """int32 ``[W]``: transitions each worker holds (jittable)."""
         return jax.vmap(self._local.num_stored)(state).astype(jnp.int32)
 
+    @compiled_when_eager
     def sample(self, state: BufferState, key: jax.Array):
         """``(state, batch, info)``: ``batch_size / W`` items per worker, worker-major; with
         ``proportional``, each item from a worker drawn by its fill (see the class docstring)."""
@@ -172,11 +181,13 @@ class PerWorkerReplayBuffer:
         batch, info = jax.tree_util.tree_map(take, (batch, info))
         return state, batch, dict(info, worker_fill=fill)
 
+    @compiled_when_eager
     def can_sample(self, state: BufferState) -> jax.Array:
         self._check(state, "can_sample")
         each = jax.vmap(self._local.can_sample)(state)
         return jnp.any(each) if self.proportional else jnp.all(each)
 
+    @compiled_when_eager
     def update_priority(self, state: BufferState, index: Any, priority: jax.Array) -> BufferState:
         """Set priorities at ``index = (worker, *lane_idx, t)`` laid out as ``sample`` returned."""
         self._check(state, "update_priority")
