@@ -130,8 +130,9 @@ class ReplayBuffer:
     All methods are pure and jittable; the buffer object itself is frozen and hashable, so
     ``jax.jit(rb.add)`` caches on it. Called eagerly (no traced argument), ``add``, ``sample``,
     ``update_priority``, ``can_sample`` and ``num_stored`` run as one compiled program per
-    buffer and shapes (``rlbuf._eager``), not primitive by primitive; the state is not donated. ``init`` refuses a sampler that needs a guarantee the
-    writer does not give (``Sampler.requires`` vs ``Writer.provides``), naming both.
+    buffer and shapes (``rlbuf._eager``), not primitive by primitive; the state is not
+    donated. ``init`` refuses a sampler that needs a guarantee the writer does not give
+    (``Sampler.requires`` vs ``Writer.provides``), naming both.
     """
 
     storage: Storage
