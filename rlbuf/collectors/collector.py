@@ -16,6 +16,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from rlbuf._eager import compiled_when_eager
 from rlbuf.collectors._counters import id_dtype
 from rlbuf.collectors._env import EnvAdapter
 from rlbuf.collectors._groups import CollectorGroups
@@ -224,8 +225,11 @@ class Collector(CollectorOptions):
         s = self._spec
         return (s.T,) if self.num_envs is None else (s.num, s.T)
 
+    @compiled_when_eager
     def init(self, key: jax.Array) -> CollectorState:
-        """Reset every env; returns the initial :class:`CollectorState` (jittable)."""
+        """Reset every env; returns the initial :class:`CollectorState` (jittable). Called
+        eagerly it runs as one jitted program (``rlbuf._eager``), not primitive by primitive:
+        a first ``init`` of 8 Brax ``ant`` envs took 27 s of CPU op by op, 6.8 s compiled."""
         s = self._spec
         key, k_reset = jax.random.split(key)
         obs, st = s.reset_all(k_reset)

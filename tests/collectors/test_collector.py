@@ -58,6 +58,23 @@ def test_jit_compiles_once(gt_collector, gt_collect, checks):
     assert hash(gt_collector) == hash(gt_collector)
 
 
+def test_eager_init_is_one_program_with_the_op_by_op_result(gt_collector):
+    """``init`` called eagerly runs jitted (``rlbuf._eager``): the state equals the method run
+    primitive by primitive, and a second call reuses the program."""
+    jitted = Collector.init.jitted
+    s1 = gt_collector.init(jax.random.key(5))
+    size = jitted._cache_size()
+    s2 = gt_collector.init(jax.random.key(6))
+    assert jitted._cache_size() == size
+    raw = Collector.init.__wrapped__(gt_collector, jax.random.key(5))
+    leaves = lambda s: [jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x  # noqa: E731
+                        for x in jax.tree.leaves(s)]
+    for a, b in zip(leaves(s1), leaves(raw), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(s1.observation), np.asarray(s2.observation))
+
+
 def test_collect_inside_scan(gt_collector, gt_collect, checks):
     """``collect`` is pure: scanning it gives the same batches as calling it in a loop."""
     state0 = gt_collector.init(jax.random.key(0))
