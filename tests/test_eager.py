@@ -51,33 +51,50 @@ def _same(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def _run(rb, ndim, raw=False, steps=(7, 7)):  # the second add wraps the ring
-    """add / sample / update_priority / can_sample / num_stored, eagerly; every output. ``raw``:
-    the undecorated methods (``__wrapped__``), run primitive by primitive as before."""
-    call = (lambda name, *a: getattr(ReplayBuffer, name).__wrapped__(rb, *a)) if raw else \
-        (lambda name, *a: getattr(rb, name)(*a))
+def _run(rb, ndim, user_jit=False, steps=(7, 7)):  # the second add wraps the ring
+    """add / sample / update_priority / can_sample / num_stored; every output. Eager calls (the
+    decorated path), or ``user_jit``: each public method under the user's own ``jax.jit``,
+    where the decorator traces the method inline."""
+    jitted = {}
+
+    def call(name, *a):
+        if not user_jit:
+            return getattr(rb, name)(*a)
+        if name not in jitted:
+            jitted[name] = jax.jit(getattr(rb, name))
+        return jitted[name](*a)
+
     out = []
     state = rb.init(_batch(ndim, 1, 0))
     start = 0
     for i, t in enumerate(steps):
-        state = call("_add", state, rb.stored(_batch(ndim, t, start)))
+        state = call("add", state, _batch(ndim, t, start))
         start += t * (2 if ndim == 2 else 1)
-        state, items, info = call("_sample", state, jax.random.key(i))
+        state, items, info = call("sample", state, jax.random.key(i))
         if isinstance(rb.sampler, rlbuf.PrioritizedSampler):
             state = call("update_priority", state, info["index"], items["obs"][..., 0] % 3 + 0.5)
         out += [state, items, info, call("can_sample", state), call("num_stored", state)]
     return out
 
 
-@pytest.mark.parametrize("kind, ndim", [("slice", 2), ("prioritized", 1)])
-def test_eager_calls_equal_the_op_by_op_method(kind, ndim):
+@pytest.mark.parametrize("kind, ndim", [("random", 1), ("slice", 2), ("prioritized", 1)])
+def test_eager_calls_equal_the_users_jit(kind, ndim):
     rb = _buffers(ndim)[kind]
     fast = _run(rb, ndim)
-    _same(fast, _run(rb, ndim, raw=True))
+    _same(fast, _run(rb, ndim, user_jit=True))
     assert not any(is_traced(x) for x in fast)
     # the public methods are the decorated ones
     for name in ("_add", "_sample", "update_priority", "can_sample", "num_stored"):
         assert hasattr(getattr(ReplayBuffer, name), "jitted"), name
+
+
+def test_eager_add_equals_the_op_by_op_method():
+    """One case run primitive by primitive, the undecorated method (``__wrapped__``), as eager
+    calls ran before."""
+    rb = _buffers(1)["random"]
+    state = rb.init(_batch(1, 1, 0))
+    data = _batch(1, 7, 0)
+    _same(rb.add(state, data), ReplayBuffer._add.__wrapped__(rb, state, rb.stored(data)))
 
 
 def test_eager_calls_compile_once_per_buffer_and_shape():
