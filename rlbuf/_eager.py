@@ -4,12 +4,13 @@ Called outside any transformation (a notebook cell, a script or a test that neve
 in ``jax.jit``), ``rb.add(state, batch)`` would run its few hundred primitives one at a time:
 JAX compiles and dispatches each separately. Measured on 2 cores (XLA's default flags): the
 first ``add`` of a ``[8, 128]`` batch into a 100k slice buffer took 9.0 s of CPU that way, 1.6 s
-as one program, and every later call dispatched each primitive again. The compiled program is
-cached per object and argument shapes (as ``jax.jit`` caches), so an eager loop compiles once. :func:`compiled_when_eager` routes
-such calls through one ``jax.jit`` of the method, the (frozen, hashable) object static, so an
-equal buffer reuses the compiled program. A call with any traced argument (the method inside the
-user's ``jit``, ``vmap``, ``grad`` or ``shard_map``) runs the method inline as before: the
-user's programs are unchanged. The methods are pure, so the results are the same either way.
+as one program, and every later call dispatched each primitive again.
+:func:`compiled_when_eager` routes such calls through one ``jax.jit`` of the method, the
+(frozen, hashable) object static: the program is cached per object and argument shapes (an
+eager loop compiles once; an equal buffer reuses it). A call with any traced argument (the
+method inside the user's ``jit``, ``vmap``, ``grad`` or ``shard_map``) runs the method inline as
+before: the user's programs are unchanged. The methods are pure, so the results are the same
+either way.
 """
 
 from __future__ import annotations
