@@ -62,11 +62,12 @@ def run_at_most_once(pred, body, carry, deps=(), barrier=False):
     run on every call).
 
     A large array the body reads that is also live after the loop (e.g. records the caller
-    returns) should ride in ``carry``, returned unchanged by ``body``, rather than in ``deps``:
-    XLA copies a loop's read-only operand that outlives the loop on every call (measured: the
-    slice sampler's ``[4, 25000]`` records, ~15 µs per ``add``), while a carried buffer passes
-    through in place. ``barrier=True`` puts the carry through the ``optimization_barrier`` even
-    without ``deps``, so XLA cannot hoist work on the unchanged parts out of the loop either.
+    returns) may ride in ``carry``, returned unchanged by ``body``, rather than in ``deps``:
+    measured faster for the slice sampler's ``[4, 25000]`` records (~15 µs per ``add``; the
+    compiled HLO shows no copy of them in either form, so the cause is XLA:CPU's scheduling
+    or buffer handling, not identified). ``barrier=True`` puts the carry through the
+    ``optimization_barrier`` even without ``deps``, so XLA cannot hoist work on the unchanged
+    parts out of the loop either.
 
     Why it is also the form of every data-dependent branch of the samplers (rather than
     ``lax.cond(pred, costly, cheap)``, written ``run_at_most_once(~pred, costly, cheap())``):
