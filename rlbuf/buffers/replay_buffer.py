@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbuf import _ring, _tree
-from rlbuf._eager import compiled_when_eager
+from rlbuf._eager import compiled_when_eager, is_traced
 from rlbuf.buffers.frame_stack import FrameStack
 from rlbuf.buffers.stages import Chain, SampleContext, as_stage
 from rlbuf.samplers import capabilities
@@ -281,7 +281,7 @@ class ReplayBuffer:
 
     def _warn_if_empty(self, state: BufferState) -> None:
         """``warn_on_empty``: eager states only (a traced one cannot be read without a sync)."""
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state)):
+        if is_traced(state):
             return
         if not bool(self.can_sample(state)):
             warnings.warn(
